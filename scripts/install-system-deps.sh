@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# System packages the tests and the speaker-data synthesizer need (Debian/Ubuntu).
+# Safe to re-run: installs only what is missing.
+set -euo pipefail
+PKGS=(espeak-ng sox flite)
+missing=()
+for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

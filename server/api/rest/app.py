@@ -1,0 +1,56 @@
+"""The FastAPI application: routes, error handlers, limits and the backbone's lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from ... import __version__
+from ...config import Settings
+from ...engine.engine import Engine
+from .errors import install_error_handlers
+from .limits import BodySizeLimit
+from .routes import health, models, transcriptions
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+    """Build the app. The backbone loads in the background so ``/healthz`` answers at once and
+    ``/readyz`` turns ready when loading and warm-up are done."""
+    settings = settings or Settings()
+    engine = engine or Engine(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loader = None
+        if not engine.ready:
+            loader = asyncio.get_running_loop().run_in_executor(None, _load_quietly, engine)
+        yield
+        if loader is not None and not loader.done():
+            await asyncio.wait_for(asyncio.shield(loader), timeout=None)
+        engine.close()
+
+    app = FastAPI(
+        title="SplitASR",
+        version=__version__,
+        summary="Personalized speech recognition: one frozen backbone, one small adapter per user.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    install_error_handlers(app)
+    for module in (health, models, transcriptions):
+        app.include_router(module.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    return app
+
+
+def _load_quietly(engine: Engine) -> None:
+    try:
+        engine.load()
+    except Exception:  # noqa: BLE001 - reported through /readyz and the log
+        pass

@@ -1,0 +1,26 @@
+"""``GET /v1/models``: what ``model`` may name in a transcription request."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from ....errors import NotFound
+from ..deps import EngineDep
+
+router = APIRouter(tags=["models"])
+
+
+def _card(name: str) -> dict:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "splitasr"}
+
+
+@router.get("/v1/models", summary="List models")
+async def list_models(engine: EngineDep) -> dict:
+    return {"object": "list", "data": [_card(n) for n in engine.model_names()]}
+
+
+@router.get("/v1/models/{model_id}", summary="Describe one model")
+async def get_model(model_id: str, engine: EngineDep) -> dict:
+    if model_id not in engine.model_names():
+        raise NotFound(f"model {model_id!r} does not exist; available: {', '.join(engine.model_names())}")
+    return _card(model_id)

@@ -1,0 +1,54 @@
+"""``POST /v1/audio/transcriptions``: compatible with OpenAI's endpoint (the ``openai`` SDK works as is)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from ....engine.decoding import DecodingOptions
+from ....errors import BadAudio
+from ....formats import render
+from ..deps import EngineDep, SettingsDep
+
+router = APIRouter(tags=["audio"])
+
+ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
+
+
+@router.post(
+    "/v1/audio/transcriptions",
+    summary="Transcribe audio",
+    responses={400: {"description": "bad audio or parameters"}, 404: {"description": "unknown model"},
+               413: {"description": "upload too large"}, 429: {"description": "server at capacity"}},
+)
+async def create_transcription(
+    engine: EngineDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="Audio file: wav, flac, mp3, ogg, opus, webm, m4a ...")],
+    model: Annotated[str, Form(description="The backbone name, 'whisper-1', or one of your adapters")],
+    language: Annotated[str | None, Form(description="ISO-639-1 language code; detected if omitted")] = None,
+    prompt: Annotated[str | None, Form(description="Text to guide vocabulary and style")] = None,
+    response_format: Annotated[ResponseFormat, Form()] = "json",
+    temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
+    timestamp_granularities: Annotated[
+        list[Literal["segment", "word"]] | None, Form(alias="timestamp_granularities[]")
+    ] = None,
+    beam_size: Annotated[int | None, Form(ge=1, le=16, description="SplitASR extension: beam width")] = None,
+) -> Response:
+    data = await file.read()
+    if not data:
+        raise BadAudio(f"uploaded file {file.filename!r} is empty (0 bytes)")
+    options = DecodingOptions(
+        beam_size=beam_size or settings.default_beam_size,
+        language=language or None,
+        temperature=temperature,
+        prompt=prompt or None,
+    )
+    result = await engine.transcribe(data, options, model=model)
+    body = render(result, response_format)
+    if isinstance(body, dict):
+        return JSONResponse(body)
+    media = {"vtt": "text/vtt", "srt": "application/x-subrip"}.get(response_format, "text/plain")
+    return PlainTextResponse(body, media_type=media)

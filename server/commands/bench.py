@@ -1,0 +1,39 @@
+"""``splitasr bench``: benchmarks that print one JSON object (compare ratios measured in one run)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("bench", help="run a benchmark", description=__doc__)
+    sub = p.add_subparsers(dest="bench", required=True)
+    rtf = sub.add_parser("rtf", help="real-time factor versus faster-whisper on the same weights")
+    rtf.add_argument("--backbone", default="tiny.en")
+    rtf.add_argument("--audio-dir", type=Path, help="folder of audio files (default: the real-speech fixtures)")
+    rtf.add_argument("--repeats", type=int, default=3)
+    rtf.add_argument("--threads", type=int, help="CPU threads for both runtimes (default: torch's)")
+    rtf.add_argument("--json", action="store_true", help="print only the JSON object")
+    rtf.set_defaults(func=run_rtf)
+
+
+def _emit(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result))
+    else:
+        width = max(map(len, result))
+        for k, v in result.items():
+            print(f"{k:<{width}}  {v}")
+
+
+def run_rtf(args: argparse.Namespace) -> int:
+    from ..bench import rtf
+    from ..config import Settings
+
+    kwargs = {"audio_dir": args.audio_dir} if args.audio_dir else {}
+    result = rtf.run(backbone=args.backbone, repeats=args.repeats, threads=args.threads,
+                     cache_dir=Settings().backbone_cache_dir, **kwargs)
+    _emit(result, args.json)
+    return 0

@@ -1,0 +1,59 @@
+"""``splitasr transcribe``: transcribe files on this machine, no server needed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .serve import overrides
+
+
+def add_backbone_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", help="tiny.en (default), base, a local directory or a hub id")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+
+
+def add_decoding_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--language", help="ISO language code (multilingual backbones; detected if omitted)")
+    p.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy, default)")
+    p.add_argument("--batch-size", type=int, default=8, help="files decoded together")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("transcribe", help="transcribe audio files", description=__doc__)
+    p.add_argument("files", nargs="+", type=Path, help="audio files (wav, flac, mp3, ogg, opus, webm, m4a ...)")
+    add_backbone_args(p)
+    add_decoding_args(p)
+    p.add_argument("--nbest", type=int, default=1, help="also list the N best hypotheses (json only)")
+    p.add_argument("--format", choices=["text", "json", "srt", "vtt"], default="text")
+    p.set_defaults(func=run)
+
+
+def load_backbone(args: argparse.Namespace):
+    from ..backbones.whisper import WhisperBackbone
+    from ..config import Settings
+
+    settings = Settings(**overrides(args, "backbone", "device"))
+    return WhisperBackbone.load(settings.backbone, cache_dir=settings.backbone_cache_dir, device=settings.device)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..audio import decode_audio
+    from ..engine.decoding import DecodingOptions, transcribe
+    from ..formats import render, to_verbose_json
+
+    backbone = load_backbone(args)
+    options = DecodingOptions(beam_size=args.beam, language=args.language, nbest=args.nbest)
+    for start in range(0, len(args.files), args.batch_size):
+        files = args.files[start : start + args.batch_size]
+        results = transcribe(backbone, [decode_audio(f) for f in files], options)
+        for path, result in zip(files, results):
+            if args.format == "json":
+                print(json.dumps({"file": str(path), **to_verbose_json(result)}, ensure_ascii=False))
+            else:
+                if len(args.files) > 1 and args.format == "text":
+                    sys.stdout.write(f"{path}: ")
+                sys.stdout.write(str(render(result, args.format)))
+    return 0

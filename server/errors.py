@@ -1,0 +1,78 @@
+"""Errors shared by every layer; each transport maps them to status codes in one place.
+
+Raise these (never bare ``ValueError``) for anything a client caused or can act on, with a message
+that says what is wrong and, where possible, what to do instead.
+"""
+
+from __future__ import annotations
+
+
+class SplitASRError(Exception):
+    """Base class. ``http_status`` is the REST mapping; the gRPC interceptor maps by class."""
+
+    http_status = 500
+    code = "internal_error"
+
+
+class InvalidInput(SplitASRError):
+    """The request itself is malformed (bad field, bad value)."""
+
+    http_status = 400
+    code = "invalid_request"
+
+
+class BadAudio(InvalidInput):
+    """The audio could not be decoded, is empty, or is outside the accepted limits."""
+
+    code = "invalid_audio"
+
+
+class InvalidAdapter(InvalidInput):
+    """An adapter file failed validation (format, shapes, values, limits, backbone mismatch)."""
+
+    code = "invalid_adapter"
+
+
+class TooLarge(InvalidInput):
+    """An upload exceeds a configured size limit."""
+
+    http_status = 413
+    code = "payload_too_large"
+
+
+class NotFound(SplitASRError):
+    """A named model, adapter or resource does not exist (for this tenant)."""
+
+    http_status = 404
+    code = "not_found"
+
+
+class PermissionDenied(SplitASRError):
+    http_status = 403
+    code = "permission_denied"
+
+
+class Unauthenticated(SplitASRError):
+    http_status = 401
+    code = "unauthenticated"
+
+
+class Overloaded(SplitASRError):
+    """The server is at its configured concurrency or queue limit; retry later."""
+
+    http_status = 429
+    code = "overloaded"
+
+
+class NotReady(SplitASRError):
+    """The backbone is still loading (or failed to load)."""
+
+    http_status = 503
+    code = "not_ready"
+
+
+class BackboneUnavailable(SplitASRError):
+    """A backbone source is missing, tampered with or cannot be converted."""
+
+    http_status = 500
+    code = "backbone_unavailable"

@@ -1,0 +1,61 @@
+"""A real SplitASR REST server on loopback (uvicorn in a thread) with the real tiny.en backbone."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import uvicorn
+
+from splitasr.api.rest.app import create_app
+from splitasr.config import Settings
+from splitasr.engine.engine import Engine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RunningServer:
+    url: str
+    engine: Engine
+    settings: Settings
+
+
+def start_server(settings: Settings, engine: Engine) -> tuple[uvicorn.Server, threading.Thread]:
+    config = uvicorn.Config(create_app(settings, engine), host=settings.host, port=settings.port,
+                            log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    return server, thread
+
+
+@pytest.fixture(scope="session")
+def rest_server(tiny_backbone, backbone_cache_dir) -> Iterator[RunningServer]:
+    settings = Settings(host="127.0.0.1", port=free_port(), cache_dir=backbone_cache_dir.parent,
+                        max_upload_bytes=2 * 1024 * 1024, max_queued_requests=8, _env_file=None)
+    engine = Engine(settings, backbone=tiny_backbone)
+    server, thread = start_server(settings, engine)
+    url = f"http://127.0.0.1:{settings.port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    else:
+        pytest.fail("server did not become ready")
+    yield RunningServer(url, engine, settings)
+    server.should_exit = True
+    thread.join(30)
