@@ -11,6 +11,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, help="REST port (default 8000; env SPLITASR_PORT)")
     p.add_argument("--backbone", help="tiny.en (default), base, a local directory or a hub id")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--api-keys", dest="api_keys_file", help="file of 'TOKEN TENANT' lines (env SPLITASR_API_KEYS_FILE)")
+    p.add_argument("--insecure", dest="allow_insecure_open", action="store_const", const=True,
+                   help="allow a non-loopback bind with no API keys (anyone can use the server)")
     p.set_defaults(func=run)
 
 
@@ -20,12 +23,26 @@ def overrides(args: argparse.Namespace, *names: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+
     import uvicorn
 
     from ..api.rest.app import create_app
     from ..config import Settings
+    from ..errors import InvalidInput
+    from ..tenants import ApiKeys, is_loopback
 
-    settings = Settings(**overrides(args, "host", "port", "backbone", "device"))
-    app = create_app(settings)
+    settings = Settings(**overrides(args, "host", "port", "backbone", "device", "api_keys_file", "allow_insecure_open"))
+    keys = ApiKeys.load(settings.api_keys_file, settings.api_keys)
+    if keys.open:
+        if not is_loopback(settings.host) and not settings.allow_insecure_open:
+            raise InvalidInput(
+                f"refusing to serve {settings.host} with no API keys: anyone could use it. Configure keys "
+                "(--api-keys FILE or SPLITASR_API_KEYS_FILE), bind 127.0.0.1, or pass --insecure"
+            )
+        logging.getLogger("splitasr").warning(
+            "no API keys configured: serving one open tenant %r (fine on loopback only)", "default"
+        )
+    app = create_app(settings, api_keys=keys)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
     return 0

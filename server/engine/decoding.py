@@ -8,12 +8,16 @@ through a plain ``GenerationConfig``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from transformers import GenerationConfig, GenerationMixin
 
+from ..adapters.context import bank_context
+from ..adapters.saml import utterance_embedding
 from ..audio import SAMPLE_RATE_HZ
 from ..backbones.whisper import WINDOW_FRAMES, WINDOW_SECONDS, WhisperBackbone
 from ..errors import InvalidInput
@@ -105,10 +109,34 @@ def _text(backbone: WhisperBackbone, tokens: list[int]) -> str:
     return backbone.tokenizer.decode([t for t in tokens if t < limit]).strip()
 
 
+@contextmanager
+def adapters_selected(
+    backbone: WhisperBackbone, slots: Sequence[int] | None, features: torch.Tensor, mask: torch.Tensor
+) -> Iterator[None]:
+    """Run the block with each row's adapter slot selected (slot 0 or ``None``: the plain backbone)."""
+    if not slots or not any(slots):
+        yield
+        return
+    embedding = utterance_embedding(features, mask.sum(-1))
+    with bank_context(backbone.model, slots=list(slots), utterance_embedding=embedding):
+        yield
+
+
 def transcribe(
-    backbone: WhisperBackbone, audios: list[np.ndarray], options: DecodingOptions = DecodingOptions()
+    backbone: WhisperBackbone,
+    audios: list[np.ndarray],
+    options: DecodingOptions = DecodingOptions(),
+    slots: Sequence[int] | None = None,
 ) -> list[Transcription]:
-    """Transcribe a batch of 16 kHz mono arrays; each may be longer than 30 s."""
+    """Transcribe a batch of 16 kHz mono arrays; each may be longer than 30 s.
+
+    ``slots``: the adapter slot of each row (0 = none), for a backbone with an adapter bank.
+    """
+    window = WINDOW_SECONDS * SAMPLE_RATE_HZ
+    if slots and any(slots) and len(audios) > 1 and any(len(a) > window for a in audios):
+        # Long-form decoding drops finished rows between windows, which would shift the rows'
+        # adapter selection: decode such batches one utterance at a time.
+        return [transcribe(backbone, [a], options, [s])[0] for a, s in zip(audios, slots)]
     features, mask = backbone.features(audios)
     language = _language_code(backbone, options.language)
     languages = [language] * len(audios) if language else detect_languages(backbone, features)
@@ -125,7 +153,7 @@ def transcribe(
         kwargs.update(do_sample=True, temperature=options.temperature)
     if options.prompt:
         kwargs["prompt_ids"] = torch.tensor(backbone.tokenizer.get_prompt_ids(options.prompt), device=backbone.device)
-    with torch.inference_mode():
+    with torch.inference_mode(), adapters_selected(backbone, slots, features, mask):
         out = backbone.model.generate(features, **kwargs)
     results = []
     for i, audio in enumerate(audios):
@@ -142,7 +170,7 @@ def transcribe(
         text = " ".join(s.text for s in segments)
         results.append(Transcription(text, languages[i] or "en", duration, segments))
     if options.nbest > 1:
-        for result, hyps in zip(results, nbest(backbone, audios, options, languages)):
+        for result, hyps in zip(results, nbest(backbone, audios, options, languages, slots)):
             result.nbest = hyps
     return results
 
@@ -160,6 +188,7 @@ def nbest(
     audios: list[np.ndarray],
     options: DecodingOptions,
     languages: list[str | None] | None = None,
+    slots: Sequence[int] | None = None,
 ) -> list[list[Hypothesis]]:
     """The ``options.nbest`` best distinct hypotheses per utterance by beam search (no timestamps).
 
@@ -170,8 +199,8 @@ def nbest(
     k = options.nbest
     # spare beams: some decode to the same text; a 1-best with beam_size 1 is plain greedy decoding
     beams = options.beam_size if k == 1 else min(MAX_BEAM_SIZE * 2, max(options.beam_size, 2 * k))
-    features, _ = backbone.features(audios)
-    features = features[..., :WINDOW_FRAMES]
+    features, mask = backbone.features(audios)
+    features, mask = features[..., :WINDOW_FRAMES], mask[..., :WINDOW_FRAMES]
     languages = languages or [_language_code(backbone, options.language)] * len(audios)
     gen = backbone.model.generation_config
     config = GenerationConfig(
@@ -190,7 +219,7 @@ def nbest(
     prompts = torch.tensor(
         [_prompt_ids(backbone, lang, options.task) for lang in languages], device=backbone.device
     )
-    with torch.inference_mode():
+    with torch.inference_mode(), adapters_selected(backbone, slots, features, mask):
         out = GenerationMixin.generate(
             backbone.model, input_features=features, decoder_input_ids=prompts, generation_config=config
         )

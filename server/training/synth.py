@@ -349,17 +349,8 @@ def _tts_wav(job: _Job, what: str) -> bytes:
     spec = job.spec
     if spec.engine == "espeak-ng":
         cmd = [
-            "espeak-ng",
-            "-v",
-            spec.voice,
-            "-s",
-            str(job.speed),
-            "-p",
-            str(job.pitch),
-            "-b",
-            "1",
-            "--stdout",
-        ]
+            "espeak-ng", "-v", spec.voice, "-s", str(job.speed), "-p", str(job.pitch), "-b", "1", "--stdout",
+        ]  # fmt: skip
         return _run(cmd, what, stdin=job.text.encode("utf-8"))
     with tempfile.TemporaryDirectory(prefix="splitasr-flite-") as tmp:
         txt, wav = Path(tmp) / "in.txt", Path(tmp) / "out.wav"
@@ -406,25 +397,8 @@ def _render(job: _Job) -> None:
     what = f"speaker {spec.id!r}, sentence {job.text!r}"
     wav = _tts_wav(job, what)
     raw_f32 = ["-t", "raw", "-e", "floating-point", "-b", "32", "-c", "1", "-r", str(SAMPLE_RATE)]
-    room = _run(
-        [
-            "sox",
-            "-R",
-            "-D",
-            "-V1",
-            "-t",
-            "wav",
-            "-",
-            *raw_f32,
-            "-",
-            "rate",
-            "-h",
-            str(SAMPLE_RATE),
-            *spec.effects,
-        ],
-        what,
-        stdin=wav,
-    )
+    to_room = ["sox", "-R", "-D", "-V1", "-t", "wav", "-", *raw_f32, "-", "rate", "-h", str(SAMPLE_RATE)]
+    room = _run([*to_room, *spec.effects], what, stdin=wav)
     x = np.frombuffer(room, dtype="<f4").astype(np.float64)
     level = active_rms(x)
     if len(x) == 0 or level < 1e-5:

@@ -11,14 +11,17 @@ from fastapi import FastAPI
 from ... import __version__
 from ...config import Settings
 from ...engine.engine import Engine
+from ...tenants import ApiKeys
 from .errors import install_error_handlers
 from .limits import BodySizeLimit
-from .routes import health, models, transcriptions
+from .routes import adapters, health, models, transcriptions
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, engine: Engine | None = None, api_keys: ApiKeys | None = None
+) -> FastAPI:
     """Build the app. The backbone loads in the background so ``/healthz`` answers at once and
     ``/readyz`` turns ready when loading and warm-up are done."""
     settings = settings or Settings()
@@ -42,8 +45,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     )
     app.state.settings = settings
     app.state.engine = engine
+    app.state.api_keys = api_keys or ApiKeys.load(settings.api_keys_file, settings.api_keys)
     install_error_handlers(app)
-    for module in (health, models, transcriptions):
+    for module in (health, models, transcriptions, adapters):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     return app

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 
 from ...config import Settings
 from ...engine.engine import Engine
+from ...tenants import ApiKeys
 
 
 def get_engine(request: Request) -> Engine:
@@ -18,5 +19,11 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def get_tenant(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
+    keys: ApiKeys = request.app.state.api_keys
+    return keys.authenticate(authorization)
+
+
 EngineDep = Annotated[Engine, Depends(get_engine)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+TenantDep = Annotated[str, Depends(get_tenant)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from ....errors import NotFound
-from ..deps import EngineDep
+from ..deps import EngineDep, TenantDep
 
 router = APIRouter(tags=["models"])
 
@@ -15,12 +15,13 @@ def _card(name: str) -> dict:
 
 
 @router.get("/v1/models", summary="List models")
-async def list_models(engine: EngineDep) -> dict:
-    return {"object": "list", "data": [_card(n) for n in engine.model_names()]}
+async def list_models(engine: EngineDep, tenant: TenantDep) -> dict:
+    return {"object": "list", "data": [_card(n) for n in engine.model_names(tenant)]}
 
 
 @router.get("/v1/models/{model_id}", summary="Describe one model")
-async def get_model(model_id: str, engine: EngineDep) -> dict:
-    if model_id not in engine.model_names():
-        raise NotFound(f"model {model_id!r} does not exist; available: {', '.join(engine.model_names())}")
+async def get_model(model_id: str, engine: EngineDep, tenant: TenantDep) -> dict:
+    names = engine.model_names(tenant)
+    if model_id not in names:
+        raise NotFound(f"model {model_id!r} does not exist; available: {', '.join(names)}")
     return _card(model_id)

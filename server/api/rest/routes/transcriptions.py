@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from ....engine.decoding import DecodingOptions
 from ....errors import BadAudio
 from ....formats import render
-from ..deps import EngineDep, SettingsDep
+from ..deps import EngineDep, SettingsDep, TenantDep
 
 router = APIRouter(tags=["audio"])
 
@@ -26,6 +26,7 @@ ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
 async def create_transcription(
     engine: EngineDep,
     settings: SettingsDep,
+    tenant: TenantDep,
     file: Annotated[UploadFile, File(description="Audio file: wav, flac, mp3, ogg, opus, webm, m4a ...")],
     model: Annotated[str, Form(description="The backbone name, 'whisper-1', or one of your adapters")],
     language: Annotated[str | None, Form(description="ISO-639-1 language code; detected if omitted")] = None,
@@ -46,7 +47,7 @@ async def create_transcription(
         temperature=temperature,
         prompt=prompt or None,
     )
-    result = await engine.transcribe(data, options, model=model)
+    result = await engine.transcribe(data, options, tenant=tenant, model=model)
     body = render(result, response_format)
     if isinstance(body, dict):
         return JSONResponse(body)

@@ -1,0 +1,50 @@
+"""``/v1/adapters``: a tenant's own adapter files (upload, list, describe, delete)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile
+
+from ....engine.store import AdapterRecord
+from ....errors import InvalidAdapter
+from ..deps import EngineDep, TenantDep
+
+router = APIRouter(tags=["adapters"])
+
+
+def _card(r: AdapterRecord) -> dict:
+    return {"object": "adapter", "id": r.name, "sha256": r.sha256, "kind": r.kind, "bytes": r.size,
+            "created_at": int(r.created_at)}
+
+
+@router.post("/v1/adapters", summary="Upload (or replace) an adapter", status_code=201)
+async def upload_adapter(
+    engine: EngineDep,
+    tenant: TenantDep,
+    file: Annotated[UploadFile, File(description="An adapter .safetensors file")],
+    name: Annotated[str, Form(description="Name to use as `model` in transcription requests")],
+    sha256: Annotated[str | None, Form(description="Optional: the file's sha256, checked on arrival")] = None,
+) -> dict:
+    data = await file.read()
+    if not data:
+        raise InvalidAdapter("adapter file is empty (0 bytes)")
+    record = await asyncio.to_thread(engine.put_adapter, tenant, name, data, sha256)
+    return _card(record)
+
+
+@router.get("/v1/adapters", summary="List your adapters")
+async def list_adapters(engine: EngineDep, tenant: TenantDep) -> dict:
+    return {"object": "list", "data": [_card(r) for r in engine.store.list(tenant)]}
+
+
+@router.get("/v1/adapters/{name}", summary="Describe one adapter")
+async def get_adapter(name: str, engine: EngineDep, tenant: TenantDep) -> dict:
+    return _card(engine.store.get(tenant, name))
+
+
+@router.delete("/v1/adapters/{name}", summary="Delete an adapter")
+async def delete_adapter(name: str, engine: EngineDep, tenant: TenantDep) -> dict:
+    record = engine.store.delete(tenant, name)
+    return {**_card(record), "deleted": True}

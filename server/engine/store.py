@@ -1,0 +1,174 @@
+"""AdapterStore: adapter files on disk, content-addressed, with per-tenant names.
+
+Layout under ``root``::
+
+    blobs/<sha256[:2]>/<sha256>.safetensors     immutable, named by the sha256 of the bytes
+    tenants/<tenant>.json                       {name: {sha256, kind, size, created_at}}
+
+Every write is atomic (temp file in the same folder, fsync, rename, fsync folder), so a crash or a
+dropped connection leaves either the old state or the new one, never a partial file; stale temp files
+are swept at start-up. A tenant sees only its own names: a hash is reachable only through a name the
+tenant owns, so knowing another tenant's hash gives nothing. Blobs no name points at are deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..adapters.fileformat import atomic_write_bytes
+from ..errors import InvalidInput, NotFound, PermissionDenied, TooLarge
+
+log = logging.getLogger(__name__)
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class AdapterRecord:
+    name: str
+    sha256: str
+    kind: str
+    size: int
+    created_at: float
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        shown = repr(name[:80]) if isinstance(name, str) else type(name).__name__
+        raise InvalidInput(
+            f"invalid adapter name {shown}: use 1-64 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit"
+        )
+    return name
+
+
+def check_sha256(value: str) -> str:
+    value = (value or "").lower()
+    if not SHA256_PATTERN.match(value):
+        raise InvalidInput("sha256 must be 64 hexadecimal characters")
+    return value
+
+
+# validate(bytes) -> kind; raises InvalidAdapter with a clear message when the file is not acceptable
+Validator = Callable[[bytes], str]
+
+
+class AdapterStore:
+    def __init__(self, root: Path, *, max_adapters_per_tenant: int = 100, max_bytes_per_tenant: int = 1 << 30):
+        self.root = Path(root)
+        self.max_adapters = max_adapters_per_tenant
+        self.max_bytes = max_bytes_per_tenant
+        self._lock = threading.RLock()
+        (self.root / "blobs").mkdir(parents=True, exist_ok=True)
+        (self.root / "tenants").mkdir(parents=True, exist_ok=True)
+        self._sweep_temp_files()
+
+    # paths ---------------------------------------------------------------------------------------
+    def blob_path(self, sha256: str) -> Path:
+        return self.root / "blobs" / sha256[:2] / f"{sha256}.safetensors"
+
+    def _index_path(self, tenant: str) -> Path:
+        if not TENANT_PATTERN.match(tenant):
+            raise PermissionDenied("invalid tenant")
+        return self.root / "tenants" / f"{tenant}.json"
+
+    def _sweep_temp_files(self) -> None:
+        for tmp in self.root.rglob(".*.tmp"):
+            log.warning("removing incomplete write %s (left by an interrupted upload)", tmp)
+            tmp.unlink(missing_ok=True)
+
+    # index ---------------------------------------------------------------------------------------
+    def _read_index(self, tenant: str) -> dict[str, AdapterRecord]:
+        path = self._index_path(tenant)
+        if not path.exists():
+            return {}
+        raw = json.loads(path.read_text())
+        return {name: AdapterRecord(name=name, **fields) for name, fields in raw.items()}
+
+    def _write_index(self, tenant: str, index: dict[str, AdapterRecord]) -> None:
+        body = {n: {k: v for k, v in asdict(r).items() if k != "name"} for n, r in sorted(index.items())}
+        atomic_write_bytes(self._index_path(tenant), json.dumps(body, indent=1).encode())
+
+    def _tenants(self) -> Iterable[str]:
+        return (p.stem for p in (self.root / "tenants").glob("*.json"))
+
+    # queries -------------------------------------------------------------------------------------
+    def list(self, tenant: str) -> list[AdapterRecord]:
+        with self._lock:
+            return sorted(self._read_index(tenant).values(), key=lambda r: r.name)
+
+    def get(self, tenant: str, name: str) -> AdapterRecord:
+        with self._lock:
+            record = self._read_index(tenant).get(check_name(name))
+        if record is None:
+            raise NotFound(f"adapter {name!r} does not exist")
+        return record
+
+    def find_by_hash(self, tenant: str, sha256: str) -> AdapterRecord | None:
+        """The tenant's record for ``sha256``, or None. Other tenants' adapters are invisible."""
+        sha256 = check_sha256(sha256)
+        with self._lock:
+            return next((r for r in self._read_index(tenant).values() if r.sha256 == sha256), None)
+
+    def read(self, sha256: str) -> bytes:
+        return self.blob_path(check_sha256(sha256)).read_bytes()
+
+    # mutations -----------------------------------------------------------------------------------
+    def put(self, tenant: str, name: str, data: bytes, validate: Validator,
+            expected_sha256: str | None = None) -> AdapterRecord:
+        """Validate and store ``data`` under ``tenant``/``name`` (replacing an earlier one of that name)."""
+        check_name(name)
+        sha256 = hashlib.sha256(data).hexdigest()
+        if expected_sha256 and check_sha256(expected_sha256) != sha256:
+            raise InvalidInput(f"upload is corrupt: sha256 is {sha256}, the client announced {expected_sha256}")
+        kind = validate(data)
+        with self._lock:
+            index = self._read_index(tenant)
+            self._check_quota(index, name, len(data))
+            blob = self.blob_path(sha256)
+            if not blob.exists():
+                atomic_write_bytes(blob, data)
+            record = AdapterRecord(name, sha256, kind, len(data), time.time())
+            previous = index.get(name)
+            index[name] = record
+            self._write_index(tenant, index)
+            if previous and previous.sha256 != sha256:
+                self._collect(previous.sha256)
+        return record
+
+    def delete(self, tenant: str, name: str) -> AdapterRecord:
+        with self._lock:
+            index = self._read_index(tenant)
+            record = index.pop(check_name(name), None)
+            if record is None:
+                raise NotFound(f"adapter {name!r} does not exist")
+            self._write_index(tenant, index)
+            self._collect(record.sha256)
+        return record
+
+    def _check_quota(self, index: dict[str, AdapterRecord], name: str, size: int) -> None:
+        others = [r for n, r in index.items() if n != name]
+        if len(others) + 1 > self.max_adapters:
+            raise TooLarge(f"adapter quota reached: at most {self.max_adapters} adapters per tenant; delete one first")
+        used = sum(r.size for r in others)
+        if used + size > self.max_bytes:
+            raise TooLarge(
+                f"storage quota reached: {used + size} bytes would exceed {self.max_bytes} bytes per tenant"
+            )
+
+    def _collect(self, sha256: str) -> None:
+        """Delete a blob that no tenant's name points at any more."""
+        for tenant in self._tenants():
+            if any(r.sha256 == sha256 for r in self._read_index(tenant).values()):
+                return
+        self.blob_path(sha256).unlink(missing_ok=True)
+
