@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "commands.transcribe",
     "commands.evaluate",
     "commands.synth",
+    "commands.train",
     "commands.models",
     "commands.bench",
 )

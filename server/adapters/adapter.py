@@ -61,32 +61,33 @@ class BackboneSpec:
         """Describe ``model``; the result is the same before and after :func:`attach_bank`.
 
         Fingerprint = sha256 over (1) the model class and the architecture fields of its config,
-        (2) every parameter/buffer name and shape (sorted; ``.base_layer`` and adapter tensors are
-        ignored) and (3) a cheap weights digest: the first 256 values of every layer-norm and embedding
-        tensor, rounded to float16. Those tensors are never quantised, so fp32/fp16/int8/NF4 copies of
-        the same checkpoint agree, while a different checkpoint of the same architecture does not
-        (a bf16 copy may differ: its rounding is coarser than float16).
+        (2) every parameter name and shape (sorted; ``.base_layer`` and bank tensors are ignored, linear
+        weights count with their logical (out, in) shape, buffers are ignored) and (3) a cheap weights
+        digest: the first 256 values of every layer-norm and embedding tensor, rounded to float16.
+        So fp32 and fp16 copies of one checkpoint agree, and quantised copies are meant to (their
+        packed linear weights are not hashed), while another checkpoint of the same architecture
+        differs. A bf16 copy may differ: its rounding is coarser than float16.
         """
         linear: dict[str, tuple[int, int]] = {}
-        named: dict[str, torch.Tensor] = {}
+        named: dict[str, tuple[list[int], torch.Tensor]] = {}
         for mod_name, module in model.named_modules():
-            canonical = mod_name.replace(".base_layer", "")
-            if isinstance(module, nn.Linear) and not getattr(module, "is_adapter_bank", False):
-                linear[canonical] = (module.out_features, module.in_features)
             if getattr(module, "is_adapter_bank", False) or getattr(module, "is_adapter_state", False):
                 continue
-            for t_name, tensor in list(module.named_parameters(recurse=False)) + list(
-                module.named_buffers(recurse=False)
-            ):
-                named[f"{canonical}.{t_name}" if canonical else t_name] = tensor
+            canonical = mod_name.replace(".base_layer", "")
+            is_linear = isinstance(module, nn.Linear)
+            if is_linear:
+                linear[canonical] = (module.out_features, module.in_features)
+            for t_name, tensor in module.named_parameters(recurse=False):
+                shape = [module.out_features, module.in_features] if is_linear and t_name == "weight" else list(tensor.shape)
+                named[f"{canonical}.{t_name}" if canonical else t_name] = (shape, tensor)
         config = getattr(model, "config", None)
         arch = {"class": type(model).__name__}
         for key in _ARCH_FIELDS:
             if config is not None and hasattr(config, key):
                 arch[key] = getattr(config, key)
-        layout = [[n, list(t.shape)] for n, t in sorted(named.items())]
+        layout = [[n, shape] for n, (shape, _) in sorted(named.items())]
         hasher = hashlib.sha256(json.dumps({"arch": arch, "tensors": layout}, sort_keys=True).encode())
-        for n, tensor in sorted(named.items()):
+        for n, (_, tensor) in sorted(named.items()):
             if "norm" in n or "embed" in n:
                 sample = tensor.detach().reshape(-1)[:_DIGEST_ELEMENTS].to("cpu", torch.float16)
                 hasher.update(n.encode() + sample.numpy().tobytes())

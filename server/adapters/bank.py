@@ -124,6 +124,7 @@ class AdapterBank(nn.Module):
         self.loaded_slots.discard(slot)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """base_layer(x) plus, for every row whose slot holds an adapter here, that adapter's update."""
         out = self.base_layer(x)
         context = self._state.active
         if context is None:
@@ -141,12 +142,12 @@ class AdapterBank(nn.Module):
         n, shape = x.shape[0], x.shape
         dtype = self.lora_A.dtype
         xf = x.reshape(n, -1, shape[-1]).to(dtype)  # [n, T, in]
-        a, b = self.lora_A[plan.slots], self.lora_B[plan.slots]  # [n, E, r, in], [n, E, out, r]
-        if plan.mix is None:
-            a, b = a[:, 0], b[:, 0]
-        else:
+        if plan.mix is None:  # single-expert rows only: gather expert 0 alone
+            a, b = self.lora_A[plan.slots, 0], self.lora_B[plan.slots, 0]  # [n, r, in], [n, out, r]
+        else:  # A_mix = Σ_e p_e A_e, B_mix = Σ_e p_e B_e per row
             mix = plan.mix.to(dtype)
-            a, b = torch.einsum("ne,neri->nri", mix, a), torch.einsum("ne,neor->nor", mix, b)
+            a = torch.einsum("ne,neri->nri", mix, self.lora_A[plan.slots])
+            b = torch.einsum("ne,neor->nor", mix, self.lora_B[plan.slots])
         h = torch.bmm(xf, a.transpose(1, 2))  # [n, T, r]
         hg = h
         if plan.lowrank_gate is not None and self.gate_G is not None:

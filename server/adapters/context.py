@@ -57,10 +57,6 @@ class BankState(nn.Module):
         self.layer_names: list[str] = []
         self.active: SlotContext | None = None
 
-    def header(self, slot: int) -> SlotHeader | None:
-        """The header of ``slot`` (None when empty or slot 0)."""
-        return self.headers[slot]
-
 
 @dataclass
 class RowPlan:
@@ -80,7 +76,11 @@ class RowPlan:
 
 @dataclass
 class SlotContext:
-    """The active slot selection: ``slots`` [B] (long) and ``router_weights`` [B, E_max] or None."""
+    """The active slot selection: ``slots`` [B] (CPU long) and ``router_weights`` [B, E_max] or None.
+
+    ``router_weights`` row b is the mixture p of utterance b's slot (one-hot on expert 0 for
+    single-expert kinds); it lives on the bank's device and carries gradients when the router trains.
+    """
 
     slots: torch.Tensor
     router_weights: torch.Tensor | None
