@@ -7,13 +7,14 @@ import json
 import time
 from pathlib import Path
 
-from .transcribe import add_backbone_args, add_decoding_args, load_backbone
+from .transcribe import add_adapter_arg, add_backbone_args, add_decoding_args, attach_adapter, load_backbone
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="score transcripts against a manifest", description=__doc__)
     p.add_argument("--manifest", type=Path, required=True, help="JSONL: audio_filepath, text[, duration, lang]")
     add_backbone_args(p)
+    add_adapter_arg(p)
     add_decoding_args(p)
     p.add_argument("--normalizer", choices=["whisper", "basic"], default="whisper",
                    help="whisper: Whisper's English normalizer (numbers, spellings) for English; "
@@ -25,8 +26,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def evaluate(backbone, utterances, *, beam: int = 1, language: str | None = None, batch_size: int = 8,
-             normalizer: str = "whisper") -> dict:
-    """Transcribe every utterance and score the corpus; returns the JSON report."""
+             normalizer: str = "whisper", slot: int = 0) -> dict:
+    """Transcribe every utterance and score the corpus; returns the JSON report.
+
+    ``slot``: the adapter slot every utterance uses (0 = the backbone alone).
+    """
     from ..audio import SAMPLE_RATE_HZ, decode_audio
     from ..engine.decoding import DecodingOptions, transcribe
     from ..metrics import score_all
@@ -39,7 +43,7 @@ def evaluate(backbone, utterances, *, beam: int = 1, language: str | None = None
         batch = utterances[i : i + batch_size]
         audios = [decode_audio(u.audio_path) for u in batch]
         audio_seconds += sum(len(a) for a in audios) / SAMPLE_RATE_HZ
-        hyps += [r.text for r in transcribe(backbone, audios, options)]
+        hyps += [r.text for r in transcribe(backbone, audios, options, [slot] * len(batch) if slot else None)]
     wall = time.perf_counter() - start
     refs = [u.text for u in utterances]
     langs = {u.lang for u in utterances}
@@ -70,8 +74,11 @@ def run(args: argparse.Namespace) -> int:
 
     utterances = load_manifest(args.manifest)[: args.limit]
     backbone = load_backbone(args)
+    adapter = attach_adapter(backbone, args.adapter) if args.adapter else None
     report = evaluate(backbone, utterances, beam=args.beam, language=args.language,
-                      batch_size=args.batch_size, normalizer=args.normalizer)
+                      batch_size=args.batch_size, normalizer=args.normalizer, slot=1 if adapter else 0)
+    if adapter:
+        report["adapter"] = adapter
     if not args.details:
         report.pop("hypotheses")
     if args.json:

@@ -108,10 +108,10 @@ def _print_summary(report: dict) -> None:
         f"adapter      {report['out']} ({report['kind']}, stage {report['stage']}, {report['targets']} modules)",
         f"parameters   {report['trainable_parameters']:,} trained, {report['adapter_parameters']:,} stored",
         f"file size    {report['file_bytes'] / 1024:.1f} KiB",
-        f"data         {report['train_utterances']} utterances ({report['train_audio_seconds']:.0f} s), "
-        f"{report['dev_utterances']} dev",
-        f"training     {report['steps']} steps, {report['epochs_run']} epoch(s), kept epoch {report['best_epoch']}, "
-        f"{report['wall_seconds']:.1f} s wall ({report['torch_threads']} threads)",
+        (f"data         {report['train_utterances']} utterances ({report['train_audio_seconds']:.0f} s), "
+        f"{report['dev_utterances']} dev"),
+        (f"training     {report['steps']} steps, {report['epochs_run']} epoch(s), kept epoch {report['best_epoch']}, "
+        f"{report['wall_seconds']:.1f} s wall ({report['torch_threads']} threads)"),
     ]
     if report["dev_before"] is not None:
         lines.append(f"dev {metric:<8} {report['dev_before']:.4f} -> {report['dev_after']:.4f}")

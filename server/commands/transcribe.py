@@ -15,6 +15,10 @@ def add_backbone_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
 
 
+def add_adapter_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--adapter", type=Path, help="personal adapter file (.safetensors) applied to every utterance")
+
+
 def add_decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--language", help="ISO language code (multilingual backbones; detected if omitted)")
     p.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy, default)")
@@ -25,6 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("transcribe", help="transcribe audio files", description=__doc__)
     p.add_argument("files", nargs="+", type=Path, help="audio files (wav, flac, mp3, ogg, opus, webm, m4a ...)")
     add_backbone_args(p)
+    add_adapter_arg(p)
     add_decoding_args(p)
     p.add_argument("--nbest", type=int, default=1, help="also list the N best hypotheses (json only)")
     p.add_argument("--format", choices=["text", "json", "srt", "vtt"], default="text")
@@ -39,16 +44,35 @@ def load_backbone(args: argparse.Namespace):
     return WhisperBackbone.load(settings.backbone, cache_dir=settings.backbone_cache_dir, device=settings.device)
 
 
+def attach_adapter(backbone, path: Path) -> dict:
+    """Load the adapter file at ``path`` (validated against ``backbone``) into slot 1 of a one-slot bank.
+
+    Returns what the file holds, for reports; decode with ``slots=[1] * batch`` afterwards.
+    """
+    from ..adapters import AdapterLimits, BackboneSpec, attach_bank, load_adapter, load_into_slot
+
+    spec = BackboneSpec.from_model(backbone.name, backbone.model)
+    adapter = load_adapter(path, expected_backbone=spec)
+    limits = AdapterLimits(max_rank=adapter.config.r, max_experts=adapter.config.num_experts)
+    attach_bank(backbone.model, adapter.targets, num_slots=1, limits=limits, kinds=[adapter.kind])
+    load_into_slot(backbone.model, 1, adapter)
+    return {"path": str(path), "kind": adapter.kind, "file_bytes": Path(path).stat().st_size,
+            "parameters": adapter.num_parameters(), "hyperparameters": adapter.config.to_dict(),
+            "targets": len(adapter.targets)}
+
+
 def run(args: argparse.Namespace) -> int:
     from ..audio import decode_audio
     from ..engine.decoding import DecodingOptions, transcribe
     from ..formats import render, to_verbose_json
 
     backbone = load_backbone(args)
+    slot = 1 if args.adapter and attach_adapter(backbone, args.adapter) else 0
     options = DecodingOptions(beam_size=args.beam, language=args.language, nbest=args.nbest)
     for start in range(0, len(args.files), args.batch_size):
         files = args.files[start : start + args.batch_size]
-        results = transcribe(backbone, [decode_audio(f) for f in files], options)
+        slots = [slot] * len(files) if slot else None
+        results = transcribe(backbone, [decode_audio(f) for f in files], options, slots)
         for path, result in zip(files, results):
             if args.format == "json":
                 print(json.dumps({"file": str(path), **to_verbose_json(result)}, ensure_ascii=False))

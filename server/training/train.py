@@ -368,7 +368,7 @@ def _fit(
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
-                epoch_losses.append(float(loss))
+                epoch_losses.append(loss.item())
                 reporter.step(epoch_losses[-1])
             step_losses += epoch_losses
             history.append(evaluate(epoch, sum(epoch_losses) / len(epoch_losses), began))

@@ -23,11 +23,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789ab"}
+
+
 @dataclass
 class RunningServer:
     url: str
     engine: Engine
     settings: Settings
+
+    def headers(self, tenant: str = "alice") -> dict[str, str]:
+        return {"Authorization": f"Bearer {TOKENS[tenant]}"}
 
 
 def start_server(settings: Settings, engine: Engine) -> tuple[uvicorn.Server, threading.Thread]:
@@ -42,7 +48,9 @@ def start_server(settings: Settings, engine: Engine) -> tuple[uvicorn.Server, th
 @pytest.fixture(scope="session")
 def rest_server(tiny_backbone, backbone_cache_dir) -> Iterator[RunningServer]:
     settings = Settings(host="127.0.0.1", port=free_port(), cache_dir=backbone_cache_dir.parent,
-                        max_upload_bytes=2 * 1024 * 1024, max_queued_requests=8, _env_file=None)
+                        max_upload_bytes=2 * 1024 * 1024, max_queued_requests=8, adapter_slots=4,
+                        api_keys=",".join(f"{token}:{tenant}" for tenant, token in TOKENS.items()),
+                        _env_file=None)
     engine = Engine(settings, backbone=tiny_backbone)
     server, thread = start_server(settings, engine)
     url = f"http://127.0.0.1:{settings.port}"

@@ -8,6 +8,7 @@ import torch
 
 from splitasr.adapters import bank_context, utterance_embedding
 from splitasr.audio import decode_audio
+from splitasr.backbones.whisper import WhisperBackbone
 from splitasr.config import Settings
 from splitasr.engine.decoding import DecodingOptions
 from splitasr.engine.engine import Engine, Row
@@ -15,9 +16,11 @@ from tests.adapter_factory import adapter_bytes
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_backbone, tmp_path_factory):
+def engine(backbone_cache_dir, tmp_path_factory):
+    # its own backbone: the slot pool owns the bank of the model it serves
+    backbone = WhisperBackbone.load("tiny.en", cache_dir=backbone_cache_dir, device="cpu")
     settings = Settings(cache_dir=tmp_path_factory.mktemp("engine"), adapter_slots=4, _env_file=None)
-    engine = Engine(settings, backbone=tiny_backbone)
+    engine = Engine(settings, backbone=backbone)
     engine.load()
     yield engine
     engine.close(10)

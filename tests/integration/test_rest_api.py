@@ -10,12 +10,14 @@ import openai
 import pytest
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
+from tests.integration.conftest import TOKENS
+
 normalize = EnglishTextNormalizer({})
 
 
 @pytest.fixture(scope="module")
 def client(rest_server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{rest_server.url}/v1", api_key="unused", max_retries=0)
+    return openai.OpenAI(base_url=f"{rest_server.url}/v1", api_key=TOKENS["alice"], max_retries=0)
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +25,12 @@ def goforward(real_speech) -> dict:
     return next(r for r in real_speech if r["audio_filepath"].endswith("goforward.flac"))
 
 
+AUTH = {"Authorization": f"Bearer {TOKENS['alice']}"}
+
+
 def post(url: str, content: bytes, filename: str = "a.flac", **fields) -> httpx.Response:
     return httpx.post(f"{url}/v1/audio/transcriptions", files={"file": (filename, content)},
-                      data={"model": "tiny.en", **fields}, timeout=120)
+                      data={"model": "tiny.en", **fields}, headers=AUTH, timeout=120)
 
 
 def test_openai_sdk_transcribes(client, goforward):
@@ -106,13 +111,13 @@ def test_truncated_flac_is_rejected_or_partial(rest_server, goforward):
 def test_wrong_field_name(rest_server, goforward):
     response = httpx.post(f"{rest_server.url}/v1/audio/transcriptions",
                           files={"audio": ("a.flac", goforward["path"].read_bytes())},
-                          data={"model": "tiny.en"}, timeout=60)
+                          data={"model": "tiny.en"}, headers=AUTH, timeout=60)
     assert_error(response, 400, "file")
 
 
 def test_missing_model_field(rest_server, goforward):
     response = httpx.post(f"{rest_server.url}/v1/audio/transcriptions",
-                          files={"file": ("a.flac", goforward["path"].read_bytes())}, timeout=60)
+                          files={"file": ("a.flac", goforward["path"].read_bytes())}, headers=AUTH, timeout=60)
     assert_error(response, 400, "model")
 
 
@@ -141,7 +146,7 @@ def test_oversized_chunked_upload_gets_413(rest_server):
         yield b"\r\n--x--\r\n"
 
     response = httpx.post(f"{rest_server.url}/v1/audio/transcriptions", content=chunks(),
-                          headers={"content-type": "multipart/form-data; boundary=x"}, timeout=60)
+                          headers={"content-type": "multipart/form-data; boundary=x", **AUTH}, timeout=60)
     assert response.status_code == 413
 
 

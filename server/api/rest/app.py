@@ -49,7 +49,9 @@ def create_app(
     install_error_handlers(app)
     for module in (health, models, transcriptions, adapters):
         app.include_router(module.router)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    multipart_overhead = 64 * 1024
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes,
+                       per_path={"/v1/adapters": settings.max_adapter_bytes + multipart_overhead})
     return app
 
 

@@ -12,17 +12,23 @@ from .errors import error_body
 class BodySizeLimit:
     """Checks ``Content-Length`` up front and counts streamed bytes (chunked uploads) as they arrive."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int, per_path: dict[str, int] | None = None):
+        """``per_path``: limits for routes whose path starts with the key (e.g. adapter uploads)."""
         self.app = app
         self.max_bytes = max_bytes
+        self.per_path = per_path or {}
+
+    def limit_for(self, path: str) -> int:
+        return next((n for prefix, n in self.per_path.items() if path.startswith(prefix)), self.max_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limit_for(scope.get("path", ""))
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._reject(send, limit)
             return
         received = 0
         exceeded = False
@@ -35,7 +41,7 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     exceeded = True
                     return {"type": "http.disconnect"}
             return message
@@ -46,10 +52,10 @@ class BodySizeLimit:
 
         await self.app(scope, limited_receive, guarded_send)
         if exceeded:
-            await self._reject(send)
+            await self._reject(send, limit)
 
-    async def _reject(self, send: Send) -> None:
-        mib = self.max_bytes / (1024 * 1024)
+    async def _reject(self, send: Send, limit: int) -> None:
+        mib = limit / (1024 * 1024)
         body = json.dumps(
             error_body(f"request body exceeds the upload limit of {mib:.1f} MiB", "payload_too_large")
         ).encode()
