@@ -12,9 +12,14 @@ REAL_SPEECH_DIR = DATA_DIR / "real-speech"
 
 
 @pytest.fixture(scope="session")
-def backbone_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A per-session conversion cache, so tests never depend on the user's ~/.cache."""
-    return tmp_path_factory.mktemp("backbones")
+def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A per-session ``SPLITASR_CACHE_DIR``, so tests never depend on the user's ~/.cache."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def backbone_cache_dir(cache_root: Path) -> Path:
+    return cache_root / "backbones"
 
 
 @pytest.fixture(scope="session")

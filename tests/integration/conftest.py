@@ -46,8 +46,9 @@ def start_server(settings: Settings, engine: Engine) -> tuple[uvicorn.Server, th
 
 
 @pytest.fixture(scope="session")
-def rest_server(tiny_backbone, backbone_cache_dir) -> Iterator[RunningServer]:
-    settings = Settings(host="127.0.0.1", port=free_port(), cache_dir=backbone_cache_dir.parent,
+def rest_server(tiny_backbone, cache_root, tmp_path_factory) -> Iterator[RunningServer]:
+    settings = Settings(host="127.0.0.1", port=free_port(), cache_dir=cache_root,
+                        store_dir=tmp_path_factory.mktemp("store"),
                         max_upload_bytes=2 * 1024 * 1024, max_queued_requests=8, adapter_slots=4,
                         api_keys=",".join(f"{token}:{tenant}" for tenant, token in TOKENS.items()),
                         _env_file=None)
