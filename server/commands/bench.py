@@ -17,6 +17,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     rtf.add_argument("--threads", type=int, help="CPU threads for both runtimes (default: torch's)")
     rtf.add_argument("--json", action="store_true", help="print only the JSON object")
     rtf.set_defaults(func=run_rtf)
+    mt = sub.add_parser("multitenant", help="batched distinct adapters vs no adapter vs PEFT set_adapter")
+    mt.add_argument("--n", type=int, default=16, help="concurrent requests (and distinct adapters)")
+    mt.add_argument("--rank", type=int, default=8)
+    mt.add_argument("--targets", default="all", help="adapter target preset")
+    mt.add_argument("--backbone", default="tiny.en")
+    mt.add_argument("--max-batch-size", type=int, default=16)
+    mt.add_argument("--json", action="store_true", help="print only the JSON object")
+    mt.set_defaults(func=run_multitenant)
 
 
 def _emit(result: dict, as_json: bool) -> None:
@@ -36,4 +44,17 @@ def run_rtf(args: argparse.Namespace) -> int:
     result = rtf.run(backbone=args.backbone, repeats=args.repeats, threads=args.threads,
                      cache_dir=Settings().backbone_cache_dir, **kwargs)
     _emit(result, args.json)
+    return 0
+
+
+def run_multitenant(args: argparse.Namespace) -> int:
+    from ..bench import multitenant
+    from ..config import Settings
+
+    result = multitenant.run(n=args.n, rank=args.rank, targets=args.targets, backbone=args.backbone,
+                             max_batch_size=args.max_batch_size, cache_dir=Settings().cache_dir)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(json.dumps(result, indent=2))
     return 0
