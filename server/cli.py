@@ -50,6 +50,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        message = _settings_problem(exc)
+        if message is None:
+            raise
+        print(f"splitasr {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _settings_problem(exc: Exception) -> str | None:
+    """The message for invalid ``SPLITASR_*`` settings (pydantic's ValidationError of Settings), else None."""
+    from pydantic import ValidationError
+
+    from .config import Settings, describe_invalid_settings
+
+    if isinstance(exc, ValidationError) and exc.title == Settings.__name__:
+        return describe_invalid_settings(exc)
+    return None
 
 
 if __name__ == "__main__":

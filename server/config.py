@@ -9,8 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+ENV_PREFIX = "SPLITASR_"
 
 
 def _default_cache_dir() -> Path:
@@ -18,7 +21,7 @@ def _default_cache_dir() -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SPLITASR_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore")
 
     backbone: str = Field("tiny.en", description="Backbone: tiny.en, base, a local directory or a hub id.")
     device: str = Field("auto", description="Torch device: auto, cpu, cuda, cuda:1 ...")
@@ -43,11 +46,31 @@ class Settings(BaseSettings):
     max_adapters_per_tenant: int = Field(100, ge=1, description="Adapter count quota per tenant.")
     max_adapter_bytes_per_tenant: int = Field(1 << 30, ge=1024, description="Adapter storage quota per tenant.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="Log lines: json (one object per line), text, or auto (text on a terminal, else json).")
+    shutdown_grace_seconds: float = Field(
+        30.0, ge=0, description="On SIGTERM, time given to requests and streams in progress before exit.")
+    # gRPC API (served by the same process as REST)
+    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port on HOST; 0 = no gRPC server.")
+    grpc_tls_cert: Path | None = Field(None, description="PEM certificate chain: serve gRPC over TLS.")
+    grpc_tls_key: Path | None = Field(None, description="PEM private key of GRPC_TLS_CERT.")
+    grpc_max_message_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted.")
+    max_streams: int = Field(64, ge=1, description="Concurrent StreamingRecognize calls (RESOURCE_EXHAUSTED above).")
+    stream_max_chunk_bytes: int = Field(256 * 1024, ge=1024, description="Largest audio chunk in a stream message.")
+    stream_interim_interval_ms: float = Field(500.0, ge=50, description="New audio between interim decodes.")
+    stream_endpoint_silence_ms: float = Field(500.0, ge=100, description="Silence after speech that ends an utterance.")
+    stream_vad: Literal["silero", "energy"] = Field("silero", description="Endpointing VAD: silero or energy.")
 
     @field_validator("cache_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.grpc_tls_cert is None) != (self.grpc_tls_key is None):
+            raise ValueError("set both SPLITASR_GRPC_TLS_CERT and SPLITASR_GRPC_TLS_KEY, or neither")
+        return self
 
     @property
     def backbone_cache_dir(self) -> Path:
@@ -56,3 +79,16 @@ class Settings(BaseSettings):
     @property
     def adapter_store_dir(self) -> Path:
         return (self.store_dir or self.cache_dir / "adapters").expanduser()
+
+
+def describe_invalid_settings(exc: ValidationError) -> str:
+    """One line per problem, naming the environment variable: what ``splitasr`` prints before exit 2.
+
+    Values are not echoed: some settings (API keys) are secrets.
+    """
+    lines = []
+    for err in exc.errors():
+        message = err["msg"].removeprefix("Value error, ")
+        loc = [str(part) for part in err.get("loc", ())]
+        lines.append(f"invalid setting {ENV_PREFIX}{loc[0].upper()}: {message}" if loc else f"invalid settings: {message}")
+    return "\n".join(lines)

@@ -23,6 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     mt.add_argument("--targets", default="all", help="adapter target preset")
     mt.add_argument("--backbone", default="tiny.en")
     mt.add_argument("--max-batch-size", type=int, default=16)
+    mt.add_argument("--repeats", type=int, default=2, help="alternating rounds of (a) and (b); best kept")
     mt.add_argument("--json", action="store_true", help="print only the JSON object")
     mt.set_defaults(func=run_multitenant)
 
@@ -52,7 +53,8 @@ def run_multitenant(args: argparse.Namespace) -> int:
     from ..config import Settings
 
     result = multitenant.run(n=args.n, rank=args.rank, targets=args.targets, backbone=args.backbone,
-                             max_batch_size=args.max_batch_size, cache_dir=Settings().cache_dir)
+                             max_batch_size=args.max_batch_size, repeats=args.repeats,
+                             cache_dir=Settings().cache_dir)
     if args.json:
         print(json.dumps(result))
     else:

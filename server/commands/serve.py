@@ -1,4 +1,4 @@
-"""``splitasr serve``: the REST server (OpenAI-compatible transcription)."""
+"""``splitasr serve``: the REST server (OpenAI-compatible transcription) and the gRPC API, in one process."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("serve", help="run the server", description=__doc__)
     p.add_argument("--host", help="bind address (default 127.0.0.1; env SPLITASR_HOST)")
     p.add_argument("--port", type=int, help="REST port (default 8000; env SPLITASR_PORT)")
+    p.add_argument("--grpc-port", type=int, help="gRPC port (default 50051, 0 = off; env SPLITASR_GRPC_PORT)")
     p.add_argument("--backbone", help="tiny.en (default), base, a local directory or a hub id")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--api-keys", dest="api_keys_file", help="file of 'TOKEN TENANT' lines (env SPLITASR_API_KEYS_FILE)")
@@ -23,16 +24,18 @@ def overrides(args: argparse.Namespace, *names: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    import asyncio
     import logging
-
-    import uvicorn
 
     from ..api.rest.app import create_app
     from ..config import Settings
     from ..errors import InvalidInput
+    from ..observability import configure_logging
     from ..tenants import ApiKeys, is_loopback
 
-    settings = Settings(**overrides(args, "host", "port", "backbone", "device", "api_keys_file", "allow_insecure_open"))
+    settings = Settings(**overrides(args, "host", "port", "grpc_port", "backbone", "device", "api_keys_file",
+                                    "allow_insecure_open"))
+    configure_logging(settings.log_level, settings.log_format)
     keys = ApiKeys.load(settings.api_keys_file, settings.api_keys)
     if keys.open:
         if not is_loopback(settings.host) and not settings.allow_insecure_open:
@@ -44,5 +47,34 @@ def run(args: argparse.Namespace) -> int:
             "no API keys configured: serving one open tenant %r (fine on loopback only)", "default"
         )
     app = create_app(settings, api_keys=keys)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    asyncio.run(_serve(app, settings, keys))
     return 0
+
+
+async def _serve(app, settings, keys) -> None:
+    """uvicorn and grpc.aio in one event loop over one engine (the app's). On SIGINT/SIGTERM uvicorn
+    begins its shutdown; gRPC stops first (calls and streams in progress get SHUTDOWN_GRACE_SECONDS),
+    then REST requests get the same grace and the app's lifespan closes the engine."""
+    import uvicorn
+
+    from ..api.rpc.server import create_grpc_server
+
+    grpc_server = create_grpc_server(settings, app.state.engine, keys) if settings.grpc_port else None
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            if grpc_server is not None:
+                await grpc_server.stop(settings.shutdown_grace_seconds)
+            await super().shutdown(sockets)
+
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            log_config=None,  # keep the handlers configure_logging installed
+                            timeout_graceful_shutdown=settings.shutdown_grace_seconds)
+    server = Server(config)
+    if grpc_server is not None:
+        await grpc_server.start(app.state.engine)
+    try:
+        await server.serve()
+    finally:
+        if grpc_server is not None:
+            await grpc_server.stop(0)

@@ -122,6 +122,35 @@ def adapters_selected(
         yield
 
 
+@contextmanager
+def adapters_per_pass(
+    backbone: WhisperBackbone, slots: Sequence[int] | None, features: torch.Tensor, mask: torch.Tensor
+) -> Iterator[None]:
+    """Like :func:`adapters_selected`, for Whisper's own ``generate`` (timestamps, windows).
+
+    That loop drops finished rows and decodes the others again from their last timestamp (long audio,
+    and also short audio whose last segment does not close the window), so one selection for the
+    whole call would no longer match the rows. Each decoding pass gets the slots of its own rows.
+    """
+    if not slots or not any(slots):
+        yield
+        return
+    model, slot_list = backbone.model, list(slots)
+    embedding = utterance_embedding(features, mask.sum(-1))
+    original = model.generate_with_fallback
+
+    def generate_with_fallback(*args, **kwargs):
+        rows = list(kwargs["batch_idx_map"])
+        with bank_context(model, slots=[slot_list[i] for i in rows], utterance_embedding=embedding[rows]):
+            return original(*args, **kwargs)
+
+    model.generate_with_fallback = generate_with_fallback
+    try:
+        yield
+    finally:
+        del model.generate_with_fallback
+
+
 def transcribe(
     backbone: WhisperBackbone,
     audios: list[np.ndarray],
@@ -153,7 +182,7 @@ def transcribe(
         kwargs.update(do_sample=True, temperature=options.temperature)
     if options.prompt:
         kwargs["prompt_ids"] = torch.tensor(backbone.tokenizer.get_prompt_ids(options.prompt), device=backbone.device)
-    with torch.inference_mode(), adapters_selected(backbone, slots, features, mask):
+    with torch.inference_mode(), adapters_per_pass(backbone, slots, features, mask):
         out = backbone.model.generate(features, **kwargs)
     results = []
     for i, audio in enumerate(audios):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import observability
 from ..adapters import Adapter, AdapterLimits, BackboneSpec, attach_bank, bank_layers, load_adapter
 from ..audio import SAMPLE_RATE_HZ, decode_audio
 from ..backbones.whisper import WhisperBackbone
@@ -64,6 +65,7 @@ class Engine:
     # lifecycle -----------------------------------------------------------------------------------
     def load(self) -> None:
         """Load, equip with adapter slots and warm the backbone; then accept requests. Thread-safe."""
+        loading = time.perf_counter()
         try:
             backbone = self._preloaded or WhisperBackbone.load(
                 self.settings.backbone, cache_dir=self.settings.backbone_cache_dir, device=self.settings.device
@@ -74,19 +76,23 @@ class Engine:
             start = time.perf_counter()
             transcribe(backbone, [np.zeros(SAMPLE_RATE_HZ, dtype=np.float32)])  # warm-up: first call is slow
             log.info("backbone warmed up in %.2f s", time.perf_counter() - start)
+            observability.observe_backbone_load(time.perf_counter() - loading)
         except Exception as exc:
             self.load_error = str(exc)
             log.error("backbone %r failed to load: %s", self.settings.backbone, exc)
             raise
         self.backbone = backbone
         self.pool = SlotPool(backbone.model, self.settings.adapter_slots, self._load_adapter)
+        self.pool.on_event = observability.observe_pool_event
         self.scheduler = Scheduler(
             self._run_batch,
             max_batch_size=self.settings.max_batch_size,
             max_wait_ms=self.settings.max_batch_wait_ms,
             max_queue=self.settings.max_queued_requests,
+            on_batch=observability.observe_batch,
         )
         self.scheduler.start()
+        observability.track_engine(self)
         self._ready.set()
 
     def close(self, timeout: float | None = None) -> None:
@@ -165,5 +171,6 @@ class Engine:
             chunk = rows[start:end]
             slots = self.pool.acquire([r.adapter for r in chunk])
             results += transcribe(self.backbone, [r.audio for r in chunk], options, slots)
+            observability.observe_audio(sum(r.audio.size for r in chunk) / SAMPLE_RATE_HZ)
             start = end
         return results

@@ -68,3 +68,6 @@ def rest_server(tiny_backbone, cache_root, tmp_path_factory) -> Iterator[Running
     yield RunningServer(url, engine, settings)
     server.should_exit = True
     thread.join(30)
+
+
+from .grpc_server import grpc_server  # noqa: E402,F401 - session fixture shared by the gRPC test modules

@@ -14,7 +14,8 @@ from ...engine.engine import Engine
 from ...tenants import ApiKeys
 from .errors import install_error_handlers
 from .limits import BodySizeLimit
-from .routes import adapters, health, models, transcriptions
+from .middleware import RequestObserver
+from .routes import adapters, health, metrics, models, transcriptions
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +48,12 @@ def create_app(
     app.state.engine = engine
     app.state.api_keys = api_keys or ApiKeys.load(settings.api_keys_file, settings.api_keys)
     install_error_handlers(app)
-    for module in (health, models, transcriptions, adapters):
+    for module in (health, metrics, models, transcriptions, adapters):
         app.include_router(module.router)
     multipart_overhead = 64 * 1024
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes,
                        per_path={"/v1/adapters": settings.max_adapter_bytes + multipart_overhead})
+    app.add_middleware(RequestObserver)  # added last = outermost: it sees every status, 413s included
     return app
 
 

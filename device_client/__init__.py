@@ -1,0 +1,32 @@
+"""SplitASR device client: enroll an adapter once, then transcribe or stream audio over gRPC.
+
+Depends only on grpcio, protobuf and the standard library (never torch). The generated gRPC code
+lives in ``splitasr_device._proto`` and is shared with the server.
+"""
+
+from .audio import Pcm, microphone, read_pcm
+from .client import SplitASRClient, adapter_name_for, file_sha256
+from .config import DeviceConfig, load_config
+from .errors import DeviceError
+from .results import AdapterInfo, EnrollResult, Segment, ServerStatus, StreamUpdate, Transcript, Word
+from .retry import RetryPolicy
+
+__all__ = [
+    "AdapterInfo",
+    "DeviceConfig",
+    "DeviceError",
+    "EnrollResult",
+    "Pcm",
+    "RetryPolicy",
+    "Segment",
+    "ServerStatus",
+    "SplitASRClient",
+    "StreamUpdate",
+    "Transcript",
+    "Word",
+    "adapter_name_for",
+    "file_sha256",
+    "load_config",
+    "microphone",
+    "read_pcm",
+]

@@ -1,0 +1,140 @@
+"""``splitasr-device``: the device side of SplitASR on the command line.
+
+    splitasr-device --server HOST:PORT enroll --adapter me.safetensors
+    splitasr-device transcribe talk.wav
+    splitasr-device stream talk.wav --realtime      # or: stream --mic
+    splitasr-device status
+
+Settings: flags, then ``SPLITASR_DEVICE_*`` variables (SERVER, TOKEN, TLS, ROOT_CERT, ADAPTER,
+CONFIG), then the config file (see ``splitasr_device.config``). With an adapter configured,
+``transcribe`` and ``stream`` enroll it first (uploading only when the server lacks it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+import grpc
+
+from .audio import microphone
+from .client import SplitASRClient
+from .config import DeviceConfig, load_config
+from .errors import DeviceError
+from .results import EnrollResult, StreamUpdate
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="splitasr-device", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--server", help="HOST:PORT of the gRPC API (default 127.0.0.1:50051)")
+    parser.add_argument("--token", help="API key (env SPLITASR_DEVICE_TOKEN)")
+    parser.add_argument("--tls", action="store_const", const=True, help="connect with TLS")
+    parser.add_argument("--root-cert", type=Path, help="PEM CA certificate for TLS (implies --tls)")
+    parser.add_argument("--adapter", type=Path, help="this device's adapter file (.safetensors)")
+    parser.add_argument("--config", type=Path, help="INI config file (default ~/.config/splitasr/device.ini)")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log retries and reconnects")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    enroll = sub.add_parser("enroll", help="make sure the server holds this device's adapter")
+    enroll.add_argument("--name", help="adapter name on the server (default: from the file name)")
+
+    for name, help_text in (("transcribe", "transcribe a whole file"), ("stream", "stream audio, print live text")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--language", help="ISO language code (multilingual backbones)")
+        p.add_argument("--no-adapter", action="store_true", help="use the plain backbone")
+        if name == "transcribe":
+            p.add_argument("file", type=Path)
+        else:
+            p.add_argument("file", type=Path, nargs="?")
+            p.add_argument("--mic", action="store_true", help="stream from the microphone (needs sounddevice)")
+            p.add_argument("--seconds", type=float, help="stop the microphone after this long")
+            p.add_argument("--realtime", action="store_true", help="send a file at the pace of speech")
+            p.add_argument("--no-interim", action="store_true", help="final results only")
+
+    sub.add_parser("status", help="server health and whether this device's adapter is enrolled")
+    sub.add_parser("list", help="list your adapters on the server")
+    delete = sub.add_parser("delete", help="delete one of your adapters")
+    delete.add_argument("name")
+    return parser
+
+
+def _print(args: argparse.Namespace, value: object, text: str) -> None:
+    if args.json:
+        print(json.dumps(dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value, default=str))
+    else:
+        print(text)
+
+
+def _enrolled(client: SplitASRClient, config: DeviceConfig, args: argparse.Namespace) -> EnrollResult | None:
+    if getattr(args, "no_adapter", False) or config.adapter is None:
+        return None
+    return client.enroll(config.adapter)
+
+
+def _show_update(args: argparse.Namespace, update: StreamUpdate) -> None:
+    if args.json:
+        print(json.dumps(dataclasses.asdict(update)), flush=True)
+    elif update.is_final:
+        print(f"\r\x1b[K[{update.start:7.2f} -> {update.end:7.2f}] {update.text}", flush=True)
+    elif sys.stderr.isatty():
+        print(f"\r\x1b[K... {update.text}", end="", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace, config: DeviceConfig) -> int:
+    with SplitASRClient(config.server, config.token, config.tls, config.root_cert) as client:
+        if args.command == "enroll":
+            if config.adapter is None:
+                raise DeviceError("enroll needs --adapter FILE (or SPLITASR_DEVICE_ADAPTER)")
+            result = client.enroll(config.adapter, args.name)
+            done = f"uploaded {result.uploaded_bytes} bytes" if result.uploaded_bytes else "already on the server"
+            _print(args, result, f"enrolled {result.name} (sha256 {result.sha256}): {done}")
+        elif args.command == "transcribe":
+            result = client.transcribe(args.file, _enrolled(client, config, args), args.language)
+            _print(args, result, result.text)
+        elif args.command == "stream":
+            if args.mic == (args.file is not None):
+                raise DeviceError("stream needs a FILE or --mic (one of them)")
+            source = microphone(seconds=args.seconds) if args.mic else args.file
+            for update in client.stream(source, realtime=args.realtime, adapter=_enrolled(client, config, args),
+                                        language=args.language, interim_results=not args.no_interim):
+                _show_update(args, update)
+        elif args.command == "status":
+            status = client.status(config.adapter)
+            enrolled = (f"enrolled as {status.enrolled_as.name}" if status.enrolled_as
+                        else "not enrolled" if status.adapter_sha256 else "no adapter configured")
+            _print(args, status, f"server {status.server}: {status.health}; adapter: {enrolled}")
+        elif args.command == "list":
+            adapters = client.list_adapters()
+            _print(args, [dataclasses.asdict(a) for a in adapters],
+                   "\n".join(f"{a.name}\t{a.kind}\t{a.size}\t{a.sha256}" for a in adapters))
+        elif args.command == "delete":
+            _print(args, client.delete_adapter(args.name), f"deleted {args.name}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config({"server": args.server, "token": args.token, "tls": args.tls,
+                              "root_cert": args.root_cert, "adapter": args.adapter}, config_file=args.config)
+        return run(args, config)
+    except DeviceError as exc:
+        print(f"splitasr-device: error: {exc}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as exc:
+        print(f"splitasr-device: error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The one place where gRPC calls are authenticated and errors become status codes.
+
+Every method of our services runs inside :class:`ApiInterceptor`: the bearer token in the
+``authorization`` metadata picks the tenant (the same keys as REST), which servicers read with
+:func:`current_tenant`; an exception becomes a status code with the error's message. Anything that
+is not a :class:`~splitasr.errors.SplitASRError` is logged with its trace and sent as INTERNAL
+"internal error". Health checking and reflection need no token (probes and ``grpcurl``).
+
+``TooLarge`` maps to RESOURCE_EXHAUSTED, the code gRPC itself gives a message over the size limit,
+so a client sees one code for "too big" whichever layer noticed.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from ...errors import (
+    InvalidInput,
+    NotFound,
+    NotReady,
+    Overloaded,
+    PermissionDenied,
+    SplitASRError,
+    TooLarge,
+    Unauthenticated,
+)
+from ...tenants import ApiKeys
+
+log = logging.getLogger(__name__)
+
+_TENANT: contextvars.ContextVar[str] = contextvars.ContextVar("splitasr_grpc_tenant")
+PUBLIC_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+# most specific first: TooLarge is an InvalidInput
+STATUS_BY_ERROR: tuple[tuple[type[SplitASRError], grpc.StatusCode], ...] = (
+    (TooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),  # BadAudio, InvalidAdapter too
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (NotReady, grpc.StatusCode.UNAVAILABLE),
+)
+
+
+def current_tenant() -> str:
+    """The tenant of the call being served (set by the interceptor)."""
+    return _TENANT.get()
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    if isinstance(exc, TimeoutError):  # asyncio.wait_for on the call's own deadline
+        return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the result was ready"
+    for cls, code in STATUS_BY_ERROR:
+        if isinstance(exc, cls):
+            return code, str(exc)
+    return grpc.StatusCode.INTERNAL, "internal error"
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
+    if isinstance(exc, grpc.aio.AbortError):  # a servicer aborted on purpose
+        raise exc
+    code, message = status_for(exc)
+    if code == grpc.StatusCode.INTERNAL:
+        log.error("%s failed", method, exc_info=exc)
+    await context.abort(code, message)
+
+
+def _wrap(handler: grpc.RpcMethodHandler, authenticate: Callable[[], str], method: str) -> grpc.RpcMethodHandler:
+    kwargs = {"request_deserializer": handler.request_deserializer,
+              "response_serializer": handler.response_serializer}
+    if handler.unary_unary or handler.stream_unary:
+        inner: Callable[..., Awaitable] = handler.unary_unary or handler.stream_unary
+
+        async def call(request, context):
+            try:
+                _TENANT.set(authenticate())
+                return await inner(request, context)
+            except Exception as exc:  # noqa: BLE001 - mapped to a status code
+                await _abort(context, exc, method)
+
+        factory = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
+        return factory(call, **kwargs)
+
+    inner_stream = handler.unary_stream or handler.stream_stream
+
+    async def stream(request, context):
+        try:
+            _TENANT.set(authenticate())
+            async for response in inner_stream(request, context):
+                yield response
+        except Exception as exc:  # noqa: BLE001 - mapped to a status code
+            await _abort(context, exc, method)
+
+    factory = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
+    return factory(stream, **kwargs)
+
+
+class ApiInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, api_keys: ApiKeys):
+        self.api_keys = api_keys
+
+    async def intercept_service(self, continuation, handler_call_details: grpc.HandlerCallDetails):
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(PUBLIC_PREFIXES):
+            return handler
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        authorization = metadata.get("authorization")
+        return _wrap(handler, lambda: self.api_keys.authenticate(authorization), method)

@@ -1,0 +1,125 @@
+"""``splitasr.v1.Recognizer``: converts messages and delegates to the engine and the streaming policy."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import grpc
+from splitasr_device._proto import recognizer_pb2 as pb, recognizer_pb2_grpc
+
+from ...audio import decode_audio
+from ...config import Settings
+from ...engine.decoding import DecodingOptions
+from ...engine.engine import Engine
+from ...engine.streaming import Linear16Decoder, StreamingSession, StreamPolicy
+from ...engine.vad import make_vad
+from ...errors import BadAudio, InvalidInput, NotFound, Overloaded, TooLarge
+from . import convert
+from .interceptors import current_tenant
+
+
+class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
+    def __init__(self, engine: Engine, settings: Settings):
+        self.engine = engine
+        self.settings = settings
+        self.policy = StreamPolicy(interim_interval_s=settings.stream_interim_interval_ms / 1000,
+                                   endpoint_silence_s=settings.stream_endpoint_silence_ms / 1000)
+        self.active_streams = 0
+
+    # helpers -------------------------------------------------------------------------------------
+    def _adapter(self, tenant: str, ref: pb.AdapterRef) -> str | None:
+        which = ref.WhichOneof("ref")
+        if which == "sha256":
+            record = self.engine.store.find_by_hash(tenant, ref.sha256)
+            if record is None:
+                raise NotFound(f"no adapter with sha256 {ref.sha256.lower()}; enroll it first (Adapters.Upload)")
+            return record.sha256
+        return self.engine.resolve_model(tenant, ref.name if which == "name" else None)
+
+    def _options(self, config: pb.RecognitionConfig) -> DecodingOptions:
+        return DecodingOptions(beam_size=config.beam_size or self.settings.default_beam_size,
+                               language=config.language or None, prompt=config.prompt or None)
+
+    def _audio(self, config: pb.RecognitionConfig, data: bytes):
+        if config.encoding == pb.LINEAR16:
+            if not config.sample_rate_hz:
+                raise BadAudio("LINEAR16 audio needs sample_rate_hz")
+            audio = Linear16Decoder(config.sample_rate_hz)(data, last=True)
+            if not len(audio):
+                raise BadAudio("audio is empty (0 samples)")
+            if len(audio) / 16_000 > self.settings.max_audio_seconds:
+                raise BadAudio(f"audio is longer than the limit of {self.settings.max_audio_seconds:g} s")
+            return audio
+        return decode_audio(data, max_seconds=self.settings.max_audio_seconds)
+
+    # unary ---------------------------------------------------------------------------------------
+    async def Recognize(self, request: pb.RecognizeRequest, context: grpc.aio.ServicerContext):
+        tenant = current_tenant()
+        adapter = self._adapter(tenant, request.config.adapter)
+        options = self._options(request.config)
+        remaining = context.time_remaining()  # the client's deadline: give up (and dequeue) when it passes
+        result = await asyncio.wait_for(self._recognize(request.config, request.audio, options, adapter), remaining)
+        return convert.recognize_response(result)
+
+    async def _recognize(self, config: pb.RecognitionConfig, data: bytes, options: DecodingOptions,
+                         adapter: str | None):
+        audio = await asyncio.to_thread(self._audio, config, data)
+        return await self.engine.transcribe_audio(audio, options, adapter)
+
+    # streaming -----------------------------------------------------------------------------------
+    async def _read_audio(self, requests, session: StreamingSession, decoder: Linear16Decoder) -> None:
+        limit = self.settings.stream_max_chunk_bytes
+        async for request in requests:
+            if request.WhichOneof("request") != "audio":
+                raise InvalidInput("streaming_config must be the first message, and only the first")
+            if len(request.audio) > limit:
+                raise TooLarge(f"audio chunk of {len(request.audio)} bytes exceeds the limit of {limit} bytes; "
+                               "send smaller chunks (100 ms is typical)")
+            session.push(decoder(request.audio))
+            if session.received_seconds > self.settings.max_audio_seconds:
+                raise BadAudio(f"stream is longer than the limit of {self.settings.max_audio_seconds:g} s")
+        session.push(decoder(b"", last=True))
+        session.close()
+
+    async def StreamingRecognize(self, request_iterator, context: grpc.aio.ServicerContext):
+        tenant = current_tenant()
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("request") != "streaming_config":
+            raise InvalidInput("the first StreamingRecognize message must be streaming_config (adapter, "
+                               "encoding, sample rate); audio follows")
+        streaming = first.streaming_config
+        config = streaming.config
+        if config.encoding not in (pb.LINEAR16, pb.AUDIO_ENCODING_UNSPECIFIED):
+            raise InvalidInput("StreamingRecognize takes LINEAR16 audio (use Recognize for whole files)")
+        adapter = self._adapter(tenant, config.adapter)
+        options = self._options(config)
+        decoder = Linear16Decoder(config.sample_rate_hz or 16_000)
+        if self.active_streams >= self.settings.max_streams:
+            raise Overloaded(f"the server is at its limit of {self.settings.max_streams} streams; retry later")
+        self.active_streams += 1
+        try:
+            session = StreamingSession(lambda audio: self.engine.transcribe_audio(audio, options, adapter),
+                                       make_vad(self.settings.stream_vad), self.policy, streaming.interim_results)
+            async for response in self._respond(request_iterator, session, decoder, streaming.time_offset_seconds):
+                yield response
+        finally:
+            self.active_streams -= 1
+
+    async def _respond(self, requests, session: StreamingSession, decoder: Linear16Decoder, offset: float):
+        reader = asyncio.create_task(self._read_audio(requests, session, decoder))
+        worker = asyncio.create_task(session.run())
+        reader.add_done_callback(lambda t: t.cancelled() or t.exception() is None
+                                 or session.events.put_nowait(t.exception()))
+        try:
+            while (event := await session.events.get()) is not None:
+                if isinstance(event, Exception):
+                    raise event
+                yield convert.stream_response(event, offset)
+            if reader.done() and not reader.cancelled() and reader.exception() is not None:
+                raise reader.exception()
+        finally:
+            for task in (reader, worker):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task

@@ -1,0 +1,94 @@
+"""The gRPC server: our two services, standard health checking and reflection, one interceptor.
+
+Runs on ``grpc.aio`` in the same event loop as the REST server (``splitasr serve``) and over the
+same :class:`~splitasr.engine.engine.Engine`. Health reports NOT_SERVING until the backbone is
+loaded and warmed up, then SERVING.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from splitasr_device._proto import adapters_pb2, adapters_pb2_grpc, recognizer_pb2, recognizer_pb2_grpc
+
+from ...config import Settings
+from ...engine.engine import Engine
+from ...tenants import ApiKeys
+from .adapters import AdaptersServicer
+from .interceptors import ApiInterceptor
+from .recognizer import RecognizerServicer
+
+log = logging.getLogger(__name__)
+
+SERVICES = (
+    recognizer_pb2.DESCRIPTOR.services_by_name["Recognizer"].full_name,
+    adapters_pb2.DESCRIPTOR.services_by_name["Adapters"].full_name,
+)
+_READY_POLL_S = 0.2
+
+
+@dataclass
+class GrpcServer:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    recognizer: RecognizerServicer
+    _watcher: asyncio.Task | None = None
+
+    async def start(self, engine: Engine) -> None:
+        if not engine.ready:
+            for service in ("", *SERVICES):
+                await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        self._watcher = asyncio.create_task(self._report_ready(engine))
+
+    async def _report_ready(self, engine: Engine) -> None:
+        while not engine.ready:
+            await asyncio.sleep(_READY_POLL_S)
+        for service in ("", *SERVICES):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float | None) -> None:
+        """Report NOT_SERVING, refuse new calls, give calls in progress ``grace`` seconds."""
+        if self._watcher:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    if settings.grpc_tls_cert is None:
+        return None
+    return grpc.ssl_server_credentials([(settings.grpc_tls_key.read_bytes(), settings.grpc_tls_cert.read_bytes())])
+
+
+def create_grpc_server(settings: Settings, engine: Engine, api_keys: ApiKeys | None = None,
+                       port: int | None = None) -> GrpcServer:
+    """Build (not start) the server on ``settings.host``:``port`` (default ``settings.grpc_port``;
+    0 picks a free port). Call from inside the event loop that will run it."""
+    api_keys = api_keys or ApiKeys.load(settings.api_keys_file, settings.api_keys)
+    limit = settings.grpc_max_message_bytes
+    server = grpc.aio.server(
+        interceptors=[ApiInterceptor(api_keys)],
+        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+                 ("grpc.so_reuseport", 0)],
+    )
+    recognizer = RecognizerServicer(engine, settings)
+    recognizer_pb2_grpc.add_RecognizerServicer_to_server(recognizer, server)
+    adapters_pb2_grpc.add_AdaptersServicer_to_server(AdaptersServicer(engine), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    address = f"{settings.host}:{settings.grpc_port if port is None else port}"
+    credentials = _credentials(settings)
+    bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    log.info("gRPC API on %s%s", address.rsplit(":", 1)[0] + f":{bound}", " (TLS)" if credentials else "")
+    return GrpcServer(server, bound, health_servicer, recognizer)

@@ -1,0 +1,249 @@
+"""The streaming policy for Whisper: local agreement over a growing buffer, VAD endpointing.
+
+Whisper decodes whole windows, not frames, so a stream keeps a growing buffer of the current
+utterance and re-decodes it every ``interim_interval_s`` of new audio (through the engine's batching
+scheduler, so many streams share forward passes). Words on which the last two hypotheses agree are
+*stable* (local agreement, as in whisper_streaming); the rest may still change. A voice activity
+detector ends the utterance after ``endpoint_silence_s`` of silence following speech: the buffer is
+decoded once more into a final result and the next utterance starts. Half-close and a full buffer
+(``max_utterance_s``, Whisper's 30 s window) finalise too. Audio before any speech is kept only as a
+short lead-in, so silence costs no decoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import soxr
+
+from ..audio import SAMPLE_RATE_HZ
+from ..errors import BadAudio
+from .decoding import Transcription
+from .vad import FRAME_SAMPLES, Vad
+
+STABLE = 0.9  # stability of words two consecutive hypotheses agree on
+UNSTABLE = 0.1
+
+
+@dataclass(frozen=True)
+class StreamPolicy:
+    interim_interval_s: float = 0.5  # re-decode after this much new audio (one decode in flight at a time)
+    endpoint_silence_s: float = 0.5  # silence after speech that ends an utterance
+    max_utterance_s: float = 30.0  # finalise when the buffer reaches this (Whisper's window)
+    speech_threshold: float = 0.5  # VAD probability that counts as speech
+    min_speech_s: float = 0.064  # consecutive speech needed to start an utterance (ignores clicks)
+    lead_in_s: float = 0.3  # audio kept before speech starts
+    tail_s: float = 0.2  # audio kept after the last speech frame
+
+
+@dataclass
+class Interim:
+    utterance: int
+    stable: str
+    unstable: str
+    start_s: float  # stream time
+    end_s: float
+
+
+@dataclass
+class Final:
+    utterance: int
+    result: Transcription
+    start_s: float
+    end_s: float
+
+
+@dataclass
+class _Utterance:
+    index: int
+    start: int  # stream sample where its audio starts
+    audio: np.ndarray
+
+
+def _norm(word: str) -> str:
+    return re.sub(r"[^\w']", "", word.lower())
+
+
+def agreed_prefix(a: list[str], b: list[str]) -> int:
+    """Number of leading words two hypotheses share (ignoring case and punctuation)."""
+    n = 0
+    for x, y in zip(a, b):
+        if _norm(x) != _norm(y):
+            break
+        n += 1
+    return n
+
+
+class LocalAgreement:
+    """Splits each new hypothesis into a stable prefix (never shortened) and an unstable rest."""
+
+    def __init__(self) -> None:
+        self._previous: list[str] = []
+        self._committed = 0
+
+    def update(self, text: str) -> tuple[str, str]:
+        words = text.split()
+        self._committed = min(max(self._committed, agreed_prefix(self._previous, words)), len(words))
+        self._previous = words
+        return " ".join(words[: self._committed]), " ".join(words[self._committed:])
+
+
+class Linear16Decoder:
+    """Raw 16-bit little-endian mono PCM chunks at ``rate_hz`` -> float32 at 16 kHz."""
+
+    def __init__(self, rate_hz: int):
+        if not 4_000 <= rate_hz <= 384_000:
+            raise BadAudio(f"sample_rate_hz must be 4000..384000 for LINEAR16, got {rate_hz}")
+        self._carry = b""
+        self._resampler = None if rate_hz == SAMPLE_RATE_HZ else soxr.ResampleStream(rate_hz, SAMPLE_RATE_HZ, 1)
+
+    def __call__(self, data: bytes, last: bool = False) -> np.ndarray:
+        data = self._carry + data
+        usable = len(data) - len(data) % 2
+        self._carry = data[usable:]
+        samples = np.frombuffer(data[:usable], dtype="<i2").astype(np.float32) / 32768.0
+        if self._resampler is not None:
+            samples = self._resampler.resample_chunk(samples, last=last)
+        return samples
+
+
+Decode = Callable[[np.ndarray], Awaitable[Transcription]]
+
+
+@dataclass
+class StreamingSession:
+    """One stream's state. ``push`` audio and ``close``; ``run`` decodes and puts events on ``events``
+    (Interim, Final, an exception, then None at the end)."""
+
+    decode: Decode
+    vad: Vad
+    policy: StreamPolicy = field(default_factory=StreamPolicy)
+    interim_results: bool = True
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+
+    def __post_init__(self) -> None:
+        self._rate = SAMPLE_RATE_HZ
+        self._pending_vad = np.zeros(0, np.float32)
+        self._buffer: list[np.ndarray] = []
+        self._buffer_len = 0
+        self._buffer_start = 0  # stream sample of the buffer's first sample
+        self._position = 0  # stream samples received and run through the VAD
+        self._speech_run = 0  # consecutive speech frames
+        self._last_speech_end: int | None = None  # set while the utterance has speech
+        self._finals: deque[_Utterance] = deque()
+        self._utterances = 0
+        self._decoded_len = 0  # buffer length at the last interim decode
+        self._cache: tuple[int, int, Transcription] | None = None  # (utterance, samples, result)
+        self._agreement = LocalAgreement()
+        self._closed = False
+        self._wake = asyncio.Event()
+
+    @property
+    def received_seconds(self) -> float:
+        return (self._position + len(self._pending_vad)) / self._rate
+
+    # input side ----------------------------------------------------------------------------------
+    def push(self, samples: np.ndarray) -> None:
+        """Add 16 kHz audio. Runs the VAD frame by frame (cheap) and cuts utterances at endpoints."""
+        data = np.concatenate([self._pending_vad, samples]) if len(self._pending_vad) else samples
+        whole = len(data) - len(data) % FRAME_SAMPLES
+        self._pending_vad = data[whole:]
+        p = self.policy
+        for start in range(0, whole, FRAME_SAMPLES):
+            frame = data[start: start + FRAME_SAMPLES]
+            self._append(frame)
+            if self.vad(frame) >= p.speech_threshold:
+                self._speech_run += 1
+                if self._last_speech_end is not None or self._speech_run * FRAME_SAMPLES >= p.min_speech_s * self._rate:
+                    self._last_speech_end = self._position
+            else:
+                self._speech_run = 0
+            if self._last_speech_end is None:
+                self._trim_lead_in()
+            elif self._position - self._last_speech_end >= p.endpoint_silence_s * self._rate:
+                self._cut(min(self._position, self._last_speech_end + int(p.tail_s * self._rate)))
+            elif self._buffer_len >= p.max_utterance_s * self._rate:
+                self._cut(self._position)
+        self._wake.set()
+
+    def close(self) -> None:
+        """The client half-closed: finalise what is left (if it held speech) and end."""
+        if len(self._pending_vad):
+            self._append(self._pending_vad)
+            self._pending_vad = np.zeros(0, np.float32)
+        if self._last_speech_end is not None:
+            self._cut(self._position)
+        self._closed = True
+        self._wake.set()
+
+    def _append(self, frame: np.ndarray) -> None:
+        self._buffer.append(frame)
+        self._buffer_len += len(frame)
+        self._position += len(frame)
+
+    def _audio(self) -> np.ndarray:
+        if len(self._buffer) > 1:
+            self._buffer = [np.concatenate(self._buffer)]
+        return self._buffer[0] if self._buffer else np.zeros(0, np.float32)
+
+    def _trim_lead_in(self) -> None:
+        keep = int(self.policy.lead_in_s * self._rate)
+        if self._buffer_len > keep + FRAME_SAMPLES * 8:  # trim in batches, not every frame
+            audio = self._audio()[-keep:]
+            self._buffer_start += self._buffer_len - len(audio)
+            self._buffer, self._buffer_len = [audio], len(audio)
+
+    def _cut(self, end: int) -> None:
+        audio = self._audio()
+        split = end - self._buffer_start
+        self._finals.append(_Utterance(self._utterances, self._buffer_start, audio[:split]))
+        rest = audio[split:]
+        self._utterances += 1
+        self._buffer, self._buffer_len, self._buffer_start = [rest], len(rest), end
+        self._last_speech_end, self._speech_run, self._decoded_len = None, 0, 0
+        self._agreement = LocalAgreement()
+
+    # decoding side -------------------------------------------------------------------------------
+    def _wants_interim(self) -> bool:
+        new = self._buffer_len - self._decoded_len
+        return (self.interim_results and self._last_speech_end is not None
+                and new >= self.policy.interim_interval_s * self._rate)
+
+    async def _decode(self, utterance: int, audio: np.ndarray) -> Transcription:
+        if self._cache and self._cache[:2] == (utterance, len(audio)):
+            return self._cache[2]  # the last interim decoded exactly this audio
+        result = await self.decode(audio)
+        self._cache = (utterance, len(audio), result)
+        return result
+
+    async def run(self) -> None:
+        """Decode until closed and drained; always ends with None on ``events``."""
+        try:
+            while True:
+                if self._finals:
+                    u = self._finals.popleft()
+                    result = await self._decode(u.index, u.audio)
+                    end = u.start + len(u.audio)
+                    await self.events.put(Final(u.index, result, u.start / self._rate, end / self._rate))
+                elif self._closed:
+                    return
+                elif self._wants_interim():
+                    index, audio, start = self._utterances, self._audio(), self._buffer_start
+                    self._decoded_len = len(audio)
+                    result = await self._decode(index, audio)
+                    if index == self._utterances:  # else it ended meanwhile: its final comes next
+                        stable, unstable = self._agreement.update(result.text)
+                        end = (start + len(audio)) / self._rate
+                        await self.events.put(Interim(index, stable, unstable, start / self._rate, end))
+                else:
+                    self._wake.clear()
+                    await self._wake.wait()
+        except Exception as exc:  # noqa: BLE001 - handed to the transport, which maps it
+            await self.events.put(exc)
+        finally:
+            await self.events.put(None)

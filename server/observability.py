@@ -1,0 +1,273 @@
+"""What operators watch: Prometheus metrics, structured logs and the request id that ties them together.
+
+Every metric is defined here, in one registry served at ``/metrics``. The engine reports through
+small hooks (``observe_batch``, ``observe_pool_event``, ...); transports call ``observe_request``.
+Gauges that mirror live state (queue depth, slot occupancy) are read from the tracked engines at
+scrape time, so they can never drift from the truth.
+
+The request id lives in a context variable: the REST middleware sets it from ``X-Request-ID`` (or
+makes one), gRPC interceptors do the same with ``request_scope(request_id_from_metadata(...))``, and
+every log record emitted while serving that request carries it. Logs never contain audio or adapter
+bytes: only names, sizes, hashes and timings.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+import weakref
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+
+from . import __version__
+
+__all__ = [
+    "CONTENT_TYPE_LATEST",
+    "REGISTRY",
+    "REQUEST_ID_HEADER",
+    "REQUEST_ID_METADATA_KEY",
+    "configure_logging",
+    "new_request_id",
+    "current_request_id",
+    "exposition",
+    "observe_audio",
+    "observe_backbone_load",
+    "observe_batch",
+    "observe_pool_event",
+    "observe_request",
+    "request_id_from_metadata",
+    "request_scope",
+    "track_engine",
+]
+
+REQUEST_ID_HEADER = "X-Request-ID"
+REQUEST_ID_METADATA_KEY = "x-request-id"  # gRPC metadata keys are lower case
+# An incoming id is kept only if it is short and plain, so a client cannot forge log lines with it.
+_REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+
+# metrics -------------------------------------------------------------------------------------------
+REGISTRY = CollectorRegistry()
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+
+_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+BUILD_INFO = Info("splitasr_build", "SplitASR version.", registry=REGISTRY)
+BUILD_INFO.info({"version": __version__})
+REQUESTS = Counter(
+    "splitasr_requests", "Finished requests by transport (rest|grpc), endpoint and status.",
+    ["transport", "endpoint", "status"], registry=REGISTRY,
+)
+REQUEST_SECONDS = Histogram(
+    "splitasr_request_duration_seconds", "Request latency by transport, endpoint and status.",
+    ["transport", "endpoint", "status"], buckets=_LATENCY_BUCKETS_S, registry=REGISTRY,
+)
+BATCH_SIZE = Histogram(
+    "splitasr_batch_size", "Utterances decoded together in one batch.", buckets=_BATCH_SIZE_BUCKETS,
+    registry=REGISTRY,
+)
+BATCH_SECONDS = Histogram(
+    "splitasr_batch_duration_seconds", "Time to decode one batch.", buckets=_LATENCY_BUCKETS_S, registry=REGISTRY,
+)
+AUDIO_SECONDS = Counter("splitasr_audio_seconds", "Seconds of audio decoded by the backbone.", registry=REGISTRY)
+POOL_HITS = Counter("splitasr_adapter_pool_hits", "Adapter lookups served by a resident slot.", registry=REGISTRY)
+POOL_MISSES = Counter(
+    "splitasr_adapter_pool_misses", "Adapter lookups that loaded the adapter into a slot.", registry=REGISTRY,
+)
+POOL_EVICTIONS = Counter(
+    "splitasr_adapter_pool_evictions", "Resident adapters evicted (LRU) to free a slot.", registry=REGISTRY,
+)
+ADAPTER_LOAD_SECONDS = Histogram(
+    "splitasr_adapter_load_duration_seconds", "Time to read, validate and load an adapter into a slot.",
+    buckets=_LATENCY_BUCKETS_S, registry=REGISTRY,
+)
+BACKBONE_LOAD_SECONDS = Gauge(
+    "splitasr_backbone_load_seconds", "Time the backbone took to load and warm up.", registry=REGISTRY,
+)
+
+
+class _EngineCollector:
+    """Gauges read from the live engines at scrape time (one per process in production)."""
+
+    def __init__(self) -> None:
+        self.engines: weakref.WeakSet = weakref.WeakSet()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        engines = list(self.engines)
+        schedulers = [e.scheduler for e in engines if e.scheduler is not None]
+        pools = [e.pool for e in engines if e.pool is not None]
+        yield _gauge("splitasr_ready", "1 when the backbone is loaded and warmed up.",
+                     float(bool(engines) and all(e.ready for e in engines)))
+        yield _gauge("splitasr_queue_depth", "Requests queued or being decoded.",
+                     sum(s.pending for s in schedulers))
+        yield _gauge("splitasr_queue_capacity", "Requests queued or being decoded before 429.",
+                     sum(s.max_queue for s in schedulers))
+        yield _gauge("splitasr_adapter_pool_occupancy", "Adapter slots in use.", sum(p.occupancy for p in pools))
+        yield _gauge("splitasr_adapter_pool_capacity", "Adapter slots in all.", sum(p.capacity for p in pools))
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+_ENGINES = _EngineCollector()
+REGISTRY.register(_ENGINES)
+
+
+def track_engine(engine: Any) -> None:
+    """Report ``engine``'s readiness, queue and slot pool in the scrape-time gauges."""
+    _ENGINES.engines.add(engine)
+
+
+def observe_request(transport: Literal["rest", "grpc"], endpoint: str, status: str | int, seconds: float) -> None:
+    """Count one finished request. ``endpoint``: a route template or gRPC method, never a raw path."""
+    REQUESTS.labels(transport, endpoint, str(status)).inc()
+    REQUEST_SECONDS.labels(transport, endpoint, str(status)).observe(seconds)
+
+
+def observe_batch(size: int, seconds: float) -> None:
+    """``Scheduler(on_batch=...)`` hook."""
+    BATCH_SIZE.observe(size)
+    BATCH_SECONDS.observe(seconds)
+
+
+def observe_pool_event(event: str, seconds: float) -> None:
+    """``SlotPool.on_event`` hook: "hit", "miss" (with the load time) or "eviction"."""
+    if event == "hit":
+        POOL_HITS.inc()
+    elif event == "miss":
+        POOL_MISSES.inc()
+        ADAPTER_LOAD_SECONDS.observe(seconds)
+    elif event == "eviction":
+        POOL_EVICTIONS.inc()
+
+
+def observe_backbone_load(seconds: float) -> None:
+    BACKBONE_LOAD_SECONDS.set(seconds)
+
+
+def observe_audio(seconds: float) -> None:
+    AUDIO_SECONDS.inc(seconds)
+
+
+def exposition() -> bytes:
+    """The registry in Prometheus' text format (serve with ``CONTENT_TYPE_LATEST``)."""
+    return generate_latest(REGISTRY)
+
+
+# request ids ---------------------------------------------------------------------------------------
+_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("splitasr_request_id", default=None)
+
+
+def current_request_id() -> str | None:
+    return _request_id.get()
+
+
+def new_request_id(incoming: str | bytes | None = None) -> str:
+    """``incoming`` when it is a plain, short id (what a client or proxy sent); else a fresh one."""
+    if isinstance(incoming, bytes):
+        incoming = incoming.decode("latin-1")
+    if incoming and _REQUEST_ID_PATTERN.fullmatch(incoming):
+        return incoming
+    return uuid.uuid4().hex
+
+
+@contextmanager
+def request_scope(incoming: str | bytes | None = None) -> Iterator[str]:
+    """Make ``incoming`` (sanitised) or a fresh id the current request id while the block runs.
+
+    gRPC: ``with request_scope(request_id_from_metadata(context.invocation_metadata())) as rid:``
+    then send ``rid`` back as ``x-request-id`` metadata.
+    """
+    request_id = new_request_id(incoming)
+    token = _request_id.set(request_id)
+    try:
+        yield request_id
+    finally:
+        _request_id.reset(token)
+
+
+def request_id_from_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    """The ``x-request-id`` value of gRPC invocation metadata, if any."""
+    for key, value in metadata or ():
+        if key.lower() == REQUEST_ID_METADATA_KEY:
+            return value.decode("latin-1") if isinstance(value, bytes) else value
+    return None
+
+
+# logging -------------------------------------------------------------------------------------------
+# LogRecord attributes that are not ``extra=`` fields
+_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message", "asctime", "request_id", "color_message",  # uvicorn adds an ANSI-coloured copy of the message
+}
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = _request_id.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, message, request_id, extra fields, exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if getattr(record, "request_id", None):
+            entry["request_id"] = record.request_id
+        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class _TextFormatter(logging.Formatter):
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        text = super().formatMessage(record)
+        rid = getattr(record, "request_id", None)
+        return f"{text} [request {rid}]" if rid else text
+
+
+def configure_logging(level: str = "info", fmt: Literal["auto", "json", "text"] = "auto") -> None:
+    """Send every log record (ours, uvicorn's, grpc's) to stderr, as JSON lines or readable text.
+
+    ``auto``: text on a terminal, JSON otherwise (containers, log shippers).
+    """
+    if fmt == "auto":
+        fmt = "text" if sys.stderr.isatty() else "json"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_RequestIdFilter())
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())

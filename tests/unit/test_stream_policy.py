@@ -1,0 +1,155 @@
+"""The streaming policy without a model: local agreement, PCM decoding, VAD endpointing, finals."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from splitasr.engine.decoding import Segment, Transcription
+from splitasr.engine.streaming import (
+    Final,
+    Interim,
+    LocalAgreement,
+    Linear16Decoder,
+    StreamingSession,
+    StreamPolicy,
+    agreed_prefix,
+)
+from splitasr.engine.vad import FRAME_SAMPLES, EnergyVad, SileroVad
+from splitasr.errors import BadAudio
+
+RATE = 16_000
+
+
+def test_agreed_prefix_ignores_case_and_punctuation():
+    assert agreed_prefix("Go forward, ten".split(), "go forward ten meters".split()) == 3
+    assert agreed_prefix("a b c".split(), "a x c".split()) == 1
+    assert agreed_prefix([], "a".split()) == 0
+
+
+def test_local_agreement_commits_what_two_hypotheses_share_and_never_shrinks():
+    la = LocalAgreement()
+    assert la.update("and mister") == ("", "and mister")
+    assert la.update("and mister john dash") == ("and mister", "john dash")
+    assert la.update("and mister john dashwood had") == ("and mister john", "dashwood had")
+    # a later hypothesis that disagrees early keeps the committed length
+    assert la.update("and mr john dashwood had then") == ("and mr john", "dashwood had then")
+
+
+def test_linear16_decoder_carries_odd_bytes_and_scales():
+    pcm = (np.array([0, 16384, -32768, 32767], "<i2")).tobytes()
+    decode = Linear16Decoder(RATE)
+    first = decode(pcm[:3])
+    rest = decode(pcm[3:], last=True)
+    samples = np.concatenate([first, rest])
+    np.testing.assert_allclose(samples, [0, 0.5, -1.0, 32767 / 32768], atol=1e-6)
+
+
+def test_linear16_decoder_resamples_to_16k():
+    tone = (np.sin(np.arange(8000 * 2) * 2 * np.pi * 440 / 8000) * 10000).astype("<i2")
+    decode = Linear16Decoder(8000)
+    out = np.concatenate([decode(c.tobytes()) for c in np.array_split(tone, 7)] + [decode(b"", last=True)])
+    assert abs(len(out) - 2 * RATE) < 64
+
+
+def test_linear16_decoder_rejects_bad_rates():
+    with pytest.raises(BadAudio, match="sample_rate_hz"):
+        Linear16Decoder(100)
+
+
+def _speech(seconds: float, seed: int = 0) -> np.ndarray:
+    """Loud noise: 'speech' to the energy VAD."""
+    return (np.random.default_rng(seed).standard_normal(int(seconds * RATE)) * 0.1).astype(np.float32)
+
+
+def _silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * RATE), np.float32)
+
+
+class FakeDecoder:
+    """Transcribes audio as one word per 0.25 s, so hypotheses grow with the buffer."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    async def __call__(self, audio: np.ndarray) -> Transcription:
+        self.calls.append(len(audio))
+        await asyncio.sleep(0)
+        words = " ".join(f"w{i}" for i in range(int(len(audio) / RATE / 0.25)))
+        return Transcription(words, "en", len(audio) / RATE, [Segment(0, 0.0, len(audio) / RATE, words, [])])
+
+
+async def _run(chunks: list[np.ndarray], policy: StreamPolicy = StreamPolicy(), interim: bool = True,
+               decoder: FakeDecoder | None = None) -> list:
+    session = StreamingSession(decoder or FakeDecoder(), EnergyVad(), policy, interim)
+    worker = asyncio.create_task(session.run())
+    for chunk in chunks:
+        session.push(chunk)
+        await asyncio.sleep(0.001)  # let the worker decode between chunks, as a real stream does
+    session.close()
+    await worker
+    events = []
+    while (event := session.events.get_nowait()) is not None:
+        events.append(event)
+    return events
+
+
+def _chunked(audio: np.ndarray, ms: int = 100) -> list[np.ndarray]:
+    step = RATE * ms // 1000
+    return [audio[i: i + step] for i in range(0, len(audio), step)]
+
+
+def test_silence_after_speech_ends_the_utterance_with_a_final():
+    audio = np.concatenate([_silence(1.0), _speech(2.0), _silence(1.0), _speech(1.0, 1), _silence(0.2)])
+    events = asyncio.run(_run(_chunked(audio)))
+    finals = [e for e in events if isinstance(e, Final)]
+    assert [f.utterance for f in finals] == [0, 1]
+    first, second = finals
+    # the first utterance: the speech, a short lead-in and tail, cut after 0.5 s of silence
+    assert 0.4 <= first.start_s <= 0.75 and 3.0 <= first.end_s <= 3.3
+    assert second.start_s >= first.end_s and second.end_s == pytest.approx(len(audio) / RATE, abs=0.04)
+    interims = [e for e in events if isinstance(e, Interim)]
+    assert interims and all(i.utterance in (0, 1) for i in interims)
+    # interims of one utterance come before its final
+    assert events.index(first) > events.index(next(i for i in interims if i.utterance == 0))
+
+
+def test_interim_text_stabilises():
+    events = asyncio.run(_run(_chunked(np.concatenate([_speech(4.0), _silence(0.7)]))))
+    stables = [e.stable for e in events if isinstance(e, Interim)]
+    assert len(stables) >= 3
+    assert stables[-1] and all(len(a.split()) <= len(b.split()) for a, b in zip(stables, stables[1:]))
+
+
+def test_no_interims_when_not_asked_and_no_final_without_speech():
+    events = asyncio.run(_run(_chunked(np.concatenate([_speech(1.5), _silence(0.7)])), interim=False))
+    assert [type(e) for e in events] == [Final]
+    assert asyncio.run(_run(_chunked(_silence(3.0)))) == []
+
+
+def test_buffer_is_capped():
+    policy = StreamPolicy(max_utterance_s=2.0)
+    events = asyncio.run(_run(_chunked(_speech(5.0)), policy, interim=False))
+    ends = [round(e.end_s - e.start_s, 1) for e in events]
+    assert len(events) == 3 and max(ends) <= 2.0
+
+
+def test_final_reuses_an_interim_that_decoded_the_same_audio():
+    decoder = FakeDecoder()
+    samples = 31 * FRAME_SAMPLES  # ~1 s, whole VAD frames: nothing is left over at half-close
+    events = asyncio.run(_run([_speech(samples / RATE)], decoder=decoder))  # one chunk, then half-close
+    assert decoder.calls == [samples]
+    assert isinstance(events[-1], Final)
+
+
+def test_silero_finds_speech_in_real_audio_only(real_speech):
+    from splitasr.audio import decode_audio
+
+    audio = decode_audio(real_speech[-1]["path"])
+    vad = SileroVad()
+    probs = [vad(audio[i: i + FRAME_SAMPLES]) for i in range(0, len(audio) - FRAME_SAMPLES + 1, FRAME_SAMPLES)]
+    assert max(probs) > 0.9
+    silent = SileroVad()
+    assert max(silent(np.zeros(FRAME_SAMPLES, np.float32)) for _ in range(20)) < 0.2
