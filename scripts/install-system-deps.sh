@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# System packages the tests and the speaker-data synthesizer need (Debian/Ubuntu).
+# System packages the tests and the speaker-data synthesizer need (Debian/Ubuntu); docker-compose
+# validates the compose files (tests/unit/test_deploy.py: no container engine needed).
 # Safe to re-run: installs only what is missing.
 set -euo pipefail
-PKGS=(espeak-ng sox flite)
+PKGS=(espeak-ng sox flite docker-compose)
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -21,7 +21,10 @@ def _default_cache_dir() -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore")
+    # An empty variable means "the default": docker-compose passes every setting as ${VAR:-}.
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", env_ignore_empty=True
+    )
 
     backbone: str = Field("tiny.en", description="Backbone: tiny.en, base, a local directory or a hub id.")
     device: str = Field("auto", description="Torch device: auto, cpu, cuda, cuda:1 ...")

