@@ -47,8 +47,24 @@ def run(args: argparse.Namespace) -> int:
             "no API keys configured: serving one open tenant %r (fine on loopback only)", "default"
         )
     app = create_app(settings, api_keys=keys)
+    exit_zero_on_sigterm()
     asyncio.run(_serve(app, settings, keys))
     return 0
+
+
+def exit_zero_on_sigterm() -> None:
+    """A SIGTERM that uvicorn handled (drained, shut down) is a clean stop: exit 0, not 143.
+
+    uvicorn traps SIGTERM while serving, shuts down gracefully, restores the previous handler and
+    re-raises the signal; this handler is that previous one. Before uvicorn's trap is in place it
+    ends start-up at once, which is also right (nothing is in flight yet).
+    """
+    import signal
+
+    def _exit(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, _exit)
 
 
 async def _serve(app, settings, keys) -> None:
@@ -69,6 +85,7 @@ async def _serve(app, settings, keys) -> None:
 
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             log_config=None,  # keep the handlers configure_logging installed
+                            access_log=False,  # the RequestObserver middleware logs each request, with its id
                             timeout_graceful_shutdown=settings.shutdown_grace_seconds)
     server = Server(config)
     if grpc_server is not None:

@@ -19,9 +19,11 @@ from tests.integration.conftest import free_port
 TOKEN = "crash-test-token-0123456789"
 
 
-def start(cache_root, store, port) -> subprocess.Popen:
+def start(cache_root, store, port, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start `splitasr serve` as a subprocess and wait until it is ready."""
     env = {**os.environ, "SPLITASR_CACHE_DIR": str(cache_root), "SPLITASR_STORE_DIR": str(store),
-           "SPLITASR_API_KEYS": f"{TOKEN}:alice", "SPLITASR_PORT": str(port), "SPLITASR_ADAPTER_SLOTS": "2"}
+           "SPLITASR_API_KEYS": f"{TOKEN}:alice", "SPLITASR_PORT": str(port), "SPLITASR_ADAPTER_SLOTS": "2",
+           **(extra_env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "splitasr.cli", "serve"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 180
