@@ -24,12 +24,14 @@ def start(cache_root, store, port, extra_env: dict[str, str] | None = None) -> s
     env = {**os.environ, "SPLITASR_CACHE_DIR": str(cache_root), "SPLITASR_STORE_DIR": str(store),
            "SPLITASR_API_KEYS": f"{TOKEN}:alice", "SPLITASR_PORT": str(port), "SPLITASR_ADAPTER_SLOTS": "2",
            **(extra_env or {})}
-    proc = subprocess.Popen([sys.executable, "-m", "splitasr.cli", "serve"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = store.parent / f"server-{port}.log"  # a file, not a pipe: a full pipe would stall the server
+    with open(log, "ab") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "splitasr.cli", "serve"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=sink)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+            pytest.fail(f"server exited: {log.read_text()[-2000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
                 return proc
