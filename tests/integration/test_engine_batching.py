@@ -102,3 +102,28 @@ def test_more_distinct_adapters_than_slots_in_one_batch(engine, cards):
     assert len(results) == len(rows)
     for i in (0, len(rows) - 1):  # the batch was split across slot loads, yet each row is its own
         assert results[i].text == engine._run_batch([rows[i]], GREEDY)[0].text
+
+
+def test_one_failing_row_does_not_fail_its_neighbours(engine, cards):
+    """A stored adapter whose file was damaged on disk fails only its own request."""
+    import asyncio
+
+    from splitasr.errors import InvalidAdapter
+
+    bad = engine.put_adapter("dave", "broken", adapter_bytes(engine.spec, "lora", seed=300))
+    good = engine.put_adapter("dave", "fine", adapter_bytes(engine.spec, "lora", seed=301))
+    blob = engine.store.blob_path(bad.sha256)
+    blob.write_bytes(blob.read_bytes()[:1000])  # truncated behind the store's back
+
+    async def run_together():
+        return await asyncio.gather(
+            engine.transcribe_audio(cards[0], GREEDY, good.sha256),
+            engine.transcribe_audio(cards[1], GREEDY, bad.sha256),
+            engine.transcribe_audio(cards[2], GREEDY, None),
+            return_exceptions=True,
+        )
+
+    ok, failed, plain = asyncio.run(run_together())
+    assert isinstance(failed, InvalidAdapter)
+    assert not isinstance(ok, Exception) and not isinstance(plain, Exception)
+    assert plain.text == engine._run_batch([Row(cards[2], None)], GREEDY)[0].text
