@@ -40,12 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("-v", "--verbose", action="store_true", help="log retries and reconnects")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # --json also after the command (SUPPRESS: absent there, the top-level value stays)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
 
-    enroll = sub.add_parser("enroll", help="make sure the server holds this device's adapter")
+    enroll = sub.add_parser("enroll", parents=[common], help="make sure the server holds this device's adapter")
     enroll.add_argument("--name", help="adapter name on the server (default: from the file name)")
 
     for name, help_text in (("transcribe", "transcribe a whole file"), ("stream", "stream audio, print live text")):
-        p = sub.add_parser(name, help=help_text)
+        p = sub.add_parser(name, parents=[common], help=help_text)
         p.add_argument("--language", help="ISO language code (multilingual backbones)")
         p.add_argument("--no-adapter", action="store_true", help="use the plain backbone")
         if name == "transcribe":
@@ -57,9 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--realtime", action="store_true", help="send a file at the pace of speech")
             p.add_argument("--no-interim", action="store_true", help="final results only")
 
-    sub.add_parser("status", help="server health and whether this device's adapter is enrolled")
-    sub.add_parser("list", help="list your adapters on the server")
-    delete = sub.add_parser("delete", help="delete one of your adapters")
+    sub.add_parser("status", parents=[common], help="server health and whether this device's adapter is enrolled")
+    sub.add_parser("list", parents=[common], help="list your adapters on the server")
+    delete = sub.add_parser("delete", parents=[common], help="delete one of your adapters")
     delete.add_argument("name")
     return parser
 
@@ -81,7 +84,8 @@ def _show_update(args: argparse.Namespace, update: StreamUpdate) -> None:
     if args.json:
         print(json.dumps(dataclasses.asdict(update)), flush=True)
     elif update.is_final:
-        print(f"\r\x1b[K[{update.start:7.2f} -> {update.end:7.2f}] {update.text}", flush=True)
+        clear = "\r\x1b[K" if sys.stderr.isatty() else ""  # wipe the interim line shown on stderr
+        print(f"{clear}[{update.start:7.2f} -> {update.end:7.2f}] {update.text}", flush=True)
     elif sys.stderr.isatty():
         print(f"\r\x1b[K... {update.text}", end="", file=sys.stderr, flush=True)
 

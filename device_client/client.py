@@ -12,6 +12,7 @@ import re
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -31,9 +32,13 @@ from .results import (
 from .retry import RetryPolicy, call_with_retry
 from .streaming import recognize_stream
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 UPLOAD_CHUNK_BYTES = 256 * 1024
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_RETRY = RetryPolicy()
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -66,7 +71,7 @@ class SplitASRClient:
     """A connection to a SplitASR server's gRPC API (``HOST:PORT``)."""
 
     def __init__(self, server: str, token: str | None = None, tls: bool = False,
-                 root_cert: str | Path | None = None, *, retry: RetryPolicy = RetryPolicy(),
+                 root_cert: str | Path | None = None, *, retry: RetryPolicy = DEFAULT_RETRY,
                  timeout: float = DEFAULT_TIMEOUT_S):
         self.server = server
         self.retry = retry
@@ -88,7 +93,7 @@ class SplitASRClient:
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> SplitASRClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -21,7 +21,7 @@ RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLI
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    attempts: int = 5  # tries in all, the first included
+    attempts: int = 8  # tries in all, the first included (about 15 s of waiting at most)
     base_delay_s: float = 0.2
     max_delay_s: float = 5.0
 

@@ -1,7 +1,8 @@
 """One settings object per process, read from ``SPLITASR_*`` environment variables (and ``.env``).
 
-Every field has a default and a description; ``splitasr serve --help`` and the README's configuration
-table are generated from the same source. Invalid values fail at start-up with the setting's name.
+Every field has a default and a description; the README's configuration table and ``.env.example``
+list every one (tests/unit/test_deploy.py checks). Invalid values fail at start-up with the setting's
+name (``describe_invalid_settings``); an empty variable means the default.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
 
 ENV_PREFIX = "SPLITASR_"
 

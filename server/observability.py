@@ -47,9 +47,9 @@ __all__ = [
     "REQUEST_ID_HEADER",
     "REQUEST_ID_METADATA_KEY",
     "configure_logging",
-    "new_request_id",
     "current_request_id",
     "exposition",
+    "new_request_id",
     "observe_audio",
     "observe_backbone_load",
     "observe_batch",
@@ -90,7 +90,10 @@ BATCH_SIZE = Histogram(
 BATCH_SECONDS = Histogram(
     "splitasr_batch_duration_seconds", "Time to decode one batch.", buckets=_LATENCY_BUCKETS_S, registry=REGISTRY,
 )
-AUDIO_SECONDS = Counter("splitasr_audio_seconds", "Seconds of audio decoded by the backbone.", registry=REGISTRY)
+AUDIO_SECONDS = Counter(
+    "splitasr_audio_seconds", "Seconds of audio decoded by the backbone (streams' interim re-decodes included).",
+    registry=REGISTRY,
+)
 POOL_HITS = Counter("splitasr_adapter_pool_hits", "Adapter lookups served by a resident slot.", registry=REGISTRY)
 POOL_MISSES = Counter(
     "splitasr_adapter_pool_misses", "Adapter lookups that loaded the adapter into a slot.", registry=REGISTRY,

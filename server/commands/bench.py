@@ -17,6 +17,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     rtf.add_argument("--threads", type=int, help="CPU threads for both runtimes (default: torch's)")
     rtf.add_argument("--json", action="store_true", help="print only the JSON object")
     rtf.set_defaults(func=run_rtf)
+    stream = sub.add_parser("stream", help="gRPC streaming latency, bandwidth and device footprint")
+    stream.add_argument("--backbone", default="tiny.en")
+    stream.add_argument("--audio-dir", type=Path, help="folder of .flac/.wav files (default: the real-speech fixtures)")
+    stream.add_argument("--threads", type=int, help="CPU threads for the backbone (default: torch's)")
+    stream.add_argument("--json", action="store_true", help="print only the JSON object")
+    stream.set_defaults(func=run_stream)
     mt = sub.add_parser("multitenant", help="batched distinct adapters vs no adapter vs PEFT set_adapter")
     mt.add_argument("--n", type=int, default=16, help="concurrent requests (and distinct adapters)")
     mt.add_argument("--rank", type=int, default=8)
@@ -59,4 +65,14 @@ def run_multitenant(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         print(json.dumps(result, indent=2))
+    return 0
+
+
+def run_stream(args: argparse.Namespace) -> int:
+    from ..bench import stream
+    from ..config import Settings
+
+    kwargs = {"audio_dir": args.audio_dir} if args.audio_dir else {}
+    result = stream.run(backbone=args.backbone, threads=args.threads, cache_dir=Settings().cache_dir, **kwargs)
+    _emit(result, args.json)
     return 0

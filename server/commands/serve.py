@@ -27,7 +27,6 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from ..api.rest.app import create_app
     from ..config import Settings
     from ..errors import InvalidInput
     from ..observability import configure_logging
@@ -46,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("splitasr").warning(
             "no API keys configured: serving one open tenant %r (fine on loopback only)", "default"
         )
+    from ..api.rest.app import create_app  # heavy (torch): only once the settings are known to be valid
+
     app = create_app(settings, api_keys=keys)
     exit_zero_on_sigterm()
     asyncio.run(_serve(app, settings, keys))

@@ -8,6 +8,10 @@ detector ends the utterance after ``endpoint_silence_s`` of silence following sp
 decoded once more into a final result and the next utterance starts. Half-close and a full buffer
 (``max_utterance_s``, Whisper's 30 s window) finalise too. Audio before any speech is kept only as a
 short lead-in, so silence costs no decoding.
+
+Finals arrive soon after speech ends because the buffer is decoded speculatively once
+``speculate_after_s`` of silence follows speech; when the utterance then ends, that hypothesis already
+covers all of its speech (only silence came after) and becomes the final without another decode.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class StreamPolicy:
     min_speech_s: float = 0.064  # consecutive speech needed to start an utterance (ignores clicks)
     lead_in_s: float = 0.3  # audio kept before speech starts
     tail_s: float = 0.2  # audio kept after the last speech frame
+    speculate_after_s: float = 0.15  # silence after which the buffer is decoded ahead of the endpoint
+    reuse_margin_s: float = 0.1  # a decode covering speech end + this much can serve as the final
 
 
 @dataclass
@@ -63,6 +69,7 @@ class _Utterance:
     index: int
     start: int  # stream sample where its audio starts
     audio: np.ndarray
+    speech_end: int  # samples into ``audio`` where the last speech frame ends
 
 
 def _norm(word: str) -> str:
@@ -137,8 +144,8 @@ class StreamingSession:
         self._last_speech_end: int | None = None  # set while the utterance has speech
         self._finals: deque[_Utterance] = deque()
         self._utterances = 0
-        self._decoded_len = 0  # buffer length at the last interim decode
-        self._cache: tuple[int, int, Transcription] | None = None  # (utterance, samples, result)
+        self._decoded_len = 0  # buffer length at the last decode of this utterance
+        self._cache: tuple[int, int, Transcription] | None = None  # (utterance, samples decoded, result)
         self._agreement = LocalAgreement()
         self._closed = False
         self._wake = asyncio.Event()
@@ -201,7 +208,8 @@ class StreamingSession:
     def _cut(self, end: int) -> None:
         audio = self._audio()
         split = end - self._buffer_start
-        self._finals.append(_Utterance(self._utterances, self._buffer_start, audio[:split]))
+        speech_end = (self._last_speech_end or end) - self._buffer_start
+        self._finals.append(_Utterance(self._utterances, self._buffer_start, audio[:split], speech_end))
         rest = audio[split:]
         self._utterances += 1
         self._buffer, self._buffer_len, self._buffer_start = [rest], len(rest), end
@@ -209,14 +217,24 @@ class StreamingSession:
         self._agreement = LocalAgreement()
 
     # decoding side -------------------------------------------------------------------------------
-    def _wants_interim(self) -> bool:
-        new = self._buffer_len - self._decoded_len
-        return (self.interim_results and self._last_speech_end is not None
-                and new >= self.policy.interim_interval_s * self._rate)
+    def _wants_decode(self) -> bool:
+        if self._last_speech_end is None:
+            return False
+        p = self.policy
+        if self.interim_results and self._buffer_len - self._decoded_len >= p.interim_interval_s * self._rate:
+            return True
+        speech_end = self._last_speech_end - self._buffer_start
+        silence = self._position - self._last_speech_end
+        return silence >= p.speculate_after_s * self._rate and self._decoded_len < speech_end
 
-    async def _decode(self, utterance: int, audio: np.ndarray) -> Transcription:
-        if self._cache and self._cache[:2] == (utterance, len(audio)):
-            return self._cache[2]  # the last interim decoded exactly this audio
+    async def _decode(self, utterance: int, audio: np.ndarray, speech_end: int | None = None) -> Transcription:
+        """``speech_end`` (finals): an earlier decode reaching past it saw all the speech: reuse it."""
+        if self._cache and self._cache[0] == utterance:
+            covered = self._cache[1]
+            margin = int(self.policy.reuse_margin_s * self._rate)
+            enough = len(audio) if speech_end is None else min(len(audio), speech_end + margin)
+            if covered >= enough:  # past the speech end it held only silence (else no endpoint yet)
+                return self._cache[2]
         result = await self.decode(audio)
         self._cache = (utterance, len(audio), result)
         return result
@@ -227,16 +245,16 @@ class StreamingSession:
             while True:
                 if self._finals:
                     u = self._finals.popleft()
-                    result = await self._decode(u.index, u.audio)
+                    result = await self._decode(u.index, u.audio, u.speech_end)
                     end = u.start + len(u.audio)
                     await self.events.put(Final(u.index, result, u.start / self._rate, end / self._rate))
                 elif self._closed:
                     return
-                elif self._wants_interim():
+                elif self._wants_decode():
                     index, audio, start = self._utterances, self._audio(), self._buffer_start
                     self._decoded_len = len(audio)
                     result = await self._decode(index, audio)
-                    if index == self._utterances:  # else it ended meanwhile: its final comes next
+                    if self.interim_results and index == self._utterances:  # else its final comes next
                         stable, unstable = self._agreement.update(result.text)
                         end = (start + len(audio)) / self._rate
                         await self.events.put(Interim(index, stable, unstable, start / self._rate, end))

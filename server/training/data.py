@@ -1,9 +1,9 @@
 """Training examples for adapters: target text, Whisper token labels and precomputed features.
 
 The backbone is frozen, so everything that does not depend on the adapter is computed once per run:
-log-mel features, the SAML router input (:func:`~splitasr.adapters.utterance_embedding`) and, when the
-adapter only touches decoder modules, the encoder outputs. A training step then runs only what the
-adapter changes.
+log-mel features, the SAML router input (:func:`~splitasr.adapters.utterance_embedding`) and the
+encoder's hidden state up to the first encoder layer the adapter touches (the whole encoder when it
+only touches the decoder). A training step then runs only what the adapter changes.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ CASINGS = ("restore", "keep")
 IGNORE_INDEX = -100  # labels the loss skips (prefix predictions and padding)
 _PUNCT = re.compile(r"[.,!?;:\"()]")
 _PRONOUN_I = re.compile(r"\bi(?=\b|'(?:m|ll|d|ve)\b)")
+_ENCODER_LAYER = re.compile(r"^model\.encoder\.layers\.(\d+)\.")
+MAX_CACHE_BYTES = 4 << 30  # above this, encoder states are recomputed every step instead of cached
 
 
 def restore_casing(text: str) -> str:
@@ -93,8 +95,10 @@ class Examples:
     """One split, ready for training: per-utterance tensors on the backbone's device.
 
     ``features`` [N, n_mels, 3000] log-mels; ``frames`` [N] frames holding audio; ``embeddings``
-    [N, 2·n_mels] router input; ``encoder_out`` [N, 1500, d_model] or None (computed each step);
-    ``sequences`` token ids with their prefix length; ``audios`` the decoded audio (for decoding).
+    [N, 2·n_mels] router input; ``hidden`` [N, 1500, d_model] the encoder's hidden state entering
+    layer ``start_layer``, or its final output when ``start_layer`` is the number of layers (None: run
+    the whole encoder each step); ``sequences`` token ids with their
+    prefix length; ``audios`` the decoded audio (for decoding).
     """
 
     utterances: list[Utterance]
@@ -103,7 +107,8 @@ class Examples:
     frames: torch.Tensor
     embeddings: torch.Tensor
     sequences: list[tuple[list[int], int]]
-    encoder_out: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
+    start_layer: int = 0
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -131,10 +136,13 @@ def prepare(
     utterances: Sequence[Utterance],
     *,
     casing: str = "restore",
-    encode: bool = False,
+    targets: Sequence[str] = (),
     batch_size: int = 8,
 ) -> Examples:
-    """Decode, featurise and tokenise ``utterances`` once; with ``encode`` also run the frozen encoder."""
+    """Decode, featurise and tokenise ``utterances`` once, and run the encoder layers ``targets`` leave alone.
+
+    ``targets``: the adapted module names; the encoder runs up to the first adapted encoder layer.
+    """
     utterances = usable(utterances)
     if not utterances:
         raise InvalidInput("no usable utterances (each needs text and at most 30 s of audio)")
@@ -148,13 +156,36 @@ def prepare(
     frames = torch.cat(masks).sum(-1)
     sequences = [token_sequence(backbone, target_text(u.text, casing), u.lang) for u in utterances]
     examples = Examples(list(utterances), audios, features, frames, utterance_embedding(features, frames), sequences)
-    if encode:
-        encoder = backbone.model.get_encoder()
+    encoder = backbone.model.get_encoder()
+    start = first_adapted_layer(targets, len(encoder.layers))
+    state_bytes = len(utterances) * encoder.config.max_source_positions * encoder.config.d_model * 4
+    if state_bytes <= MAX_CACHE_BYTES:
+        states = []
         with torch.inference_mode():
-            outs = [encoder(features[i : i + batch_size]).last_hidden_state
-                    for i in range(0, len(features), batch_size)]
-        examples.encoder_out = torch.cat(outs).clone()  # a normal tensor: autograd may read it
+            for i in range(0, len(features), batch_size):
+                out = encoder(features[i : i + batch_size], output_hidden_states=start < len(encoder.layers))
+                states.append(out.last_hidden_state if start == len(encoder.layers) else out.hidden_states[start])
+        examples.hidden, examples.start_layer = torch.cat(states).clone(), start  # clone: a normal tensor
     return examples
+
+
+def first_adapted_layer(targets: Sequence[str], num_layers: int) -> int:
+    """Index of the first encoder layer with an adapted module (``num_layers`` when none is)."""
+    layers = [int(m.group(1)) for t in targets if (m := _ENCODER_LAYER.match(t))]
+    return min(layers, default=num_layers)
+
+
+def encoder_output(model: torch.nn.Module, examples: Examples, index: torch.Tensor) -> torch.Tensor:
+    """Encoder output of rows ``index``: the cached state through the remaining layers (adapters active)."""
+    encoder = model.get_encoder()
+    if examples.hidden is None:
+        return encoder(examples.features[index]).last_hidden_state
+    hidden = examples.hidden[index]
+    if examples.start_layer == len(encoder.layers):  # nothing adapted in the encoder: its final output
+        return hidden
+    for layer in encoder.layers[examples.start_layer :]:
+        hidden = layer(hidden, None)
+    return encoder.layer_norm(hidden)
 
 
 def batch_order(count: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:

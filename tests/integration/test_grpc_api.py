@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import threading
 import time
 
@@ -12,13 +13,12 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from splitasr_device._proto import adapters_pb2 as apb, adapters_pb2_grpc
-from splitasr_device._proto import recognizer_pb2 as pb, recognizer_pb2_grpc
-
 from splitasr.audio import decode_audio
-from tests.adapter_factory import adapter_bytes
+from splitasr_device._proto import adapters_pb2 as apb
+from splitasr_device._proto import adapters_pb2_grpc, recognizer_pb2_grpc
+from splitasr_device._proto import recognizer_pb2 as pb
 
-from .grpc_server import TOKENS
+from tests.adapter_factory import adapter_bytes
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_upload_stat_recognize_delete(grpc_server, adapters, recognizer, real_sp
     assert plain.language == "en" and plain.duration_seconds == pytest.approx(2.79, abs=0.05)
     words = plain.segments[0].words
     assert [w.word for w in words] == plain.segments[0].text.split()
-    assert all(a.end_seconds <= b.start_seconds + 1e-6 for a, b in zip(words, words[1:]))
+    assert all(a.end_seconds <= b.start_seconds + 1e-6 for a, b in itertools.pairwise(words))
     pcm = recognizer.Recognize(pb.RecognizeRequest(
         config=pb.RecognitionConfig(encoding=pb.LINEAR16, sample_rate_hz=16000),
         audio=_pcm(real_speech[-1]["path"])), metadata=md)
@@ -128,7 +128,7 @@ def test_upload_errors_are_clear_and_store_nothing(grpc_server, adapters):
         (_upload_requests(data, "x", size=64 * 1024 * 1024), grpc.StatusCode.RESOURCE_EXHAUSTED, "exceeds the limit"),
     ]
     for requests, code, text in cases:
-        got, details = _code(lambda: adapters.Upload(requests, metadata=md))
+        got, details = _code(lambda requests=requests: adapters.Upload(requests, metadata=md))
         assert got == code and text in details, details
     assert adapters.List(apb.ListAdaptersRequest(), metadata=md).adapters == []
 
@@ -158,7 +158,7 @@ def test_unknown_adapter_is_not_found(grpc_server, recognizer, real_speech):
     md = grpc_server.metadata("alice")
     for ref in (pb.AdapterRef(name="nope"), pb.AdapterRef(sha256="ab" * 32)):
         config = pb.RecognitionConfig(adapter=ref, encoding=pb.LINEAR16, sample_rate_hz=16000)
-        code, details = _code(lambda: recognizer.StreamingRecognize(_stream_requests(b"\0" * 3200, config=config),
+        code, details = _code(lambda config=config: recognizer.StreamingRecognize(_stream_requests(b"\0" * 3200, config=config),
                                                                     metadata=md))
         assert code == grpc.StatusCode.NOT_FOUND and "nope" in details or "enroll" in details
     code, _ = _code(lambda: recognizer.Recognize(pb.RecognizeRequest(
@@ -200,7 +200,7 @@ def test_malformed_streams_fail_clearly_while_another_stream_continues(grpc_serv
          grpc.StatusCode.INVALID_ARGUMENT, "sample_rate_hz"),
     ]
     for requests, code, text in cases:
-        got, details = _code(lambda: recognizer.StreamingRecognize(iter(requests), metadata=md))
+        got, details = _code(lambda requests=requests: recognizer.StreamingRecognize(iter(requests), metadata=md))
         assert got == code and text in details, details
     finals = [r.results[0] for r in good if r.results and r.results[0].is_final]
     assert [f.transcript.lower().strip(".") for f in finals] == ["10 of clubs"]
@@ -208,12 +208,13 @@ def test_malformed_streams_fail_clearly_while_another_stream_continues(grpc_serv
 
 def test_stream_limit_is_resource_exhausted(grpc_server, recognizer):
     md = grpc_server.metadata("alice")
-    servicer = grpc_server.handle.recognizer
-    servicer.active_streams += grpc_server.settings.max_streams  # as if the server were full
+    servicer = grpc_server.server.handle.recognizer
+    full = grpc_server.settings.max_streams
+    asyncio.run_coroutine_threadsafe(_add(servicer, full), grpc_server.server.loop).result()  # as if full
     try:
         code, details = _code(lambda: recognizer.StreamingRecognize(_stream_requests(b"\0" * 3200), metadata=md))
     finally:
-        asyncio.run_coroutine_threadsafe(_add(servicer, -grpc_server.settings.max_streams), grpc_server.loop).result()
+        asyncio.run_coroutine_threadsafe(_add(servicer, -full), grpc_server.server.loop).result()
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit" in details
 
 

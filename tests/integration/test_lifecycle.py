@@ -1,9 +1,5 @@
-"""``splitasr serve`` as operators run it (a subprocess): SIGTERM drains requests in flight within
-SPLITASR_SHUTDOWN_GRACE_SECONDS and exits 0; logs are JSON lines carrying the request id.
-
-Not covered here yet: an active gRPC stream during SIGTERM (the gRPC server is not wired into
-``splitasr serve`` at the time of writing).
-"""
+"""``splitasr serve`` as operators run it (a subprocess): SIGTERM drains REST requests and gRPC streams
+in flight within SPLITASR_SHUTDOWN_GRACE_SECONDS and exits 0; logs are JSON lines with request ids."""
 
 from __future__ import annotations
 
@@ -16,18 +12,23 @@ import sys
 import threading
 import time
 import wave
+from datetime import datetime, timezone
+from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import pytest
-
 from splitasr.audio import SAMPLE_RATE_HZ, decode_audio
+from splitasr_device._proto import recognizer_pb2 as pb
+from splitasr_device._proto import recognizer_pb2_grpc
+
 from tests.integration.conftest import free_port
 
 TOKEN = "lifecycle-token-0123456789"
 
 
-def long_wav(real_speech, seconds: float = 25.0) -> bytes:
+def long_wav(real_speech, seconds: float = 12.0) -> bytes:
     """Real speech, repeated to ``seconds``: a request that takes the CPU a few seconds to decode."""
     clips = [decode_audio(row["path"]) for row in real_speech]
     audio = np.concatenate(clips * int(seconds // sum(len(c) / SAMPLE_RATE_HZ for c in clips) + 1))
@@ -41,19 +42,22 @@ def long_wav(real_speech, seconds: float = 25.0) -> bytes:
     return buf.getvalue()
 
 
-def serve(cache_root, tmp_path, port: int, grace: float) -> subprocess.Popen:
+def serve(cache_root, tmp_path, port: int, grace: float, grpc_port: int = 0) -> tuple[subprocess.Popen, Path]:
+    """The server as a subprocess, its stderr (JSON log lines) going to the returned file."""
     env = {**os.environ, "SPLITASR_CACHE_DIR": str(cache_root), "SPLITASR_STORE_DIR": str(tmp_path / "store"),
-           "SPLITASR_API_KEYS": f"{TOKEN}:alice", "SPLITASR_PORT": str(port), "SPLITASR_GRPC_PORT": "0",
+           "SPLITASR_API_KEYS": f"{TOKEN}:alice", "SPLITASR_PORT": str(port), "SPLITASR_GRPC_PORT": str(grpc_port),
            "SPLITASR_SHUTDOWN_GRACE_SECONDS": str(grace), "SPLITASR_LOG_FORMAT": "json"}
-    proc = subprocess.Popen([sys.executable, "-m", "splitasr.cli", "serve"], env=env, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / f"server-{port}.log"  # a file, not a pipe: a full pipe would stall the server
+    with open(log, "ab") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "splitasr.cli", "serve"], env=env, cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=sink)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"server exited: {proc.stderr.read()[-2000:]}")
+            pytest.fail(f"server exited: {log.read_text()[-2000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return proc
+                return proc, log
         except httpx.TransportError:
             pass
         time.sleep(0.3)
@@ -85,24 +89,69 @@ def start_request(port: int, audio: bytes, request_id: str) -> tuple[threading.T
     pytest.fail("the request never reached the engine")
 
 
+def start_stream(grpc_port: int, pcm: bytes) -> tuple[threading.Thread, dict, threading.Event, threading.Event]:
+    """A StreamingRecognize call that sends half its audio, then waits for ``resume`` to send the rest."""
+    outcome: dict = {}
+    half_sent, resume = threading.Event(), threading.Event()
+
+    def requests():
+        yield pb.StreamingRecognizeRequest(streaming_config=pb.StreamingRecognitionConfig(
+            config=pb.RecognitionConfig(encoding=pb.LINEAR16, sample_rate_hz=SAMPLE_RATE_HZ), interim_results=False))
+        half = len(pcm) // 2 // 3200 * 3200
+        for i in range(0, len(pcm), 3200):
+            if i == half:
+                half_sent.set()
+                resume.wait(60)
+            yield pb.StreamingRecognizeRequest(audio=pcm[i: i + 3200])
+
+    def run() -> None:
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = recognizer_pb2_grpc.RecognizerStub(channel)
+            try:
+                outcome["responses"] = list(stub.StreamingRecognize(
+                    requests(), metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=120))
+            except grpc.RpcError as exc:
+                outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome, half_sent, resume
+
+
 def json_logs(stderr: str) -> list[dict]:
     return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
 
 
-def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(tiny_backbone, cache_root, tmp_path, real_speech):
-    port = free_port()
-    proc = serve(cache_root, tmp_path, port, grace=30)
+def log_time(entry: dict) -> float:
+    return datetime.strptime(entry["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+
+
+def test_sigterm_lets_requests_and_streams_in_flight_finish_then_exits_0(tiny_backbone, cache_root, tmp_path,
+                                                                          real_speech):
+    port, grpc_port = free_port(), free_port()
+    proc, log = serve(cache_root, tmp_path, port, grace=30, grpc_port=grpc_port)
+    speech = real_speech[0]  # 7 s, "... Dashwood ..."
+    pcm = (decode_audio(speech["path"]) * 32767).astype("<i2").tobytes() + b"\0" * 32000  # 1 s of silence after
     try:
+        stream, streamed, half_sent, resume = start_stream(grpc_port, pcm)
+        assert half_sent.wait(60), "the stream did not start"
         thread, outcome = start_request(port, long_wav(real_speech), "drain-me-1")
-        signaled = time.monotonic()
+        signaled, signaled_at = time.monotonic(), time.time()
         proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        resume.set()  # the stream goes on sending audio after the SIGTERM
         thread.join(60)
+        stream.join(60)
         code = proc.wait(60)
         elapsed = time.monotonic() - signaled
     finally:
+        resume.set()
         if proc.poll() is None:
             proc.kill()
-    stderr = proc.stderr.read()
+    stderr = log.read_text()
+    assert "responses" in streamed, f"{streamed.get('error')!r}\n{stderr[-2000:]}"
+    finals = [r.results[0] for r in streamed["responses"] if r.results and r.results[0].is_final]
+    assert finals and "dashwood" in " ".join(f.transcript for f in finals).lower()
     assert "response" in outcome, f"{outcome.get('error')!r}\n{stderr[-2000:]}"
     response = outcome["response"]
     assert response.status_code == 200 and response.json()["text"].strip(), response.text
@@ -113,16 +162,18 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(tiny_backbone, c
     messages = [entry["message"] for entry in logs]
     access = next(e for e in logs if e.get("logger") == "splitasr.access" and e.get("request_id") == "drain-me-1")
     assert access["status"] == 200 and access["route"] == "/v1/audio/transcriptions"
-    # the request finished after the shutdown began: it was drained, not refused
-    assert messages.index("Shutting down") < messages.index(access["message"])
+    # it was in the engine before the SIGTERM and answered after it: drained, not refused
+    assert log_time(access) > signaled_at
+    assert "Shutting down" in messages
+    assert not any("drain-me" in line and "RIFF" in line for line in stderr.splitlines()), "no audio in logs"
     assert all(line.startswith("{") for line in stderr.splitlines() if line.strip()), "every log line is JSON"
 
 
 def test_sigterm_past_the_grace_period_cancels_and_still_exits_0(tiny_backbone, cache_root, tmp_path, real_speech):
     port = free_port()
-    proc = serve(cache_root, tmp_path, port, grace=0.5)
+    proc, _ = serve(cache_root, tmp_path, port, grace=0.5)
     try:
-        thread, outcome = start_request(port, long_wav(real_speech, seconds=60), "cut-short-1")
+        thread, outcome = start_request(port, long_wav(real_speech), "cut-short-1")
         signaled = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(60)

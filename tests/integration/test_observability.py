@@ -6,8 +6,8 @@ import re
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
-
 from splitasr import __version__
+
 from tests.adapter_factory import adapter_bytes
 from tests.integration.conftest import TOKENS
 
@@ -96,6 +96,6 @@ def test_unknown_paths_share_one_label(rest_server):
     for path in ("/nope/1", "/nope/2"):
         assert httpx.get(f"{rest_server.url}{path}").status_code == 404
     after = scrape(rest_server.url)
-    key = dict(transport="rest", endpoint="unmatched", status="404")
+    key = {"transport": "rest", "endpoint": "unmatched", "status": "404"}
     assert value(after, "splitasr_requests_total", **key) - value(before, "splitasr_requests_total", **key) == 2
     assert not any("/nope/" in str(labels) for _, labels in after)

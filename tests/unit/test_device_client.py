@@ -10,10 +10,17 @@ from concurrent import futures
 import grpc
 import numpy as np
 import pytest
-
-from splitasr_device import DeviceError, RetryPolicy, SplitASRClient, adapter_name_for, load_config, read_pcm
-from splitasr_device import health
-from splitasr_device._proto import recognizer_pb2 as pb, recognizer_pb2_grpc
+from splitasr_device import (
+    DeviceError,
+    RetryPolicy,
+    SplitASRClient,
+    adapter_name_for,
+    health,
+    load_config,
+    read_pcm,
+)
+from splitasr_device._proto import recognizer_pb2 as pb
+from splitasr_device._proto import recognizer_pb2_grpc
 from splitasr_device.audio import chunks
 from splitasr_device.retry import call_with_retry
 

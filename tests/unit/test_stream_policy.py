@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import numpy as np
 import pytest
-
 from splitasr.engine.decoding import Segment, Transcription
 from splitasr.engine.streaming import (
     Final,
     Interim,
-    LocalAgreement,
     Linear16Decoder,
+    LocalAgreement,
     StreamingSession,
     StreamPolicy,
     agreed_prefix,
@@ -21,12 +21,13 @@ from splitasr.engine.vad import FRAME_SAMPLES, EnergyVad, SileroVad
 from splitasr.errors import BadAudio
 
 RATE = 16_000
+DEFAULT_POLICY = StreamPolicy()
 
 
 def test_agreed_prefix_ignores_case_and_punctuation():
-    assert agreed_prefix("Go forward, ten".split(), "go forward ten meters".split()) == 3
-    assert agreed_prefix("a b c".split(), "a x c".split()) == 1
-    assert agreed_prefix([], "a".split()) == 0
+    assert agreed_prefix(["Go", "forward,", "ten"], ["go", "forward", "ten", "meters"]) == 3
+    assert agreed_prefix(["a", "b", "c"], ["a", "x", "c"]) == 1
+    assert agreed_prefix([], ["a"]) == 0
 
 
 def test_local_agreement_commits_what_two_hypotheses_share_and_never_shrinks():
@@ -81,7 +82,7 @@ class FakeDecoder:
         return Transcription(words, "en", len(audio) / RATE, [Segment(0, 0.0, len(audio) / RATE, words, [])])
 
 
-async def _run(chunks: list[np.ndarray], policy: StreamPolicy = StreamPolicy(), interim: bool = True,
+async def _run(chunks: list[np.ndarray], policy: StreamPolicy = DEFAULT_POLICY, interim: bool = True,
                decoder: FakeDecoder | None = None) -> list:
     session = StreamingSession(decoder or FakeDecoder(), EnergyVad(), policy, interim)
     worker = asyncio.create_task(session.run())
@@ -120,7 +121,7 @@ def test_interim_text_stabilises():
     events = asyncio.run(_run(_chunked(np.concatenate([_speech(4.0), _silence(0.7)]))))
     stables = [e.stable for e in events if isinstance(e, Interim)]
     assert len(stables) >= 3
-    assert stables[-1] and all(len(a.split()) <= len(b.split()) for a, b in zip(stables, stables[1:]))
+    assert stables[-1] and all(len(a.split()) <= len(b.split()) for a, b in itertools.pairwise(stables))
 
 
 def test_no_interims_when_not_asked_and_no_final_without_speech():
@@ -153,3 +154,14 @@ def test_silero_finds_speech_in_real_audio_only(real_speech):
     assert max(probs) > 0.9
     silent = SileroVad()
     assert max(silent(np.zeros(FRAME_SAMPLES, np.float32)) for _ in range(20)) < 0.2
+
+
+def test_a_decode_started_in_the_silence_after_speech_becomes_the_final():
+    """Speculation: once 0.2 s of silence follows speech, the buffer is decoded; at the endpoint
+    (0.5 s) that hypothesis covers all the speech, so the final needs no second decode."""
+    decoder = FakeDecoder()
+    audio = np.concatenate([_speech(1.0), _silence(1.0)])
+    events = asyncio.run(_run(_chunked(audio, 32), interim=False, decoder=decoder))
+    [final] = events
+    assert len(decoder.calls) == 1 and decoder.calls[0] < RATE * 1.5
+    assert final.end_s == pytest.approx(1.2, abs=0.05)

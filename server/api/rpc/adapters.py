@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-from splitasr_device._proto import adapters_pb2 as pb, adapters_pb2_grpc
+from splitasr_device._proto import adapters_pb2 as pb
+from splitasr_device._proto import adapters_pb2_grpc
 
 from ...engine.engine import Engine
 from ...engine.store import check_name, check_sha256

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from splitasr_device._proto import adapters_pb2, recognizer_pb2 as pb
+from splitasr_device._proto import adapters_pb2
+from splitasr_device._proto import recognizer_pb2 as pb
 
 from ...engine.decoding import Segment, Transcription
 from ...engine.store import AdapterRecord
-from ...engine.streaming import Final, Interim, STABLE, UNSTABLE
+from ...engine.streaming import STABLE, UNSTABLE, Final, Interim
 
 _EOU = pb.StreamingRecognizeResponse.END_OF_UTTERANCE
 

@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 
 import grpc
-from splitasr_device._proto import recognizer_pb2 as pb, recognizer_pb2_grpc
+from splitasr_device._proto import recognizer_pb2 as pb
+from splitasr_device._proto import recognizer_pb2_grpc
 
 from ...audio import decode_audio
 from ...config import Settings

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from dataclasses import dataclass
 
 import grpc
@@ -56,6 +57,7 @@ class GrpcServer:
 
     async def stop(self, grace: float | None) -> None:
         """Report NOT_SERVING, refuse new calls, give calls in progress ``grace`` seconds."""
+        log.info("gRPC: stopping; calls in progress get %s s", grace)
         if self._watcher:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -92,3 +94,25 @@ def create_grpc_server(settings: Settings, engine: Engine, api_keys: ApiKeys | N
     bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     log.info("gRPC API on %s%s", address.rsplit(":", 1)[0] + f":{bound}", " (TLS)" if credentials else "")
     return GrpcServer(server, bound, health_servicer, recognizer)
+
+
+class BackgroundGrpc:
+    """A gRPC server on its own event loop in a daemon thread (tests, benchmarks, notebooks)."""
+
+    def __init__(self, settings: Settings, engine: Engine, port: int = 0, api_keys: ApiKeys | None = None):
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="grpc-server", daemon=True)
+        self._thread.start()
+
+        async def start() -> GrpcServer:
+            handle = create_grpc_server(settings, engine, api_keys, port=port)
+            await handle.start(engine)
+            return handle
+
+        self.handle = asyncio.run_coroutine_threadsafe(start(), self.loop).result(60)
+        self.address = f"{settings.host}:{self.handle.port}"
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        asyncio.run_coroutine_threadsafe(self.handle.stop(grace), self.loop).result(60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(30)
