@@ -61,7 +61,8 @@ def test_streaming_gives_interims_then_a_final(client, real_speech):
     assert len(finals) == 1 and updates[-1] is finals[0] and finals[0].end_of_utterance
     interims = [u for u in updates if not u.is_final]
     assert len(interims) >= 2
-    assert any(u.stable for u in interims), "local agreement marks a stable prefix"
+    # Whether two interims agree on a prefix depends on how many decodes fit in the audio's 6 s, i.e.
+    # on machine load; local agreement itself is tested deterministically in test_stream_policy.py.
     assert wer([normalize(real_speech[3]["text"])], [normalize(finals[0].text)]) <= 0.15
 
 
