@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# Reproduces the "Personal adapters" table of docs/results.md with the real CLI:
+# Reproduces the "Personal adapters" tables of docs/results.md with the real CLI:
 #   synthesize the built-in English speakers (40 train / 10 dev / 35 held-out test sentences each),
-#   score the base tiny.en, train one adapter per speaker and kind, score each on the speaker's
-#   held-out test split and on the real-speech fixtures, and print a Markdown table.
+#   score the base tiny.en, train adapters, score each on the speaker's held-out test split and on the
+#   real-speech fixtures, and print a Markdown table.
 #
 # Every step writes a JSON file under $OUT/results and is skipped when that file exists, so an
 # interrupted run resumes where it stopped (delete a file to redo its step).
 #
-#   bash scripts/measure_adapters.sh                     # defaults below
-#   FULL="cardio_nurse boat_mechanic" bash scripts/measure_adapters.sh
+#   bash scripts/measure_adapters.sh                                  # the jobs below, in order
+#   JOBS="tabletop_gamer:glora:all" bash scripts/measure_adapters.sh  # one more cell
 #
-# FULL: speakers that get all three kinds (lora, glora, saml); the others get lora only.
+# JOBS: "speaker:kind:targets" entries, run in order (CPU time is scarce: most important first).
+# Kinds at comparable parameter counts: lora r=8, glora r=5 (lowrank gate), saml E=4 r=2.
 # SAML for speaker S: pretrain experts + router on the OTHER English speakers' train sets (their dev
 # sets for early stopping), then adapt router + experts on S's train set (S's dev set).
 set -euo pipefail
@@ -19,11 +20,11 @@ OUT=${OUT:-/tmp/splitasr-adapters}
 THREADS=${THREADS:-2}
 EPOCHS=${EPOCHS:-8}
 PRETRAIN_EPOCHS=${PRETRAIN_EPOCHS:-5}
-TARGETS=${TARGETS:-all}
 PATIENCE=${PATIENCE:-3}
 LR=${LR:-1e-3}
-SPEAKERS=${SPEAKERS:-"cardio_nurse boat_mechanic highland_botanist tabletop_gamer"}
-FULL=${FULL:-"cardio_nurse"}
+SPEAKERS="cardio_nurse boat_mechanic highland_botanist tabletop_gamer"
+JOBS=${JOBS:-"cardio_nurse:lora:all cardio_nurse:lora:decoder cardio_nurse:glora:decoder cardio_nurse:saml:decoder
+  boat_mechanic:lora:all highland_botanist:lora:all tabletop_gamer:lora:all cardio_nurse:glora:all cardio_nurse:saml:all"}
 REAL=${REAL:-"$(cd "$(dirname "$0")/.." && pwd)/tests/data/real-speech/manifest.jsonl"}
 
 DATA="$OUT/speakers"
@@ -42,36 +43,35 @@ once() {
 splitasr synth --out "$DATA" --speaker cardio_nurse --speaker boat_mechanic --speaker highland_botanist \
   --speaker tabletop_gamer --train 40 --dev 10 --test 35 --seed 0 >&2
 
-COMMON=(--targets "$TARGETS" --patience "$PATIENCE" --lr "$LR" --batch-size 8 --seed 0 --threads "$THREADS" --json)
+COMMON=(--patience "$PATIENCE" --lr "$LR" --batch-size 8 --seed 0 --threads "$THREADS" --json)
 
 once "$RES/base-real.json" splitasr eval --manifest "$REAL" --json
-for s in $SPEAKERS; do
+for job in $JOBS; do
+  IFS=: read -r s kind targets <<< "$job"
   once "$RES/base-$s.json" splitasr eval --manifest "$DATA/$s/test.jsonl" --json
-
-  kinds="lora"
-  [[ " $FULL " == *" $s "* ]] && kinds="lora glora saml"
-  for kind in $kinds; do
-    adapter="$ADAPTERS/$s-$kind.safetensors"
-    case $kind in
-      lora)  once "$RES/train-$s-lora.json" splitasr train --kind lora --rank 8 \
-               --manifest "$DATA/$s/train.jsonl" --dev-manifest "$DATA/$s/dev.jsonl" --out "$adapter" --epochs "$EPOCHS" "${COMMON[@]}" ;;
-      glora) once "$RES/train-$s-glora.json" splitasr train --kind glora --rank 5 --gate lowrank \
-               --manifest "$DATA/$s/train.jsonl" --dev-manifest "$DATA/$s/dev.jsonl" --out "$adapter" --epochs "$EPOCHS" "${COMMON[@]}" ;;
-      saml)
-        others=(); devs=()
-        for o in $SPEAKERS; do
-          [[ $o == "$s" ]] && continue
-          others+=(--manifest "$DATA/$o/train.jsonl"); devs+=(--dev-manifest "$DATA/$o/dev.jsonl")
-        done
-        once "$RES/pretrain-$s-saml.json" splitasr train --kind saml --stage pretrain --experts 4 --rank 2 \
-          "${others[@]}" "${devs[@]}" --out "$ADAPTERS/$s-saml-pretrained.safetensors" --epochs "$PRETRAIN_EPOCHS" "${COMMON[@]}"
-        once "$RES/train-$s-saml.json" splitasr train --kind saml --stage adapt --adapt-experts \
-          --init "$ADAPTERS/$s-saml-pretrained.safetensors" \
-          --manifest "$DATA/$s/train.jsonl" --dev-manifest "$DATA/$s/dev.jsonl" --out "$adapter" --epochs "$EPOCHS" "${COMMON[@]}" ;;
-    esac
-    once "$RES/test-$s-$kind.json" splitasr eval --manifest "$DATA/$s/test.jsonl" --adapter "$adapter" --json
-    once "$RES/real-$s-$kind.json" splitasr eval --manifest "$REAL" --adapter "$adapter" --json
-  done
+  name="$s-$kind-$targets"
+  adapter="$ADAPTERS/$name.safetensors"
+  data=(--manifest "$DATA/$s/train.jsonl" --dev-manifest "$DATA/$s/dev.jsonl" --targets "$targets")
+  case $kind in
+    lora)  once "$RES/train-$name.json" splitasr train --kind lora --rank 8 "${data[@]}" --out "$adapter" \
+             --epochs "$EPOCHS" "${COMMON[@]}" ;;
+    glora) once "$RES/train-$name.json" splitasr train --kind glora --rank 5 --gate lowrank "${data[@]}" \
+             --out "$adapter" --epochs "$EPOCHS" "${COMMON[@]}" ;;
+    saml)
+      others=(); devs=()
+      for o in $SPEAKERS; do
+        [[ $o == "$s" ]] && continue
+        others+=(--manifest "$DATA/$o/train.jsonl"); devs+=(--dev-manifest "$DATA/$o/dev.jsonl")
+      done
+      once "$RES/pretrain-$name.json" splitasr train --kind saml --stage pretrain --experts 4 --rank 2 \
+        "${others[@]}" "${devs[@]}" --targets "$targets" --out "$ADAPTERS/$name-pretrained.safetensors" \
+        --epochs "$PRETRAIN_EPOCHS" "${COMMON[@]}"
+      once "$RES/train-$name.json" splitasr train --kind saml --stage adapt --adapt-experts \
+        --init "$ADAPTERS/$name-pretrained.safetensors" "${data[@]}" --out "$adapter" --epochs "$EPOCHS" "${COMMON[@]}" ;;
+    *) echo "unknown kind $kind" >&2; exit 2 ;;
+  esac
+  once "$RES/test-$name.json" splitasr eval --manifest "$DATA/$s/test.jsonl" --adapter "$adapter" --json
+  once "$RES/real-$name.json" splitasr eval --manifest "$REAL" --adapter "$adapter" --json
 done
 
 python - "$RES" <<'EOF'
@@ -82,23 +82,24 @@ res = Path(sys.argv[1])
 load = lambda name: json.loads((res / name).read_text()) if (res / name).exists() else None
 real_base = load("base-real.json")["wer"]
 print(f"real-speech WER, base tiny.en: {100 * real_base:.1f} %\n")
-print("| speaker | kind | trained / stored params | file KiB | train wall s (CPU s) | epochs (kept) "
+print("| speaker | kind | targets | trained / stored params | file KiB | train wall s (CPU s) | epochs (kept) "
       "| dev WER base → kept | test WER base → adapted | change | real-speech WER |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for train in sorted(res.glob("train-*.json")):
-    speaker, kind = train.stem.removeprefix("train-").rsplit("-", 1)
-    t, test, real, base = load(train.name), load(f"test-{speaker}-{kind}.json"), load(
-        f"real-{speaker}-{kind}.json"), load(f"base-{speaker}.json")
+    name = train.stem.removeprefix("train-")
+    speaker, kind, targets = name.split("-")
+    t, test, real, base = load(train.name), load(f"test-{name}.json"), load(f"real-{name}.json"), load(
+        f"base-{speaker}.json")
     if not (test and real and base):
         continue
     wall, cpu = t["wall_seconds"], t["cpu_seconds"]
-    pre = load(f"pretrain-{speaker}-{kind}.json")
+    pre = load(f"pretrain-{name}.json")
     if pre:  # SAML: report the pretraining cost too
         wall, cpu = f"{pre['wall_seconds']:.0f} + {t['wall_seconds']:.0f}", f"{pre['cpu_seconds']:.0f} + {t['cpu_seconds']:.0f}"
     else:
         wall, cpu = f"{wall:.0f}", f"{cpu:.0f}"
     rel = (test["wer"] - base["wer"]) / base["wer"]
-    print(f"| {speaker} | {kind} | {t['trainable_parameters']:,} / {t['adapter_parameters']:,} "
+    print(f"| {speaker} | {kind} | {targets} | {t['trainable_parameters']:,} / {t['adapter_parameters']:,} "
           f"| {t['file_bytes'] / 1024:.0f} | {wall} ({cpu}) | {t['epochs_run']} ({t['best_epoch']}) "
           f"| {100 * t['dev_before']:.1f} → {100 * t['dev_after']:.1f} "
           f"| {100 * base['wer']:.1f} → {100 * test['wer']:.1f} | {100 * rel:+.0f} % | {100 * real['wer']:.1f} |")

@@ -39,6 +39,7 @@ from ..adapters import (
     attach_bank,
     bank_context,
     detach_bank,
+    export_slot,
     get_kind,
     load_adapter,
     load_into_slot,
@@ -327,8 +328,6 @@ def train_adapter(
 
 
 def _export(model: torch.nn.Module, template: Adapter) -> Adapter:
-    from ..adapters import export_slot
-
     trained = export_slot(model, SLOT)
     trained.created_at, trained.creator = template.created_at, template.creator
     return trained

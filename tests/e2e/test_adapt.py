@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from splitasr.training.manifest import load_manifest, write_manifest
 
 REAL_SPEECH = Path(__file__).resolve().parents[1] / "data" / "real-speech" / "manifest.jsonl"
@@ -30,14 +29,14 @@ def splitasr(cache_root: Path, *args: str, timeout: float = 240) -> str:
 
 @pytest.fixture(scope="module")
 def trained(tiny_backbone, cache_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
-    """(adapter file, test manifest, train report): LoRA r=4 on the decoder, 4 real utterances, 2 epochs."""
+    """(adapter file, test manifest, train report): LoRA r=4 on the decoder, 4 real utterances, 1 epoch."""
     folder = tmp_path_factory.mktemp("adapt")
     rows = load_manifest(REAL_SPEECH)
     train, dev, test = write_manifest(folder / "train.jsonl", rows[1:5]), write_manifest(
         folder / "dev.jsonl", rows[5:7]), write_manifest(folder / "test.jsonl", rows[7:9])
     out = folder / "user.safetensors"
     report = json.loads(splitasr(cache_root, "train", "--kind", "lora", "--rank", "4", "--manifest", str(train),
-                                 "--dev-manifest", str(dev), "--out", str(out), "--epochs", "2", "--targets", "decoder",
+                                 "--dev-manifest", str(dev), "--out", str(out), "--epochs", "1", "--targets", "decoder",
                                  "--batch-size", "4", "--threads", "2", "--json"))
     return out, test, report
 
@@ -45,9 +44,10 @@ def trained(tiny_backbone, cache_root: Path, tmp_path_factory: pytest.TempPathFa
 def test_train_writes_an_adapter_and_reports(trained) -> None:
     out, _, report = trained
     assert out.is_file() and report["file_bytes"] == out.stat().st_size
-    assert report["kind"] == "lora" and report["stage"] == "train" and report["steps"] == 2
+    assert report["kind"] == "lora" and report["stage"] == "train" and report["steps"] == 1
     assert report["trainable_parameters"] == report["adapter_parameters"] == 4 * 39936  # decoder: 39936 per rank
     assert report["dev_metric"] == "wer" and 0 <= report["dev_after"] <= report["dev_before"]
+    assert report["encoder_layers_cached"] == 4  # decoder-only targets: the encoder ran once per utterance
 
 
 def test_eval_with_adapter_prints_json(trained, cache_root: Path) -> None:
@@ -61,19 +61,7 @@ def test_transcribe_with_adapter_prints_text(trained, cache_root: Path) -> None:
     out, test, _ = trained
     audio = load_manifest(test)[0].audio_path
     text = splitasr(cache_root, "transcribe", str(audio), "--adapter", str(out))
-    assert text.strip()
-    line = splitasr(cache_root, "transcribe", str(audio), "--adapter", str(out), "--format", "json")
-    assert json.loads(line)["text"].strip()
-
-
-def test_truncated_adapter_is_refused_cleanly(trained, cache_root: Path, tmp_path: Path) -> None:
-    out, test, _ = trained
-    bad = tmp_path / "bad.safetensors"
-    bad.write_bytes(out.read_bytes()[:100])
-    env = {**os.environ, "SPLITASR_CACHE_DIR": str(cache_root)}
-    result = subprocess.run([sys.executable, "-m", "splitasr.cli", "eval", "--manifest", str(test), "--adapter",
-                             str(bad)], env=env, capture_output=True, text=True, timeout=120, check=False)
-    assert result.returncode == 2 and "error" in result.stderr
+    assert text.strip() and not text.lstrip().startswith("{")
 
 
 @pytest.mark.slow

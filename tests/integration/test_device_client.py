@@ -60,7 +60,7 @@ def test_streaming_gives_interims_then_a_final(client, real_speech):
     finals = [u for u in updates if u.is_final]
     assert len(finals) == 1 and updates[-1] is finals[0] and finals[0].end_of_utterance
     interims = [u for u in updates if not u.is_final]
-    assert len(interims) >= 2
+    assert interims and updates.index(interims[0]) < updates.index(finals[0])
     # Whether two interims agree on a prefix depends on how many decodes fit in the audio's 6 s, i.e.
     # on machine load; local agreement itself is tested deterministically in test_stream_policy.py.
     assert wer([normalize(real_speech[3]["text"])], [normalize(finals[0].text)]) <= 0.15
