@@ -28,6 +28,8 @@ class Settings(BaseSettings):
 
     backbone: str = Field("tiny.en", description="Backbone: tiny.en, base, a local directory or a hub id.")
     device: str = Field("auto", description="Torch device: auto, cpu, cuda, cuda:1 ...")
+    quantize: Literal["none", "int8", "nf4"] = Field(
+        "none", description="Backbone weight quantization: none, int8 or nf4 (adapters load on any of them).")
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="Converted backbones and caches.")
     host: str = Field("127.0.0.1", description="REST bind address.")
     port: int = Field(8000, ge=0, le=65535, description="REST port.")
