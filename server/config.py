@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     max_adapter_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest adapter file accepted.")
     max_adapters_per_tenant: int = Field(100, ge=1, description="Adapter count quota per tenant.")
     max_adapter_bytes_per_tenant: int = Field(1 << 30, ge=1024, description="Adapter storage quota per tenant.")
+    rate_limit_per_minute: float = Field(
+        0.0, ge=0, description="Requests per tenant per minute, REST and gRPC together (429 above); 0 = no limit.")
+    rate_limit_burst: int = Field(20, ge=1, description="Requests a tenant may send at once before the rate applies.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["auto", "json", "text"] = Field(
         "auto", description="Log lines: json (one object per line), text, or auto (text on a terminal, else json).")
@@ -65,6 +68,10 @@ class Settings(BaseSettings):
     stream_interim_interval_ms: float = Field(500.0, ge=50, description="New audio between interim decodes.")
     stream_endpoint_silence_ms: float = Field(500.0, ge=100, description="Silence after speech that ends an utterance.")
     stream_vad: Literal["silero", "energy"] = Field("silero", description="Endpointing VAD: silero or energy.")
+    stream_idle_timeout_s: float = Field(
+        30.0, gt=0, description="A stream that sends nothing for this long is closed (INVALID_ARGUMENT).")
+    tls_cert: Path | None = Field(None, description="PEM certificate chain: serve REST over HTTPS.")
+    tls_key: Path | None = Field(None, description="PEM private key of TLS_CERT.")
 
     @field_validator("cache_dir")
     @classmethod
@@ -75,6 +82,8 @@ class Settings(BaseSettings):
     def _tls_pair(self) -> Settings:
         if (self.grpc_tls_cert is None) != (self.grpc_tls_key is None):
             raise ValueError("set both SPLITASR_GRPC_TLS_CERT and SPLITASR_GRPC_TLS_KEY, or neither")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("set both SPLITASR_TLS_CERT and SPLITASR_TLS_KEY, or neither")
         return self
 
     @property

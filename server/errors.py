@@ -64,6 +64,23 @@ class Overloaded(SplitASRError):
     code = "overloaded"
 
 
+class RateLimited(Overloaded):
+    """A tenant sent more requests than its rate limit allows; ``retry_after_s`` says when to retry."""
+
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class StorageFull(SplitASRError):
+    """The adapter store's disk is full (or the file size limit of the process was hit)."""
+
+    http_status = 507
+    code = "insufficient_storage"
+
+
 class NotReady(SplitASRError):
     """The backbone is still loading (or failed to load)."""
 

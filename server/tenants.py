@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InvalidInput, Unauthenticated
+from .errors import InvalidInput, RateLimited, Unauthenticated
 
 OPEN_TENANT = "default"
 MIN_TOKEN_CHARS = 16
@@ -88,3 +90,37 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+class RateLimiter:
+    """Per-tenant token buckets: ``burst`` requests at once, refilled at ``per_minute`` a minute.
+
+    One limiter is shared by REST and gRPC (it lives on the engine), so a tenant's budget covers both.
+    ``per_minute=0`` turns limiting off.
+    """
+
+    def __init__(self, per_minute: float, burst: int, clock=time.monotonic):
+        self.rate_per_s = per_minute / 60.0
+        self.burst = float(burst)
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # tenant -> (tokens, at)
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate_per_s > 0
+
+    def check(self, tenant: str) -> None:
+        """Take one request from ``tenant``'s bucket, or raise :class:`RateLimited`."""
+        if not self.enabled:
+            return
+        with self._lock:
+            now = self._clock()
+            tokens, at = self._buckets.get(tenant, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - at) * self.rate_per_s)
+            if tokens < 1.0:
+                self._buckets[tenant] = (tokens, now)
+                wait = (1.0 - tokens) / self.rate_per_s
+                raise RateLimited(f"rate limit exceeded: {self.rate_per_s * 60:g} requests per minute per tenant "
+                                  f"(bursts of {self.burst:g}); retry in {wait:.1f} s", retry_after_s=wait)
+            self._buckets[tenant] = (tokens - 1.0, now)

@@ -87,7 +87,8 @@ async def _serve(app, settings, keys) -> None:
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             log_config=None,  # keep the handlers configure_logging installed
                             access_log=False,  # the RequestObserver middleware logs each request, with its id
-                            timeout_graceful_shutdown=settings.shutdown_grace_seconds)
+                            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+                            ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key)
     server = Server(config)
     if grpc_server is not None:
         await grpc_server.start(app.state.engine)

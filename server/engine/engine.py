@@ -21,6 +21,7 @@ from ..audio import SAMPLE_RATE_HZ, decode_audio
 from ..backbones.whisper import WhisperBackbone
 from ..config import Settings
 from ..errors import InvalidInput, NotFound, NotReady
+from ..tenants import RateLimiter
 from .decoding import DecodingOptions, Transcription, transcribe
 from .pool import SlotPool
 from .scheduler import Scheduler
@@ -57,6 +58,8 @@ class Engine:
             max_adapters_per_tenant=settings.max_adapters_per_tenant,
             max_bytes_per_tenant=settings.max_adapter_bytes_per_tenant,
         )
+        # per-tenant request budget, shared by every transport that serves this engine
+        self.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
         self.pool: SlotPool | None = None
         self.scheduler: Scheduler | None = None
         self.load_error: str | None = None

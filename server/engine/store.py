@@ -13,6 +13,8 @@ tenant owns, so knowing another tenant's hash gives nothing. Blobs no name point
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -24,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..adapters.fileformat import atomic_write_bytes
-from ..errors import InvalidInput, NotFound, PermissionDenied, TooLarge
+from ..errors import InvalidInput, NotFound, PermissionDenied, StorageFull, TooLarge
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,22 @@ def check_sha256(value: str) -> str:
     if not SHA256_PATTERN.match(value):
         raise InvalidInput("sha256 must be 64 hexadecimal characters")
     return value
+
+
+# a full disk (or quota, or RLIMIT_FSIZE) while writing: the client can do nothing but retry later
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+@contextlib.contextmanager
+def _space_errors(what: str):
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _NO_SPACE:
+            raise
+        log.error("adapter store: no space left while writing %s (%s)", what, exc.strerror)
+        raise StorageFull("the adapter store is out of disk space; nothing was stored. Retry later "
+                          "or delete adapters you no longer need") from None
 
 
 # validate(bytes) -> kind; raises InvalidAdapter with a clear message when the file is not acceptable
@@ -135,12 +153,20 @@ class AdapterStore:
             index = self._read_index(tenant)
             self._check_quota(index, name, len(data))
             blob = self.blob_path(sha256)
-            if not blob.exists():
-                atomic_write_bytes(blob, data)
+            new_blob = not blob.exists()
+            if new_blob:
+                with _space_errors("an adapter file"):
+                    atomic_write_bytes(blob, data)
             record = AdapterRecord(name, sha256, kind, len(data), time.time())
             previous = index.get(name)
             index[name] = record
-            self._write_index(tenant, index)
+            try:
+                with _space_errors("a tenant index"):
+                    self._write_index(tenant, index)
+            except BaseException:
+                if new_blob:  # no name points at it: do not leave it behind
+                    blob.unlink(missing_ok=True)
+                raise
             if previous and previous.sha256 != sha256:
                 self._collect(previous.sha256)
         return record
@@ -151,7 +177,8 @@ class AdapterStore:
             record = index.pop(check_name(name), None)
             if record is None:
                 raise NotFound(f"adapter {name!r} does not exist")
-            self._write_index(tenant, index)
+            with _space_errors("a tenant index"):
+                self._write_index(tenant, index)
             self._collect(record.sha256)
         return record
 

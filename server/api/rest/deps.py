@@ -21,7 +21,9 @@ def get_settings(request: Request) -> Settings:
 
 def get_tenant(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
     keys: ApiKeys = request.app.state.api_keys
-    return keys.authenticate(authorization)
+    tenant = keys.authenticate(authorization)
+    request.app.state.engine.rate_limiter.check(tenant)
+    return tenant
 
 
 EngineDep = Annotated[Engine, Depends(get_engine)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,14 +15,15 @@ log = logging.getLogger(__name__)
 
 
 def error_body(message: str, code: str, param: str | None = None) -> dict:
-    kind = "invalid_request_error" if code not in ("internal_error", "overloaded", "not_ready") else "server_error"
+    kind = "invalid_request_error" if code not in ("internal_error", "overloaded", "not_ready", "insufficient_storage") else "server_error"
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(SplitASRError)
     async def _known(_: Request, exc: SplitASRError) -> JSONResponse:
-        headers = {"Retry-After": "1"} if exc.http_status in (429, 503) else None
+        retry_after = math.ceil(getattr(exc, "retry_after_s", 1))
+        headers = {"Retry-After": str(retry_after)} if exc.http_status in (429, 503) else None
         return JSONResponse(error_body(str(exc), exc.code), status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(RequestValidationError)

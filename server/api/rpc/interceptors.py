@@ -25,10 +25,11 @@ from ...errors import (
     Overloaded,
     PermissionDenied,
     SplitASRError,
+    StorageFull,
     TooLarge,
     Unauthenticated,
 )
-from ...tenants import ApiKeys
+from ...tenants import ApiKeys, RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,8 @@ STATUS_BY_ERROR: tuple[tuple[type[SplitASRError], grpc.StatusCode], ...] = (
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
-    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),  # RateLimited too
+    (StorageFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (NotReady, grpc.StatusCode.UNAVAILABLE),
 )
 
@@ -101,8 +103,15 @@ def _wrap(handler: grpc.RpcMethodHandler, authenticate: Callable[[], str], metho
 
 
 class ApiInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, api_keys: ApiKeys):
+    def __init__(self, api_keys: ApiKeys, rate_limiter: RateLimiter | None = None):
         self.api_keys = api_keys
+        self.rate_limiter = rate_limiter
+
+    def _tenant(self, authorization: str | None) -> str:
+        tenant = self.api_keys.authenticate(authorization)
+        if self.rate_limiter is not None:
+            self.rate_limiter.check(tenant)
+        return tenant
 
     async def intercept_service(self, continuation, handler_call_details: grpc.HandlerCallDetails):
         handler = await continuation(handler_call_details)
@@ -111,4 +120,4 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
             return handler
         metadata = dict(handler_call_details.invocation_metadata or ())
         authorization = metadata.get("authorization")
-        return _wrap(handler, lambda: self.api_keys.authenticate(authorization), method)
+        return _wrap(handler, lambda: self._tenant(authorization), method)

@@ -69,9 +69,19 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
         return await self.engine.transcribe_audio(audio, options, adapter)
 
     # streaming -----------------------------------------------------------------------------------
+    async def _next(self, requests):
+        """The stream's next message (None at its end). A client that goes quiet would hold one of
+        the MAX_STREAMS slots for ever: after STREAM_IDLE_TIMEOUT_S of silence the stream fails."""
+        timeout = self.settings.stream_idle_timeout_s
+        try:
+            return await asyncio.wait_for(anext(requests, None), timeout)
+        except asyncio.TimeoutError:  # the builtin TimeoutError from Python 3.11 on
+            raise InvalidInput(f"no message for {timeout:g} s: a stream must keep sending audio "
+                               "(silence too), then close its side when done") from None
+
     async def _read_audio(self, requests, session: StreamingSession, decoder: Linear16Decoder) -> None:
         limit = self.settings.stream_max_chunk_bytes
-        async for request in requests:
+        while (request := await self._next(requests)) is not None:
             if request.WhichOneof("request") != "audio":
                 raise InvalidInput("streaming_config must be the first message, and only the first")
             if len(request.audio) > limit:
@@ -85,7 +95,8 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
 
     async def StreamingRecognize(self, request_iterator, context: grpc.aio.ServicerContext):
         tenant = current_tenant()
-        first = await anext(aiter(request_iterator), None)
+        request_iterator = aiter(request_iterator)
+        first = await self._next(request_iterator)
         if first is None or first.WhichOneof("request") != "streaming_config":
             raise InvalidInput("the first StreamingRecognize message must be streaming_config (adapter, "
                                "encoding, sample rate); audio follows")
