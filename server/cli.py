@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "commands.evaluate",
     "commands.synth",
     "commands.train",
+    "commands.rescorer",
     "commands.models",
     "commands.bench",
 )
