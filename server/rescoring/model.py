@@ -94,6 +94,7 @@ class ScoringModel(nn.Module):
     def __init__(self, encoder: TextEncoder, targets: Sequence[str], num_slots: int, max_rank: int) -> None:
         super().__init__()
         self.encoder = encoder
+        self.bert = encoder.model  # registered, so parameters() and to() see the encoder
         attach_bank(encoder.model, list(targets), num_slots, AdapterLimits(max_rank=max_rank), kinds=["lora"])
         self.targets = set(targets)
         hidden = encoder.hidden_size
