@@ -17,6 +17,12 @@ encoder    every encoder linear (self_attn + ffn)                              e
 decoder    every decoder linear (self_attn + encoder_attn + ffn)               decoder only
 =========  ==================================================================  =======================
 
+Encoder-only CTC backbones have no decoder: ``attn``, ``ffn``, ``qv``, ``encoder`` and ``all`` also
+match their Conformer blocks (``Wav2Vec2ConformerForCTC``: ``*.encoder.layers.*.self_attn.linear_{q,k,v,out}``
+and ``ffn{1,2}.{intermediate,output}_dense``; ``ParakeetForCTC``: ``encoder.layers.*.self_attn.{q,k,v,o}_proj``
+and ``feed_forward{1,2}.linear{1,2}``), while ``cross`` and ``decoder`` match nothing there. The CTC
+output head ``lm_head`` is never a target.
+
 The paper's "hidden features" vs "low-rank features" variants are the ``glora`` gate position
 (``gate="output"`` / ``gate="lowrank"``), not a target set; combine freely, e.g. ``"cross,ffn"`` with
 ``gate="lowrank"``.
@@ -49,9 +55,22 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "encoder": tuple(_attn("encoder", "self_attn") + _ffn("encoder")),
     "decoder": tuple(_attn("decoder", "self_attn") + _attn("decoder", "encoder_attn") + _ffn("decoder")),
 }
+# Conformer / FastConformer CTC encoders (transformers module names).
+_CTC_ATTN = ("*encoder.layers.*.self_attn.linear_q", "*encoder.layers.*.self_attn.linear_k",
+             "*encoder.layers.*.self_attn.linear_v", "*encoder.layers.*.self_attn.linear_out",
+             "encoder.layers.*.self_attn.q_proj", "encoder.layers.*.self_attn.k_proj",
+             "encoder.layers.*.self_attn.v_proj", "encoder.layers.*.self_attn.o_proj")
+_CTC_QV = ("*encoder.layers.*.self_attn.linear_q", "*encoder.layers.*.self_attn.linear_v",
+           "encoder.layers.*.self_attn.q_proj", "encoder.layers.*.self_attn.v_proj")
+_CTC_FFN = ("*encoder.layers.*.ffn[12].intermediate_dense", "*encoder.layers.*.ffn[12].output_dense",
+            "encoder.layers.*.feed_forward[12].linear[12]")
+PRESETS["attn"] += _CTC_ATTN
+PRESETS["ffn"] += _CTC_FFN
+PRESETS["qv"] += _CTC_QV
+PRESETS["encoder"] += _CTC_ATTN + _CTC_FFN
 PRESETS["all"] = PRESETS["attn"] + PRESETS["cross"] + PRESETS["ffn"]
 
-EXCLUDED = ("proj_out",)
+EXCLUDED = ("proj_out", "lm_head")
 
 
 def split_spec(spec: str | Sequence[str]) -> list[str]:

@@ -9,16 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import logging as transformers_logging
 from transformers import (
     WhisperFeatureExtractor,
     WhisperForConditionalGeneration,
     WhisperTokenizer,
 )
+from transformers import logging as transformers_logging
 
 from ..audio import SAMPLE_RATE_HZ
 from ..errors import BackboneUnavailable
-from .sources import resolve_backbone
+from .quantize import check_quantization, quantize_model
+from .sources import ResolvedBackbone, resolve_backbone
 
 log = logging.getLogger(__name__)
 # Whisper's own generate() passes its suppress lists explicitly and transformers warns about that on
@@ -48,6 +49,7 @@ class WhisperBackbone:
     feature_extractor: WhisperFeatureExtractor
     load_seconds: float = 0.0
     languages: tuple[str, ...] = field(default_factory=tuple)
+    quantization: str = "none"  # none | int8 | nf4 (linear layers only)
 
     @classmethod
     def load(
@@ -57,10 +59,27 @@ class WhisperBackbone:
         cache_dir: Path,
         device: str = "auto",
         dtype: torch.dtype | None = None,
+        quantize: str = "none",
     ) -> WhisperBackbone:
-        """Resolve ``spec`` (name, directory or hub id), load it frozen in eval mode."""
+        """Resolve ``spec`` (name, directory or hub id), load it frozen in eval mode.
+
+        ``quantize``: ``none``, ``int8`` or ``nf4`` weights for the linear layers (see
+        :mod:`splitasr.backbones.quantize`).
+        """
+        return cls.from_resolved(resolve_backbone(spec, cache_dir), device=device, dtype=dtype, quantize=quantize)
+
+    @classmethod
+    def from_resolved(
+        cls,
+        resolved: ResolvedBackbone,
+        *,
+        device: str = "auto",
+        dtype: torch.dtype | None = None,
+        quantize: str = "none",
+    ) -> WhisperBackbone:
+        """Load an already resolved location (see :meth:`load`)."""
         start = time.perf_counter()
-        resolved = resolve_backbone(spec, cache_dir)
+        check_quantization(quantize)
         dev = pick_device(device)
         dtype = dtype or (torch.float16 if dev.type == "cuda" else torch.float32)
         try:
@@ -69,15 +88,17 @@ class WhisperBackbone:
             feature_extractor = WhisperFeatureExtractor.from_pretrained(resolved.location)
         except OSError as exc:
             hint = "" if resolved.is_local else " (a hub id needs network access; use a local directory offline)"
-            raise BackboneUnavailable(f"cannot load backbone {spec!r}: {exc}{hint}") from exc
+            raise BackboneUnavailable(f"cannot load backbone {resolved.name!r}: {exc}{hint}") from exc
         model.to(dev).eval().requires_grad_(False)
+        quantize_model(model, quantize)
         gen = model.generation_config
         languages = tuple(k.strip("<|>") for k in (getattr(gen, "lang_to_id", None) or {}))
-        backbone = cls(resolved.name, model, tokenizer, feature_extractor, languages=languages)
+        backbone = cls(resolved.name, model, tokenizer, feature_extractor, languages=languages,
+                       quantization=quantize)
         backbone.load_seconds = time.perf_counter() - start
         log.info(
-            "backbone %s loaded on %s (%s) in %.2f s",
-            resolved.name, dev, str(dtype).removeprefix("torch."), backbone.load_seconds,
+            "backbone %s loaded on %s (%s, quantization %s) in %.2f s",
+            resolved.name, dev, str(dtype).removeprefix("torch."), quantize, backbone.load_seconds,
         )
         return backbone
 

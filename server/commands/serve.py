@@ -12,6 +12,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--grpc-port", type=int, help="gRPC port (default 50051, 0 = off; env SPLITASR_GRPC_PORT)")
     p.add_argument("--backbone", help="tiny.en (default), base, a local directory or a hub id")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--quantize", choices=["none", "int8", "nf4"],
+                   help="backbone weights: none (default), int8 or nf4 (env SPLITASR_QUANTIZE)")
     p.add_argument("--api-keys", dest="api_keys_file", help="file of 'TOKEN TENANT' lines (env SPLITASR_API_KEYS_FILE)")
     p.add_argument("--insecure", dest="allow_insecure_open", action="store_const", const=True,
                    help="allow a non-loopback bind with no API keys (anyone can use the server)")
@@ -32,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from ..observability import configure_logging
     from ..tenants import ApiKeys, is_loopback
 
-    settings = Settings(**overrides(args, "host", "port", "grpc_port", "backbone", "device", "api_keys_file",
+    settings = Settings(**overrides(args, "host", "port", "grpc_port", "backbone", "device", "quantize", "api_keys_file",
                                     "allow_insecure_open"))
     configure_logging(settings.log_level, settings.log_format)
     keys = ApiKeys.load(settings.api_keys_file, settings.api_keys)

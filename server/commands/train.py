@@ -90,6 +90,11 @@ def run(args: argparse.Namespace) -> int:
     )
     train, dev = _utterances(args.manifest), _utterances(args.dev_manifest)
     backbone = load_backbone(args)
+    from ..backbones.whisper import WhisperBackbone
+
+    if not isinstance(backbone, WhisperBackbone):
+        raise InvalidInput(f"splitasr train needs a Whisper backbone; {backbone.name!r} is a CTC model "
+                           "(train its adapters from Python with splitasr.backbones.ctc.ctc_loss)")
     result = train_adapter(backbone, train, dev, config)
     from ..adapters import save_adapter
 

@@ -13,6 +13,8 @@ from .serve import overrides
 def add_backbone_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", help="tiny.en (default), base, a local directory or a hub id")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--quantize", choices=["none", "int8", "nf4"],
+                   help="backbone weights: none (default), int8 or nf4 (env SPLITASR_QUANTIZE)")
 
 
 def add_adapter_arg(p: argparse.ArgumentParser) -> None:
@@ -37,11 +39,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def load_backbone(args: argparse.Namespace):
-    from ..backbones.whisper import WhisperBackbone
+    from ..backbones.loader import load_backbone
     from ..config import Settings
 
-    settings = Settings(**overrides(args, "backbone", "device"))
-    return WhisperBackbone.load(settings.backbone, cache_dir=settings.backbone_cache_dir, device=settings.device)
+    settings = Settings(**overrides(args, "backbone", "device", "quantize"))
+    return load_backbone(settings.backbone, cache_dir=settings.backbone_cache_dir, device=settings.device,
+                         quantize=settings.quantize)
 
 
 def attach_adapter(backbone, path: Path) -> dict:

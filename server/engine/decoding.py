@@ -160,7 +160,12 @@ def transcribe(
     """Transcribe a batch of 16 kHz mono arrays; each may be longer than 30 s.
 
     ``slots``: the adapter slot of each row (0 = none), for a backbone with an adapter bank.
+    A CTC backbone decodes greedily instead (:mod:`splitasr.engine.ctc_decoding`).
     """
+    if not isinstance(backbone, WhisperBackbone):
+        from .ctc_decoding import transcribe_ctc
+
+        return transcribe_ctc(backbone, audios, options, slots)
     window = WINDOW_SECONDS * SAMPLE_RATE_HZ
     if slots and any(slots) and len(audios) > 1 and any(len(a) > window for a in audios):
         # Long-form decoding drops finished rows between windows, which would shift the rows'

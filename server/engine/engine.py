@@ -18,7 +18,7 @@ import numpy as np
 from .. import observability
 from ..adapters import Adapter, AdapterLimits, BackboneSpec, attach_bank, bank_layers, load_adapter
 from ..audio import SAMPLE_RATE_HZ, decode_audio
-from ..backbones.whisper import WhisperBackbone
+from ..backbones.loader import Backbone, load_backbone
 from ..config import Settings
 from ..errors import InvalidInput, NotFound, NotReady
 from ..tenants import RateLimiter
@@ -42,11 +42,11 @@ class Row:
 class Engine:
     """Loads the backbone (possibly in the background) and serves transcriptions through a scheduler."""
 
-    def __init__(self, settings: Settings, backbone: WhisperBackbone | None = None):
+    def __init__(self, settings: Settings, backbone: Backbone | None = None):
         """``backbone``: an already loaded one to serve (tests, notebooks); else ``settings.backbone``."""
         self.settings = settings
         self._preloaded = backbone
-        self.backbone: WhisperBackbone | None = None
+        self.backbone: Backbone | None = None
         self.spec: BackboneSpec | None = None
         self.limits = AdapterLimits(
             max_rank=settings.adapter_max_rank,
@@ -70,8 +70,9 @@ class Engine:
         """Load, equip with adapter slots and warm the backbone; then accept requests. Thread-safe."""
         loading = time.perf_counter()
         try:
-            backbone = self._preloaded or WhisperBackbone.load(
-                self.settings.backbone, cache_dir=self.settings.backbone_cache_dir, device=self.settings.device
+            backbone = self._preloaded or load_backbone(
+                self.settings.backbone, cache_dir=self.settings.backbone_cache_dir, device=self.settings.device,
+                quantize=self.settings.quantize,
             )
             self.spec = BackboneSpec.from_model(backbone.name, backbone.model)
             if not bank_layers(backbone.model):  # a preloaded backbone may already carry one
