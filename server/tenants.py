@@ -60,7 +60,7 @@ class ApiKeys:
         for token, tenant, where in pairs:
             if len(token) < MIN_TOKEN_CHARS:
                 raise InvalidInput(f"{where}: API keys must have at least {MIN_TOKEN_CHARS} characters")
-            if not TENANT_PATTERN.match(tenant):
+            if not TENANT_PATTERN.fullmatch(tenant):
                 raise InvalidInput(f"{where}: invalid tenant name {tenant!r}")
             by_digest[_digest(token)] = tenant
         return cls(by_digest)

@@ -45,7 +45,7 @@ class AdapterRecord:
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         shown = repr(name[:80]) if isinstance(name, str) else type(name).__name__
         raise InvalidInput(
             f"invalid adapter name {shown}: use 1-64 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit"
@@ -55,7 +55,7 @@ def check_name(name: str) -> str:
 
 def check_sha256(value: str) -> str:
     value = (value or "").lower()
-    if not SHA256_PATTERN.match(value):
+    if not SHA256_PATTERN.fullmatch(value):
         raise InvalidInput("sha256 must be 64 hexadecimal characters")
     return value
 
@@ -95,7 +95,7 @@ class AdapterStore:
         return self.root / "blobs" / sha256[:2] / f"{sha256}.safetensors"
 
     def _index_path(self, tenant: str) -> Path:
-        if not TENANT_PATTERN.match(tenant):
+        if not TENANT_PATTERN.fullmatch(tenant):
             raise PermissionDenied("invalid tenant")
         return self.root / "tenants" / f"{tenant}.json"
 
