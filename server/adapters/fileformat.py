@@ -95,6 +95,8 @@ def read_header(data: bytes, limits: AdapterLimits) -> tuple[dict[str, dict[str,
         )
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidAdapter(f"safetensors header is not valid UTF-8 JSON: {exc}") from exc
+    except RecursionError:  # e.g. 100 000 nested brackets: valid JSON that no header needs
+        raise InvalidAdapter("safetensors header JSON is nested too deeply") from None
     if not isinstance(header, dict):
         raise InvalidAdapter("safetensors header is not a JSON object")
     metadata = header.pop("__metadata__", {})
@@ -135,6 +137,8 @@ def parse_metadata(metadata: Mapping[str, str]) -> dict[str, Any]:
         meta = json.loads(raw, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as exc:
         raise InvalidAdapter(f"adapter metadata is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise InvalidAdapter("adapter metadata JSON is nested too deeply") from None
     if not isinstance(meta, dict):
         raise InvalidAdapter("adapter metadata must be a JSON object")
     missing = [k for k in REQUIRED_KEYS if k not in meta]

@@ -137,7 +137,7 @@ def read_peft_files(source: str | os.PathLike[str] | bytes, limits: AdapterLimit
 def _peft_config(raw: bytes) -> KindConfig:
     try:
         config = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise InvalidAdapter(f"{CONFIG_NAME} is not valid JSON: {exc}") from exc
     if not isinstance(config, dict):
         raise InvalidAdapter(f"{CONFIG_NAME} must be a JSON object")
