@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     adapter_max_experts: int = Field(4, ge=1, le=64, description="Largest SAML expert count accepted.")
     adapter_targets: str = Field("all", description="Backbone linears adapters may target (preset or globs).")
     max_adapter_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest adapter file accepted.")
+    rescorer_slots: int = Field(8, ge=1, le=256, description="Rescorers resident in the text encoder (LRU).")
+    rescorer_nbest: int = Field(4, ge=2, le=16, description="Hypotheses a rescorer chooses from per utterance.")
     max_adapters_per_tenant: int = Field(100, ge=1, description="Adapter count quota per tenant.")
     max_adapter_bytes_per_tenant: int = Field(1 << 30, ge=1024, description="Adapter storage quota per tenant.")
     rate_limit_per_minute: float = Field(

@@ -20,6 +20,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="whisper: Whisper's English normalizer (numbers, spellings) for English; "
                         "basic: case, punctuation and Unicode only")
     p.add_argument("--limit", type=int, help="score only the first N utterances")
+    p.add_argument("--rescorer", type=Path,
+                   help="rescore each utterance's N-best list with this rescorer (from `splitasr rescorer train`)")
+    p.add_argument("--nbest", type=int, default=4, help="with --rescorer: hypotheses per utterance (default 4)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--details", action="store_true", help="include every utterance's hypothesis")
     p.set_defaults(func=run)
@@ -75,10 +78,28 @@ def run(args: argparse.Namespace) -> int:
     utterances = load_manifest(args.manifest)[: args.limit]
     backbone = load_backbone(args)
     adapter = attach_adapter(backbone, args.adapter) if args.adapter else None
+    if args.rescorer:
+        return _print(_rescored(args, backbone, utterances, adapter), args)
     report = evaluate(backbone, utterances, beam=args.beam, language=args.language,
                       batch_size=args.batch_size, normalizer=args.normalizer, slot=1 if adapter else 0)
     if adapter:
         report["adapter"] = adapter
+    return _print(report, args)
+
+
+def _rescored(args: argparse.Namespace, backbone, utterances, adapter: dict | None) -> dict:
+    """WER after rescoring each N-best list (``wer``), with the first pass and the oracle beside it."""
+    from .rescorer import rescored_report
+
+    report = {"backbone": backbone.name, "utterances": len(utterances), "rescorer": str(args.rescorer),
+              **rescored_report(backbone, utterances, args.rescorer, args.nbest, 1 if adapter else 0)}
+    report["wer"] = report["wer_rescored"]
+    if adapter:
+        report["adapter"] = adapter
+    return report
+
+
+def _print(report: dict, args: argparse.Namespace) -> int:
     if not args.details:
         report.pop("hypotheses")
     if args.json:
@@ -88,5 +109,5 @@ def run(args: argparse.Namespace) -> int:
         if k != "hypotheses":
             print(f"{k:<16} {v}")
     for row in report.get("hypotheses", []):
-        print(f"REF: {row['ref']}\nHYP: {row['hyp']}\n")
+        print(f"REF: {row['ref']}\nHYP: {row.get('hyp', row.get('rescored'))}\n")
     return 0

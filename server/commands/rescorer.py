@@ -72,7 +72,7 @@ def _lists(args: argparse.Namespace, backbone, manifests: list[Path], cache: Pat
     if not utterances:
         return [], False
     adapter_sha = _sha256(args.adapter)
-    produce = lambda: decode_lists(backbone, utterances, args.nbest, slot=slot, quiet=args.json)  # noqa: E731
+    produce = lambda: decode_lists(backbone, utterances, args.nbest, slot=slot, quiet=args.json)
     if cache is None:
         return produce(), False
     return cached_lists(cache, cache_key(backbone.name, adapter_sha, args.nbest, utterances), produce)
@@ -159,7 +159,7 @@ def rescored_report(backbone, utterances, rescorer_path: Path, k: int, slot: int
     from ..rescoring.stage import open_rescorer
     from ..rescoring.train import choose, score_lists
 
-    produce = lambda: decode_lists(backbone, utterances, k, slot=slot, quiet=quiet)  # noqa: E731
+    produce = lambda: decode_lists(backbone, utterances, k, slot=slot, quiet=quiet)
     lists = cached_lists(cache, cache_key(backbone.name, adapter_sha256, k, utterances), produce)[0] if cache else produce()
     model, rescorer = open_rescorer(rescorer_path)
     picks = [choose(x, s, rescorer.fusion) for x, s in zip(lists, score_lists(model, lists, 1))]

@@ -34,6 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_adapter_arg(p)
     add_decoding_args(p)
     p.add_argument("--nbest", type=int, default=1, help="also list the N best hypotheses (json only)")
+    p.add_argument("--rescorer", type=Path,
+                   help="rescore the N-best list (4 unless --nbest says more) with this rescorer file")
     p.add_argument("--format", choices=["text", "json", "srt", "vtt"], default="text")
     p.set_defaults(func=run)
 
@@ -71,11 +73,20 @@ def run(args: argparse.Namespace) -> int:
 
     backbone = load_backbone(args)
     slot = 1 if args.adapter and attach_adapter(backbone, args.adapter) else 0
+    rescoring = None
+    if args.rescorer:
+        from ..rescoring.stage import DEFAULT_NBEST, open_rescorer, rescore
+
+        rescoring = open_rescorer(args.rescorer)
+        args.nbest = max(args.nbest, DEFAULT_NBEST)
     options = DecodingOptions(beam_size=args.beam, language=args.language, nbest=args.nbest)
     for start in range(0, len(args.files), args.batch_size):
         files = args.files[start : start + args.batch_size]
         slots = [slot] * len(files) if slot else None
         results = transcribe(backbone, [decode_audio(f) for f in files], options, slots)
+        if rescoring:
+            model, rescorer = rescoring
+            rescore(model, [(r, 1, rescorer.fusion) for r in results])
         for path, result in zip(files, results):
             if args.format == "json":
                 print(json.dumps({"file": str(path), **to_verbose_json(result)}, ensure_ascii=False))

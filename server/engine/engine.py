@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -21,6 +21,8 @@ from ..audio import SAMPLE_RATE_HZ, decode_audio
 from ..backbones.loader import Backbone, load_backbone
 from ..config import Settings
 from ..errors import InvalidInput, NotFound, NotReady
+from ..rescoring.service import KIND as RESCORER_KIND
+from ..rescoring.service import RescoringService, is_rescorer_file
 from ..tenants import RateLimiter
 from .decoding import DecodingOptions, Transcription, transcribe
 from .pool import SlotPool
@@ -31,12 +33,14 @@ log = logging.getLogger(__name__)
 
 # OpenAI clients default to this model name; it means "the base backbone" here.
 OPENAI_DEFAULT_MODEL = "whisper-1"
+RESCORE_MAX_SECONDS = 30  # an N-best list covers one 30 s window
 
 
 @dataclass(frozen=True)
 class Row:
     audio: np.ndarray
     adapter: str | None  # sha256, None = plain backbone
+    rescorer: str | None = None  # sha256 of an N-best rescorer (kind "lorb"), None = first pass only
 
 
 class Engine:
@@ -61,6 +65,7 @@ class Engine:
         # per-tenant request budget, shared by every transport that serves this engine
         self.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
         self.pool: SlotPool | None = None
+        self.rescoring = RescoringService(self.store.read, slots=settings.rescorer_slots, limits=self.limits)
         self.scheduler: Scheduler | None = None
         self.load_error: str | None = None
         self._ready = threading.Event()
@@ -124,8 +129,14 @@ class Engine:
         self._require_ready()
         return load_adapter(data, expected_backbone=self.spec, limits=self.limits)
 
+    def _validate_kind(self, data: bytes) -> str:
+        if is_rescorer_file(data, self.limits):
+            self.rescoring.validate(data)
+            return RESCORER_KIND
+        return self.validate_adapter(data).kind
+
     def put_adapter(self, tenant: str, name: str, data: bytes, expected_sha256: str | None = None) -> AdapterRecord:
-        return self.store.put(tenant, name, data, lambda b: self.validate_adapter(b).kind, expected_sha256)
+        return self.store.put(tenant, name, data, self._validate_kind, expected_sha256)
 
     def _load_adapter(self, sha256: str) -> Adapter:
         return load_adapter(self.store.read(sha256), expected_backbone=self.spec, limits=self.limits)
@@ -134,7 +145,7 @@ class Engine:
     def model_names(self, tenant: str | None = None) -> list[str]:
         names = [self.backbone_name, OPENAI_DEFAULT_MODEL]
         if tenant is not None:
-            names += [r.name for r in self.store.list(tenant)]
+            names += [r.name for r in self.store.list(tenant) if r.kind != RESCORER_KIND]
         return names
 
     def resolve_model(self, tenant: str, model: str | None) -> str | None:
@@ -142,24 +153,51 @@ class Engine:
         if model in (None, "", self.backbone_name, OPENAI_DEFAULT_MODEL):
             return None
         try:
-            return self.store.get(tenant, model).sha256
+            record = self.store.get(tenant, model)
         except (NotFound, InvalidInput):  # an invalid name is an unknown model too
             raise NotFound(
                 f"model {model!r} does not exist; available: {', '.join(self.model_names(tenant))}"
             ) from None
+        if record.kind == RESCORER_KIND:
+            raise InvalidInput(f"{model!r} is an N-best rescorer, not a model: pass it as `rescore`")
+        return record.sha256
+
+    def resolve_rescorer(self, tenant: str, name: str | None) -> str | None:
+        """The sha256 of the tenant's rescorer ``name`` (None when empty); NotFound otherwise."""
+        if not name:
+            return None
+        try:
+            record = self.store.get(tenant, name)
+        except (NotFound, InvalidInput):
+            record = None
+        if record is None or record.kind != RESCORER_KIND:
+            raise NotFound(f"rescorer {name!r} does not exist; upload one to /v1/adapters "
+                           "(a file from `splitasr rescorer train`)")
+        return record.sha256
+
+    def rescoring_options(self, options: DecodingOptions, rescorer: str | None) -> DecodingOptions:
+        """Options that produce the N-best list a rescorer needs."""
+        if rescorer is None or options.nbest > 1:
+            return options
+        return replace(options, nbest=self.settings.rescorer_nbest)
 
     async def transcribe(self, data: bytes, options: DecodingOptions, *, tenant: str,
-                         model: str | None = None) -> Transcription:
+                         model: str | None = None, rescore: str | None = None) -> Transcription:
+        """``rescore``: the name of one of the tenant's rescorers: rescore the N-best list with it."""
         self._require_ready()
         adapter = self.resolve_model(tenant, model)
+        rescorer = self.resolve_rescorer(tenant, rescore)
         audio = await asyncio.to_thread(decode_audio, data, max_seconds=self.settings.max_audio_seconds)
-        return await self.transcribe_audio(audio, options, adapter)
+        return await self.transcribe_audio(audio, options, adapter, rescorer)
 
     async def transcribe_audio(self, audio: np.ndarray, options: DecodingOptions,
-                               adapter: str | None = None) -> Transcription:
+                               adapter: str | None = None, rescorer: str | None = None) -> Transcription:
         self._require_ready()
         assert self.scheduler is not None
-        return await self.scheduler.run(Row(audio, adapter), options)
+        if rescorer and len(audio) > RESCORE_MAX_SECONDS * SAMPLE_RATE_HZ:
+            raise InvalidInput(f"rescoring needs audio of at most {RESCORE_MAX_SECONDS} s (one N-best list); "
+                               "send shorter audio or leave `rescore` out")
+        return await self.scheduler.run(Row(audio, adapter, rescorer), self.rescoring_options(options, rescorer))
 
     def _run_batch(self, rows: list[Row], options: Hashable) -> list[Transcription]:
         assert self.backbone is not None and self.pool is not None
@@ -174,7 +212,10 @@ class Engine:
                 end += 1
             chunk = rows[start:end]
             slots = self.pool.acquire([r.adapter for r in chunk])
-            results += transcribe(self.backbone, [r.audio for r in chunk], options, slots)
+            out = transcribe(self.backbone, [r.audio for r in chunk], options, slots)
+            if any(r.rescorer for r in chunk):
+                out = self.rescoring.apply([r.rescorer for r in chunk], out)
+            results += out
             observability.observe_audio(sum(r.audio.size for r in chunk) / SAMPLE_RATE_HZ)
             start = end
         return results

@@ -48,7 +48,7 @@ def rescore(model: ScoringModel, items: Sequence[tuple[Transcription, int, Fusio
                 result.segments = [Segment(0, 0.0, round(result.duration, 2), best.text, best.tokens)] if best.text else []
             result.nbest = [best] + [h for h in hyps if h is not best]
         i += n
-    return list(result for result, _, _ in items)
+    return [result for result, _, _ in items]
 
 
 def open_rescorer(path: str | os.PathLike[str], encoder_name: str = DEFAULT_ENCODER) -> tuple[ScoringModel, Rescorer]:

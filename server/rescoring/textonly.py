@@ -24,7 +24,7 @@ from pathlib import Path
 from ..errors import InvalidInput
 from .data import NBestList, make_list, rescorer_text
 
-FUNCTION_WORDS = frozenset("a an the of to in on at for and or is was be it its that this with by".split())
+FUNCTION_WORDS = frozenset(["a", "an", "the", "of", "to", "in", "on", "at", "for", "and", "or", "is", "was", "be", "it", "its", "that", "this", "with", "by"])
 MAX_SENTENCES = 100_000
 _WORD = re.compile(r"^[a-z]{2,}$")
 

@@ -116,7 +116,7 @@ def test_fusion_and_choice():
     assert fused.item() == pytest.approx(-2.0 + 2.0 + 0.5)
     fusion, wer = tune_fusion([x], [[0.0, 1.5]])
     assert wer == 0.0 and fusion.weight == 1.0  # the smallest λ that flips the choice
-    assert word_errors("a b c".split(), "a x c d".split()) == 2
+    assert word_errors(["a", "b", "c"], ["a", "x", "c", "d"]) == 2
 
 
 def test_training_lowers_dev_errors_on_separable_lists():

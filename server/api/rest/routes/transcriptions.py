@@ -37,6 +37,9 @@ async def create_transcription(
         list[Literal["segment", "word"]] | None, Form(alias="timestamp_granularities[]")
     ] = None,
     beam_size: Annotated[int | None, Form(ge=1, le=16, description="SplitASR extension: beam width")] = None,
+    rescore: Annotated[str | None, Form(
+        description="SplitASR extension: one of your rescorers (uploaded to /v1/adapters): rescore the N-best list"
+    )] = None,
 ) -> Response:
     data = await file.read()
     if not data:
@@ -47,7 +50,7 @@ async def create_transcription(
         temperature=temperature,
         prompt=prompt or None,
     )
-    result = await engine.transcribe(data, options, tenant=tenant, model=model)
+    result = await engine.transcribe(data, options, tenant=tenant, model=model, rescore=rescore or None)
     body = render(result, response_format)
     if isinstance(body, dict):
         return JSONResponse(body)
