@@ -25,20 +25,22 @@ class AdapterRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class RecognitionConfig(_message.Message):
-    __slots__ = ("adapter", "language", "encoding", "sample_rate_hz", "beam_size", "prompt")
+    __slots__ = ("adapter", "language", "encoding", "sample_rate_hz", "beam_size", "prompt", "rescore")
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
     BEAM_SIZE_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
+    RESCORE_FIELD_NUMBER: _ClassVar[int]
     adapter: AdapterRef
     language: str
     encoding: AudioEncoding
     sample_rate_hz: int
     beam_size: int
     prompt: str
-    def __init__(self, adapter: _Optional[_Union[AdapterRef, _Mapping]] = ..., language: _Optional[str] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hz: _Optional[int] = ..., beam_size: _Optional[int] = ..., prompt: _Optional[str] = ...) -> None: ...
+    rescore: str
+    def __init__(self, adapter: _Optional[_Union[AdapterRef, _Mapping]] = ..., language: _Optional[str] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hz: _Optional[int] = ..., beam_size: _Optional[int] = ..., prompt: _Optional[str] = ..., rescore: _Optional[str] = ...) -> None: ...
 
 class RecognizeRequest(_message.Message):
     __slots__ = ("config", "audio")

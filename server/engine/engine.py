@@ -129,14 +129,15 @@ class Engine:
         self._require_ready()
         return load_adapter(data, expected_backbone=self.spec, limits=self.limits)
 
-    def _validate_kind(self, data: bytes) -> str:
+    def validate_kind(self, data: bytes) -> str:
+        """Check an ASR adapter or rescorer file (raises InvalidAdapter); returns its kind."""
         if is_rescorer_file(data, self.limits):
             self.rescoring.validate(data)
             return RESCORER_KIND
         return self.validate_adapter(data).kind
 
     def put_adapter(self, tenant: str, name: str, data: bytes, expected_sha256: str | None = None) -> AdapterRecord:
-        return self.store.put(tenant, name, data, self._validate_kind, expected_sha256)
+        return self.store.put(tenant, name, data, self.validate_kind, expected_sha256)
 
     def _load_adapter(self, sha256: str) -> Adapter:
         return load_adapter(self.store.read(sha256), expected_backbone=self.spec, limits=self.limits)

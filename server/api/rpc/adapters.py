@@ -54,7 +54,7 @@ class AdaptersServicer(adapters_pb2_grpc.AdaptersServicer):
         tenant = current_tenant()
         header, data = await self._receive(request_iterator)  # nothing is stored before this returns
         if header.kind:
-            kind = (await asyncio.to_thread(self.engine.validate_adapter, data)).kind
+            kind = await asyncio.to_thread(self.engine.validate_kind, data)
             if kind != header.kind:
                 raise InvalidAdapter(f"the header says kind {header.kind!r} but the file is a {kind!r} adapter")
         record = await asyncio.to_thread(self.engine.put_adapter, tenant, header.name, data, header.sha256)

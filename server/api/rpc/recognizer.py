@@ -58,15 +58,17 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
     async def Recognize(self, request: pb.RecognizeRequest, context: grpc.aio.ServicerContext):
         tenant = current_tenant()
         adapter = self._adapter(tenant, request.config.adapter)
+        rescorer = self.engine.resolve_rescorer(tenant, request.config.rescore)
         options = self._options(request.config)
         remaining = context.time_remaining()  # the client's deadline: give up (and dequeue) when it passes
-        result = await asyncio.wait_for(self._recognize(request.config, request.audio, options, adapter), remaining)
+        result = await asyncio.wait_for(self._recognize(request.config, request.audio, options, adapter, rescorer),
+                                        remaining)
         return convert.recognize_response(result)
 
     async def _recognize(self, config: pb.RecognitionConfig, data: bytes, options: DecodingOptions,
-                         adapter: str | None):
+                         adapter: str | None, rescorer: str | None = None):
         audio = await asyncio.to_thread(self._audio, config, data)
-        return await self.engine.transcribe_audio(audio, options, adapter)
+        return await self.engine.transcribe_audio(audio, options, adapter, rescorer)
 
     # streaming -----------------------------------------------------------------------------------
     async def _next(self, requests):
@@ -105,6 +107,8 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
         if config.encoding not in (pb.LINEAR16, pb.AUDIO_ENCODING_UNSPECIFIED):
             raise InvalidInput("StreamingRecognize takes LINEAR16 audio (use Recognize for whole files)")
         adapter = self._adapter(tenant, config.adapter)
+        if config.rescore:
+            raise InvalidInput("rescore is available in Recognize, not in StreamingRecognize")
         options = self._options(config)
         decoder = Linear16Decoder(config.sample_rate_hz or 16_000)
         if self.active_streams >= self.settings.max_streams:
