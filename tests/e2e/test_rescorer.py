@@ -153,3 +153,41 @@ def test_cli_train_caches_nbest_and_eval(tmp_path, cache_root, tiny_backbone):
     ev = splitasr("eval", "--manifest", str(manifest), "--rescorer", str(out), "--json", cache_root=cache_root)
     assert ev.returncode == 0, ev.stderr
     assert {"wer", "wer_first_pass", "wer_oracle"} <= set(json.loads(ev.stdout))
+
+
+def test_grpc_recognize_with_rescore(tiny_backbone, real_speech, encoder, tmp_path):
+    import grpc
+    from splitasr.api.rpc.server import BackgroundGrpc
+    from splitasr.config import Settings
+    from splitasr.engine.engine import Engine
+    from splitasr_device._proto import recognizer_pb2 as pb
+    from splitasr_device._proto import recognizer_pb2_grpc
+
+    clip = real_speech[0]["path"]
+    [hyps] = nbest(tiny_backbone, [decode_audio(clip)], DecodingOptions(nbest=4))
+    rescorer = random_rescorer(encoder, -1.0)
+    model, _ = open_rescorer(save_rescorer(tmp_path / "r.safetensors", rescorer))
+    from splitasr.rescoring.data import make_list
+
+    x = make_list("", [h.text for h in hyps], [h.logprob for h in hyps], [len(h.tokens) + 1 for h in hyps])
+    expected = x.hyps[choose(x, score_lists(model, [x], 1)[0], rescorer.fusion)]
+    settings = Settings(host="127.0.0.1", cache_dir=tmp_path, store_dir=tmp_path / "store", _env_file=None,
+                        api_keys=f"{TOKEN}:carol")
+    engine = Engine(settings, backbone=tiny_backbone)
+    engine.load()
+    engine.put_adapter("carol", "my-words", (tmp_path / "r.safetensors").read_bytes())
+    server = BackgroundGrpc(settings, engine)
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = recognizer_pb2_grpc.RecognizerStub(channel)
+            meta = (("authorization", f"Bearer {TOKEN}"),)
+            config = pb.RecognitionConfig(encoding=pb.ENCODED_FILE, rescore="my-words")
+            reply = stub.Recognize(pb.RecognizeRequest(config=config, audio=clip.read_bytes()), metadata=meta)
+            assert reply.text == expected
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Recognize(pb.RecognizeRequest(config=pb.RecognitionConfig(rescore="nope"),
+                                                   audio=clip.read_bytes()), metadata=meta)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        server.stop()
+        engine.close(10)
