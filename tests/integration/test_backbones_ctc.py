@@ -120,3 +120,28 @@ def test_whisper_adapter_is_refused_by_name(server):
     assert r.status_code == 400
     message = r.text
     assert "tiny.en" in message and engine.backbone_name in message
+
+
+def test_grpc_recognize_with_an_adapter(server, real_speech):
+    import grpc
+    from splitasr.api.rpc.server import BackgroundGrpc
+    from splitasr.tenants import ApiKeys
+    from splitasr_device._proto import recognizer_pb2 as pb
+    from splitasr_device._proto import recognizer_pb2_grpc
+
+    _, engine = server
+    engine.put_adapter("alice", "grpc-voice", ctc_adapter_bytes(engine.spec, "saml", seed=9))
+    background = BackgroundGrpc(engine.settings, engine, api_keys=ApiKeys.load(None, f"{TOKEN}:alice"))
+    try:
+        with grpc.insecure_channel(background.address) as channel:
+            stub = recognizer_pb2_grpc.RecognizerStub(channel)
+            md = (("authorization", f"Bearer {TOKEN}"),)
+            audio = real_speech[1]["path"].read_bytes()
+            adapted = stub.Recognize(pb.RecognizeRequest(
+                config=pb.RecognitionConfig(adapter=pb.AdapterRef(name="grpc-voice"), encoding=pb.ENCODED_FILE),
+                audio=audio), metadata=md)
+            plain = stub.Recognize(pb.RecognizeRequest(audio=audio), metadata=md)
+    finally:
+        background.stop()
+    assert adapted.text and plain.text and adapted.text != plain.text
+    assert adapted.segments[0].words
