@@ -80,7 +80,11 @@ def run(args: argparse.Namespace) -> int:
     adapter = attach_adapter(backbone, args.adapter) if args.adapter else None
     if args.rescorer:
         return _print(_rescored(args, backbone, utterances, adapter), args)
-    report = evaluate(backbone, utterances, beam=args.beam, language=args.language,
+    language = args.language
+    langs = {u.lang for u in utterances}
+    if language is None and backbone.multilingual and len(langs) == 1:
+        language = next(iter(langs))  # the manifest says which language it is: no need to detect
+    report = evaluate(backbone, utterances, beam=args.beam, language=language,
                       batch_size=args.batch_size, normalizer=args.normalizer, slot=1 if adapter else 0)
     if adapter:
         report["adapter"] = adapter
