@@ -70,6 +70,17 @@ def exit_zero_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, _exit)
 
 
+def uvicorn_config(app, settings):
+    """How ``serve`` runs the REST app under uvicorn (HTTPS when SPLITASR_TLS_CERT/_KEY are set)."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                          log_config=None,  # keep the handlers configure_logging installed
+                          access_log=False,  # the RequestObserver middleware logs each request, with its id
+                          timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+                          ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key)
+
+
 async def _serve(app, settings, keys) -> None:
     """uvicorn and grpc.aio in one event loop over one engine (the app's). On SIGINT/SIGTERM uvicorn
     begins its shutdown; gRPC stops first (calls and streams in progress get SHUTDOWN_GRACE_SECONDS),
@@ -86,12 +97,7 @@ async def _serve(app, settings, keys) -> None:
                 await grpc_server.stop(settings.shutdown_grace_seconds)
             await super().shutdown(sockets)
 
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            log_config=None,  # keep the handlers configure_logging installed
-                            access_log=False,  # the RequestObserver middleware logs each request, with its id
-                            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
-                            ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key)
-    server = Server(config)
+    server = Server(uvicorn_config(app, settings))
     if grpc_server is not None:
         await grpc_server.start(app.state.engine)
     try:

@@ -28,7 +28,8 @@ from splitasr_device._proto import recognizer_pb2 as pb
 from tests.integration.conftest import free_port, start_server
 
 # carol is the bystander: after every class of abuse her ordinary requests must still work
-TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789ab", "carol": "carol-token-0123456789"}
+TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789ab", "carol": "carol-token-0123456789",
+          "dave": "dave-token-0123456789ab", "erin": "erin-token-0123456789ab"}
 API_KEYS = ",".join(f"{token}:{tenant}" for tenant, token in TOKENS.items())
 # examples per fuzzing test: a few in the default suite, more with SPLITASR_FUZZ_EXAMPLES=200
 FUZZ_EXAMPLES = int(os.environ.get("SPLITASR_FUZZ_EXAMPLES", "8"))
