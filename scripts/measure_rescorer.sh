@@ -72,9 +72,9 @@ for which in ("base", "adapter", "text"):
           f"{t['wall_seconds']} s, dev WER {t['dev_wer_before']} -> {t['dev_wer_after']}, fusion {t['fusion']}")
 c = r("train-base").get("lora_vs_full")
 if c:
-    print("\n| training | trainable parameters | s/step | peak RSS MiB | RSS growth MiB |\n|---|---|---|---|---|")
+    print("\n| training | trainable parameters | s/step | peak RSS MiB | peak growth over the loaded model, MiB |\n|---|---|---|---|---|")
     for mode in ("lora", "full"):
         m = c[mode]
         print(f"| {mode} | {m['trainable_parameters']:,} ({100 * m['trainable_fraction']:.3f} %) | "
-              f"{m['seconds_per_step']} | {m['peak_rss_mib']} | {m['rss_growth_mib']} |")
+              f"{m['seconds_per_step']} | {m['peak_rss_mib']} | {m['peak_growth_mib']} |")
 EOF
