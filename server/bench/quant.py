@@ -68,13 +68,17 @@ def measure(backbone: str, mode: str, manifests: dict[str, Path], adapter: Path 
 
 
 def run(*, backbones: list[str], modes: list[str], manifests: dict[str, Path], adapters: dict[str, Path],
-        cache_dir: Path, threads: int = 2, batch_size: int = 8) -> dict:
-    """Measure every (backbone, mode) pair, each in its own process; returns the JSON report."""
+        cache_dir: Path, threads: int = 2, batch_size: int = 8, adapter_modes: list[str] | None = None) -> dict:
+    """Measure every (backbone, mode) pair, each in its own process; returns the JSON report.
+
+    ``adapter_modes``: the modes that also score the backbone's adapter (default: every mode).
+    """
     rows = []
     for backbone in backbones:
         for mode in modes:
             job = {"backbone": backbone, "mode": mode, "manifests": {k: str(v) for k, v in manifests.items()},
-                   "adapter": str(adapters[backbone]) if backbone in adapters else None,
+                   "adapter": str(adapters[backbone]) if backbone in adapters and (
+                       adapter_modes is None or mode in adapter_modes) else None,
                    "cache_dir": str(cache_dir), "threads": threads, "batch_size": batch_size}
             out = subprocess.run([sys.executable, "-m", "splitasr.bench.quant", json.dumps(job)],
                                  capture_output=True, text=True, check=False)

@@ -39,7 +39,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--manifest", action="append", default=[], metavar="NAME=PATH",
                    help="JSONL manifest to score, named (repeatable; default real=the real-speech fixtures)")
     q.add_argument("--adapter", action="append", default=[], metavar="BACKBONE=FILE",
-                   help="adapter file also scored on that backbone in every mode (repeatable)")
+                   help="adapter file also scored on that backbone (repeatable)")
+    q.add_argument("--adapter-modes", help="quantizations that score the adapter, comma-separated (default: all)")
     q.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     q.add_argument("--batch-size", type=int, default=8)
     q.add_argument("--json", action="store_true", help="print only the JSON object")
@@ -111,6 +112,8 @@ def run_quant(args: argparse.Namespace) -> int:
     manifests = _pairs(args.manifest, "--manifest") or {"real": quant.REAL_SPEECH_MANIFEST}
     result = quant.run(backbones=args.backbones or ["tiny.en"], modes=modes, manifests=manifests,
                        adapters=_pairs(args.adapter, "--adapter"), cache_dir=Settings().backbone_cache_dir,
-                       threads=args.threads, batch_size=args.batch_size)
+                       threads=args.threads, batch_size=args.batch_size,
+                       adapter_modes=[check_quantization(m.strip()) for m in args.adapter_modes.split(",")]
+                       if args.adapter_modes else None)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     return 0
