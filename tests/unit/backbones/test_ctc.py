@@ -4,6 +4,7 @@ training and round-tripping on a tiny random Wav2Vec2ConformerForCTC (fp32 and N
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,3 +169,41 @@ def test_random_ctc_command_writes_a_loadable_backbone(tmp_path):
     assert main(["models", "random-ctc", str(tmp_path / "m"), "--seed", "3"]) == 0
     backbone = load_backbone(str(tmp_path / "m"), cache_dir=tmp_path, device="cpu")
     assert isinstance(backbone, CTCBackbone)
+
+
+def write_random_parakeet(out: Path) -> Path:
+    """A tiny random ParakeetForCTC (FastConformer) with a character tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import ParakeetCTCConfig, ParakeetFeatureExtractor, ParakeetForCTC, ParakeetTokenizer
+
+    vocab = {"<unk>": 0, "▁": 1, **{c: i + 2 for i, c in enumerate("abcdefghijklmnopqrstuvwxyz'")}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    config = ParakeetCTCConfig(vocab_size=len(vocab) + 1, pad_token_id=len(vocab), encoder_config={
+        "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+        "subsampling_conv_channels": 8, "num_mel_bins": 80})
+    torch.manual_seed(1)
+    model = ParakeetForCTC(config)
+    with torch.no_grad():  # make the blank rarer, so the random model emits characters
+        model.ctc_head.bias[len(vocab)] -= 5.0
+    model.save_pretrained(out)
+    ParakeetFeatureExtractor().save_pretrained(out)
+    ParakeetTokenizer(tokenizer_object=tok, unk_token="<unk>").save_pretrained(out)
+    return out
+
+
+def test_parakeet_ctc_decodes_like_its_own_generate(tmp_path):
+    backbone = load_backbone(str(write_random_parakeet(tmp_path / "parakeet")), cache_dir=tmp_path, device="cpu")
+    assert isinstance(backbone, CTCBackbone)
+    batch = audios((1.0, 0.5))
+    with torch.inference_mode():
+        inputs = backbone.inputs(batch)
+        frames = backbone.model.generate(**inputs)  # transformers' own greedy CTC: per-frame argmax
+        logits, lengths = ctc_logits(backbone, batch)
+    ours = greedy_ctc(logits, lengths.tolist(), backbone.blank_id)
+    for row, length in enumerate(lengths.tolist()):
+        reference = [k for k, _ in itertools.groupby(frames[row, :length].tolist()) if k != backbone.blank_id]
+        assert [t for t, _ in ours[row]] == reference
+    assert any(ours)
+    spec = BackboneSpec.from_model(backbone.name, backbone.model)
+    assert len(resolve_targets("all", spec.linear_shapes)) == 2 * 8 and spec.router_dim == 160
