@@ -49,6 +49,10 @@ for set in test real; do
     --rescorer "$OUT/$SPEAKER-text-rescorer.safetensors" --cache "$OUT/nbest-$set-base.json" "${common[@]}"
   once "$OUT/eval-$set-adapter.json" splitasr rescorer eval --manifest "$manifest" --adapter "$ADAPTER" \
     --rescorer "$OUT/$SPEAKER-adapter-rescorer.safetensors" --cache "$OUT/nbest-$set-adapter.json" "${common[@]}"
+  once "$OUT/eval-$set-adapter-base.json" splitasr rescorer eval --manifest "$manifest" --adapter "$ADAPTER" \
+    --rescorer "$OUT/$SPEAKER-rescorer.safetensors" --cache "$OUT/nbest-$set-adapter.json" "${common[@]}"
+  once "$OUT/eval-$set-adapter-text.json" splitasr rescorer eval --manifest "$manifest" --adapter "$ADAPTER" \
+    --rescorer "$OUT/$SPEAKER-text-rescorer.safetensors" --cache "$OUT/nbest-$set-adapter.json" "${common[@]}"
 done
 
 # 3. the table
@@ -57,11 +61,15 @@ import json, sys
 out = sys.argv[1]
 r = lambda name: json.load(open(f"{out}/{name}.json"))
 rows = [("backbone alone (beam top-1)", "base", "wer_first_pass"),
+        ("backbone + length term only (λ = 0, β tuned on dev)", "base", "wer_length_term_only"),
         ("backbone + rescorer (trained on backbone N-best)", "base", "wer_rescored"),
         ("backbone + text-only rescorer", "text", "wer_rescored"),
-        ("backbone + adapter (beam top-1)", "adapter", "wer_first_pass"),
-        ("backbone + adapter + rescorer (trained on adapter N-best)", "adapter", "wer_rescored"),
         ("oracle of the backbone's N-best", "base", "wer_oracle"),
+        ("backbone + adapter (beam top-1)", "adapter", "wer_first_pass"),
+        ("backbone + adapter + length term only", "adapter", "wer_length_term_only"),
+        ("backbone + adapter + rescorer trained on adapter N-best", "adapter", "wer_rescored"),
+        ("backbone + adapter + rescorer trained on backbone N-best", "adapter-base", "wer_rescored"),
+        ("backbone + adapter + text-only rescorer", "adapter-text", "wer_rescored"),
         ("oracle of the adapter's N-best", "adapter", "wer_oracle")]
 print("| system | test WER | real-speech WER |\n|---|---|---|")
 for label, which, key in rows:

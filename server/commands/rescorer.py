@@ -156,6 +156,7 @@ def rescored_report(backbone, utterances, rescorer_path: Path, k: int, slot: int
     """WER of the N-best top hypothesis, of the rescored choice and of the oracle, on ``utterances``."""
     from ..metrics import score_all
     from ..rescoring.data import cache_key, cached_lists, decode_lists, normalize
+    from ..rescoring.model import Fusion
     from ..rescoring.stage import open_rescorer
     from ..rescoring.train import choose, score_lists
 
@@ -164,11 +165,18 @@ def rescored_report(backbone, utterances, rescorer_path: Path, k: int, slot: int
     model, rescorer = open_rescorer(rescorer_path)
     picks = [choose(x, s, rescorer.fusion) for x, s in zip(lists, score_lists(model, lists, 1))]
     refs = [normalize(x.ref) for x in lists]
-    report = {"nbest": k, "fusion": rescorer.fusion.to_dict(),
-              "wer_first_pass": round(score_all(refs, [normalize(x.hyps[0]) for x in lists])["wer"], 4),
-              "wer_rescored": round(score_all(refs, [normalize(x.hyps[p]) for x, p in zip(lists, picks)])["wer"], 4),
-              "wer_oracle": round(sum(x.oracle for x in lists) / max(1, sum(x.ref_words for x in lists)), 4),
+
+    def wer(chosen: list[int]) -> float:  # scored like `splitasr eval`: Whisper's normalizer, jiwer
+        return round(score_all(refs, [normalize(x.hyps[p]) for x, p in zip(lists, chosen)])["wer"], 4)
+
+    report = {"nbest": k, "fusion": rescorer.fusion.to_dict(), "wer_first_pass": wer([0] * len(lists)),
+              "wer_rescored": wer(picks), "wer_oracle": wer([x.errors.index(x.oracle) for x in lists]),
               "changed": sum(p != 0 for p in picks)}
+    plain = rescorer.training.get("fusion_without_rescorer")
+    if isinstance(plain, dict) and set(plain) == {"weight", "length_weight"}:
+        # the same stage with λ = 0 (ASR score and length term, β tuned on dev): what the text encoder adds
+        fusion = Fusion(0.0, float(plain["length_weight"]))
+        report["wer_length_term_only"] = wer([choose(x, [0.0] * len(x.hyps), fusion) for x in lists])
     report["hypotheses"] = [{"ref": x.ref, "first_pass": x.hyps[0], "rescored": x.hyps[p]} for x, p in zip(lists, picks)]
     return report
 

@@ -243,11 +243,11 @@ def train_rescorer(encoder: TextEncoder, train: Sequence[NBestList], dev: Sequen
         "train_lists": len(train), "trainable_lists": len(usable), "dev_lists": len(dev),
         "tuned_on": "dev" if dev else "train", "steps": steps, "epochs_run": len(history) - 1,
         "best_epoch": best_epoch, "dev_wer_before": history[0]["dev_wer"], "dev_wer_after": round(best[0], 4),
-        "fusion": best_fusion.to_dict(), "wall_seconds": round(time.perf_counter() - began, 2),
+        "fusion": best_fusion.to_dict(), "fusion_without_rescorer": history[0]["fusion"], "wall_seconds": round(time.perf_counter() - began, 2),
         "cpu_seconds": round(time.process_time() - cpu_began, 2), "history": history,
         "config": {k: v for k, v in config.__dict__.items() if k != "quiet"},
     }
     rescorer = Rescorer(lora, head_w, head_b, pooling=config.pooling, fusion=best_fusion, asr_backbone=asr_backbone,
                         training={k: summary[k] for k in ("train_lists", "best_epoch", "dev_wer_before",
-                                                          "dev_wer_after", "tuned_on")})
+                                                          "dev_wer_after", "tuned_on", "fusion_without_rescorer")})
     return RescorerTrainResult(rescorer, summary)

@@ -153,6 +153,11 @@ def test_cli_train_caches_nbest_and_eval(tmp_path, cache_root, tiny_backbone):
     ev = splitasr("eval", "--manifest", str(manifest), "--rescorer", str(out), "--json", cache_root=cache_root)
     assert ev.returncode == 0, ev.stderr
     assert {"wer", "wer_first_pass", "wer_oracle"} <= set(json.loads(ev.stdout))
+    clip = REAL_SPEECH_DIR / json.loads(rows[0])["audio_filepath"]
+    tr = splitasr("transcribe", str(clip), "--rescorer", str(out), "--format", "json", cache_root=cache_root)
+    assert tr.returncode == 0, tr.stderr
+    body = json.loads(tr.stdout)
+    assert len(body["nbest"]) == 4 and body["text"] == body["nbest"][0]["text"]
 
 
 def test_grpc_recognize_with_rescore(tiny_backbone, real_speech, encoder, tmp_path):
