@@ -36,6 +36,11 @@ OPENAI_DEFAULT_MODEL = "whisper-1"
 RESCORE_MAX_SECONDS = 30  # an N-best list covers one 30 s window
 
 
+def _shown(value: str, limit: int = 80) -> str:
+    """A client's string for an error message: quoted, and cut short (errors travel in headers)."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + f"... ({len(value)} characters)"
+
+
 @dataclass(frozen=True)
 class Row:
     audio: np.ndarray
@@ -157,7 +162,7 @@ class Engine:
             record = self.store.get(tenant, model)
         except (NotFound, InvalidInput):  # an invalid name is an unknown model too
             raise NotFound(
-                f"model {model!r} does not exist; available: {', '.join(self.model_names(tenant))}"
+                f"model {_shown(model)} does not exist; available: {', '.join(self.model_names(tenant))}"
             ) from None
         if record.kind == RESCORER_KIND:
             raise InvalidInput(f"{model!r} is an N-best rescorer, not a model: pass it as `rescore`")

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 _TENANT: contextvars.ContextVar[str] = contextvars.ContextVar("splitasr_grpc_tenant")
 PUBLIC_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+MAX_DETAILS_CHARS = 2000
 
 # most specific first: TooLarge is an InvalidInput
 STATUS_BY_ERROR: tuple[tuple[type[SplitASRError], grpc.StatusCode], ...] = (
@@ -69,6 +70,8 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: 
     code, message = status_for(exc)
     if code == grpc.StatusCode.INTERNAL:
         log.error("%s failed", method, exc_info=exc)
+    if len(message) > MAX_DETAILS_CHARS:  # details travel in a header: past 8 KiB clients drop the call
+        message = message[:MAX_DETAILS_CHARS] + "..."
     await context.abort(code, message)
 
 
