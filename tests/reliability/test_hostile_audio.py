@@ -17,6 +17,7 @@ from splitasr.audio import decode_audio
 from splitasr_device._proto import recognizer_pb2 as pb
 
 from tests.reliability.conftest import (
+    FUZZ_EXAMPLES,
     TRACE_MARKERS,
     assert_grpc_error,
     assert_rest_error,
@@ -123,7 +124,7 @@ def test_odd_but_valid_audio_is_transcribed(service, speech):
             assert "forward" in recognize(service, audio).text.lower(), case
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
 @given(blob=st.binary(min_size=1, max_size=4096) | st.builds(lambda head, tail: head + tail, st.sampled_from(
     [b"RIFF\x24\x00\x00\x00WAVEfmt ", b"fLaC\x00\x00\x00\x22", b"OggS\x00\x02", b"ID3\x03\x00", b"\x1aE\xdf\xa3",
      b"\x00\x00\x00\x20ftypM4A "]), st.binary(max_size=2048)))

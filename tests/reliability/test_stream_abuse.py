@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from splitasr_device._proto import recognizer_pb2 as pb
 
-from tests.reliability.conftest import assert_grpc_error, assert_serves_others, serve_both
+from tests.reliability.conftest import FUZZ_EXAMPLES, assert_grpc_error, assert_serves_others, serve_both
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -164,8 +164,8 @@ MESSAGE = st.one_of(
 )
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
-@given(messages=st.lists(MESSAGE, max_size=6))
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+@given(messages=st.lists(MESSAGE, max_size=6) | st.lists(MESSAGE, max_size=6).map(lambda m: [config(), *m]))
 def test_fuzzed_message_sequences(service, messages):
     try:
         for response in stream(service, iter(messages), tenant="bob", timeout=60):
