@@ -52,7 +52,7 @@ def measure(backbone: str, mode: str, manifests: dict[str, Path], adapter: Path 
     start = time.perf_counter()
     bb = load_backbone(backbone, cache_dir=cache_dir, device="cpu", quantize=mode)
     row: dict = {"backbone": backbone, "quantize": mode, "load_seconds": round(time.perf_counter() - start, 2),
-                 "weight_mib": round(weight_bytes(bb.model) / MiB, 1),
+                 "weight_mib": round(weight_bytes(bb.model) / MiB, 3),
                  "model_rss_mib": round((_rss_bytes() - before) / MiB, 1)}
     data = {name: load_manifest(path) for name, path in manifests.items()}
     for name, utterances in data.items():
