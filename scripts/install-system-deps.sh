@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # System packages the tests and the speaker-data synthesizer need (Debian/Ubuntu); docker-compose
-# validates the compose files (tests/unit/test_deploy.py: no container engine needed).
+# validates the compose files (tests/unit/test_deploy.py: no container engine needed); iproute2 and
+# nftables impair a test network (tests/reliability/test_network.py, as root).
 # Safe to re-run: installs only what is missing.
 set -euo pipefail
-PKGS=(espeak-ng sox flite docker-compose)
+PKGS=(espeak-ng sox flite docker-compose iproute2 nftables)
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
