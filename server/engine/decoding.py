@@ -8,9 +8,10 @@ through a plain ``GenerationConfig``.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from ..errors import InvalidInput
 MAX_BEAM_SIZE = 16
 MAX_NBEST = 16
 TASKS = ("transcribe", "translate")
+FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,10 @@ class DecodingOptions:
     prompt: str | None = None  # text that conditions the first window (vocabulary, spelling)
     nbest: int = 1  # > 1 also returns the k best distinct hypotheses (audio up to 30 s)
     max_new_tokens: int | None = None  # per 30 s window; None = the model's limit
+    # A segment whose text compresses better than this (zlib) is a repetition loop ("play, play, play, …"):
+    # its utterance is decoded again with sampling at rising temperatures (Whisper's fallback rule,
+    # also faster-whisper's default). None turns the fallback off.
+    compression_ratio_threshold: float | None = 2.4
 
     def __post_init__(self) -> None:
         if not 1 <= self.beam_size <= MAX_BEAM_SIZE:
@@ -203,10 +209,50 @@ def transcribe(
             segments[-1].end = min(segments[-1].end, round(duration, 2))
         text = " ".join(s.text for s in segments)
         results.append(Transcription(text, languages[i] or "en", duration, segments))
+    if options.temperature == 0 and options.compression_ratio_threshold:
+        _fallback(backbone, audios, options, slots, results)
     if options.nbest > 1:
         for result, hyps in zip(results, nbest(backbone, audios, options, languages, slots)):
             result.nbest = hyps
     return results
+
+
+def compression_ratio(text: str) -> float:
+    """Length of the UTF-8 text over its zlib-compressed length (high for repetition loops)."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def _looping(result: Transcription, threshold: float) -> bool:
+    return any(compression_ratio(s.text) > threshold for s in result.segments)
+
+
+def _fallback(backbone: WhisperBackbone, audios: list[np.ndarray], options: DecodingOptions,
+              slots: Sequence[int] | None, results: list[Transcription]) -> None:
+    """Decode the utterances stuck in a repetition loop again, sampling at rising temperatures.
+
+    Each keeps the first attempt that does not loop, else the attempt that compresses least. Sampling
+    uses a fixed seed, so a request gives the same text every time.
+    """
+    threshold = options.compression_ratio_threshold
+    todo = [i for i, r in enumerate(results) if _looping(r, threshold)]
+    worst = {i: max(compression_ratio(s.text) for s in results[i].segments) for i in todo}
+    for temperature in FALLBACK_TEMPERATURES:
+        if not todo:
+            return
+        retry = replace(options, beam_size=1, temperature=temperature, nbest=1)
+        devices = [backbone.device] if torch.device(backbone.device).type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(0)
+            again = transcribe(backbone, [audios[i] for i in todo], retry, [slots[i] for i in todo] if slots else None)
+        still = []
+        for i, result in zip(todo, again):
+            ratio = max((compression_ratio(s.text) for s in result.segments), default=0.0)
+            if ratio < worst[i]:
+                results[i], worst[i] = result, ratio
+            if ratio > threshold:
+                still.append(i)
+        todo = still
 
 
 def _prompt_ids(backbone: WhisperBackbone, language: str | None, task: str) -> list[int]:

@@ -73,3 +73,23 @@ def test_long_audio_is_transcribed_completely(tiny_backbone, real_speech, audios
 def test_english_only_backbone_rejects_other_languages(tiny_backbone, audios):
     with pytest.raises(InvalidInput, match="English-only"):
         transcribe(tiny_backbone, [audios[0]], DecodingOptions(language="de"))
+
+
+def test_compression_ratio_flags_repetition_loops():
+    from splitasr.engine.decoding import compression_ratio
+
+    loop = "Play, " * 60
+    speech = "Replace the sacrificial zinc on the prop shaft before she goes back in."
+    assert compression_ratio(loop) > 2.4 > compression_ratio(speech)
+    assert compression_ratio("") == 0.0
+
+
+def test_temperature_fallback_is_deterministic(tiny_backbone, audios):
+    # A threshold no text can meet sends the utterance through every fallback temperature.
+    clip = [audios[8]]
+    strict = DecodingOptions(compression_ratio_threshold=0.01, max_new_tokens=24)
+    first = transcribe(tiny_backbone, clip, strict)[0]
+    assert first.text == transcribe(tiny_backbone, clip, strict)[0].text
+    # off: plain greedy decoding, which the default also keeps for speech that does not loop
+    off = transcribe(tiny_backbone, clip, DecodingOptions(compression_ratio_threshold=None))[0]
+    assert off.text == transcribe(tiny_backbone, clip)[0].text
