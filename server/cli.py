@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "commands.evaluate",
     "commands.synth",
     "commands.train",
+    "commands.adapter",
     "commands.rescorer",
     "commands.models",
     "commands.bench",

