@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces the "Rescoring" table of docs/results.md with the real CLI: trains LoRB rescorers for the
 # synthetic speaker cardio_nurse (on the backbone's N-best lists, on the N-best lists of the backbone
-# with the speaker's adapter, and from the speaker's training sentences alone) and scores first-pass
+# with the speaker's adapter, from the speaker's training sentences alone, and from both) and scores first-pass
 # and rescored WER on the speaker's held-out test split and on the real-speech fixtures.
 #
 # Needs the speaker data and adapter of scripts/measure_adapters.sh (SPEAKERS, ADAPTER below). Every
@@ -39,6 +39,13 @@ python -c "import json,sys; [print(json.loads(l)['text']) for l in open(sys.argv
   > "$OUT/$SPEAKER-sentences.txt"
 once "$OUT/train-text.json" splitasr rescorer train --text-file "$OUT/$SPEAKER-sentences.txt" \
   --dev-manifest "$DATA/dev.jsonl" --out "$OUT/$SPEAKER-text-rescorer.safetensors" "${common[@]}"
+# audio N-best lists and synthesized text lists together (the lists decoded above are reused)
+for split in train dev; do
+  [[ -s "$OUT/$SPEAKER-mixed-rescorer.nbest-$split.json" ]] \
+    || cp "$OUT/$SPEAKER-rescorer.nbest-$split.json" "$OUT/$SPEAKER-mixed-rescorer.nbest-$split.json"
+done
+once "$OUT/train-mixed.json" splitasr rescorer train --manifest "$DATA/train.jsonl" --text-file "$OUT/$SPEAKER-sentences.txt" \
+  --dev-manifest "$DATA/dev.jsonl" --out "$OUT/$SPEAKER-mixed-rescorer.safetensors" "${common[@]}"
 
 # 2. first pass vs rescored, on the held-out test split and on real speech
 for set in test real; do
@@ -47,6 +54,8 @@ for set in test real; do
     --rescorer "$OUT/$SPEAKER-rescorer.safetensors" --cache "$OUT/nbest-$set-base.json" "${common[@]}"
   once "$OUT/eval-$set-text.json" splitasr rescorer eval --manifest "$manifest" \
     --rescorer "$OUT/$SPEAKER-text-rescorer.safetensors" --cache "$OUT/nbest-$set-base.json" "${common[@]}"
+  once "$OUT/eval-$set-mixed.json" splitasr rescorer eval --manifest "$manifest" \
+    --rescorer "$OUT/$SPEAKER-mixed-rescorer.safetensors" --cache "$OUT/nbest-$set-base.json" "${common[@]}"
   once "$OUT/eval-$set-adapter.json" splitasr rescorer eval --manifest "$manifest" --adapter "$ADAPTER" \
     --rescorer "$OUT/$SPEAKER-adapter-rescorer.safetensors" --cache "$OUT/nbest-$set-adapter.json" "${common[@]}"
   once "$OUT/eval-$set-adapter-base.json" splitasr rescorer eval --manifest "$manifest" --adapter "$ADAPTER" \
@@ -64,6 +73,7 @@ rows = [("backbone alone (beam top-1)", "base", "wer_first_pass"),
         ("backbone + length term only (λ = 0, β tuned on dev)", "base", "wer_length_term_only"),
         ("backbone + rescorer (trained on backbone N-best)", "base", "wer_rescored"),
         ("backbone + text-only rescorer", "text", "wer_rescored"),
+        ("backbone + rescorer trained on N-best and text lists", "mixed", "wer_rescored"),
         ("oracle of the backbone's N-best", "base", "wer_oracle"),
         ("backbone + adapter (beam top-1)", "adapter", "wer_first_pass"),
         ("backbone + adapter + length term only", "adapter", "wer_length_term_only"),
@@ -74,7 +84,7 @@ rows = [("backbone alone (beam top-1)", "base", "wer_first_pass"),
 print("| system | test WER | real-speech WER |\n|---|---|---|")
 for label, which, key in rows:
     print(f"| {label} | {r(f'eval-test-{which}')[key]:.4f} | {r(f'eval-real-{which}')[key]:.4f} |")
-for which in ("base", "adapter", "text"):
+for which in ("base", "adapter", "text", "mixed"):
     t = r(f"train-{which}")
     print(f"\n{which}: {t['rescorer_parameters']} trained parameters ({100 * t['trainable_fraction']:.3f} %), "
           f"{t['wall_seconds']} s, dev WER {t['dev_wer_before']} -> {t['dev_wer_after']}, fusion {t['fusion']}")
