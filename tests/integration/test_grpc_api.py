@@ -243,3 +243,24 @@ def test_streaming_a_real_utterance_gives_interims_then_a_final(grpc_server, rec
     assert "dashwood" in final.transcript.lower() and final.words
     assert final.result_end_seconds < len(pcm) / 32000 + 0.6  # cut by the VAD, not by the end of the stream
     assert {r.stability for r in interims[-1].results} <= {np.float32(0.9), np.float32(0.1)}
+
+
+def test_calls_are_counted_and_carry_a_request_id(grpc_server, adapters):
+    from splitasr.observability import REGISTRY
+
+    method = "/splitasr.v1.Adapters/Stat"
+
+    def count(status: str) -> float:
+        return REGISTRY.get_sample_value(
+            "splitasr_requests_total", {"transport": "grpc", "endpoint": method, "status": status}) or 0.0
+
+    ok, missing = count("OK"), count("NOT_FOUND")
+    md = grpc_server.metadata()
+    _, call = adapters.List.with_call(apb.ListAdaptersRequest(), metadata=md + (("x-request-id", "trace-42"),))
+    assert ("x-request-id", "trace-42") in tuple(call.initial_metadata())
+    assert _code(lambda: adapters.Stat(apb.StatRequest(name="nobody-has-this"), metadata=md))[0] \
+        == grpc.StatusCode.NOT_FOUND
+    assert count("NOT_FOUND") == missing + 1 and count("OK") == ok
+    _, call = adapters.List.with_call(apb.ListAdaptersRequest(), metadata=md)  # no id sent: the server makes one
+    (rid,) = [v for k, v in call.initial_metadata() if k == "x-request-id"]
+    assert len(rid) == 32

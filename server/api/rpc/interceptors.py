@@ -6,15 +6,22 @@ Every method of our services runs inside :class:`ApiInterceptor`: the bearer tok
 is not a :class:`~splitasr.errors.SplitASRError` is logged with its trace and sent as INTERNAL
 "internal error". Health checking and reflection need no token (probes and ``grpcurl``).
 
+Every call also gets a request id (the client's ``x-request-id`` metadata when it is a plain short id,
+else a fresh one), which its log lines carry and which goes back in the initial metadata, and is
+counted in the request metrics (``transport="grpc"``, the method, the status code name).
+
 ``TooLarge`` maps to RESOURCE_EXHAUSTED, the code gRPC itself gives a message over the size limit,
 so a client sees one code for "too big" whichever layer noticed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import grpc
 
@@ -29,6 +36,7 @@ from ...errors import (
     TooLarge,
     Unauthenticated,
 )
+from ...observability import REQUEST_ID_METADATA_KEY, observe_request, request_id_from_metadata, request_scope
 from ...tenants import ApiKeys, RateLimiter
 
 log = logging.getLogger(__name__)
@@ -75,6 +83,27 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: 
     await context.abort(code, message)
 
 
+@asynccontextmanager
+async def _observed(context: grpc.aio.ServicerContext, method: str):
+    """Request id and metrics around one call; the status is what the call ended with."""
+    start = time.perf_counter()
+    with request_scope(request_id_from_metadata(context.invocation_metadata())) as request_id:
+        await context.send_initial_metadata(((REQUEST_ID_METADATA_KEY, request_id),))
+        status = "INTERNAL"
+        try:
+            yield
+            status = "OK"
+        except grpc.aio.AbortError:
+            code = context.code()
+            status = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+            raise
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away
+            status = "CANCELLED"
+            raise
+        finally:
+            observe_request("grpc", method, status, time.perf_counter() - start)
+
+
 def _wrap(handler: grpc.RpcMethodHandler, authenticate: Callable[[], str], method: str) -> grpc.RpcMethodHandler:
     kwargs = {"request_deserializer": handler.request_deserializer,
               "response_serializer": handler.response_serializer}
@@ -82,11 +111,12 @@ def _wrap(handler: grpc.RpcMethodHandler, authenticate: Callable[[], str], metho
         inner: Callable[..., Awaitable] = handler.unary_unary or handler.stream_unary
 
         async def call(request, context):
-            try:
-                _TENANT.set(authenticate())
-                return await inner(request, context)
-            except Exception as exc:  # noqa: BLE001 - mapped to a status code
-                await _abort(context, exc, method)
+            async with _observed(context, method):
+                try:
+                    _TENANT.set(authenticate())
+                    return await inner(request, context)
+                except Exception as exc:  # noqa: BLE001 - mapped to a status code
+                    await _abort(context, exc, method)
 
         factory = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
         return factory(call, **kwargs)
@@ -94,12 +124,13 @@ def _wrap(handler: grpc.RpcMethodHandler, authenticate: Callable[[], str], metho
     inner_stream = handler.unary_stream or handler.stream_stream
 
     async def stream(request, context):
-        try:
-            _TENANT.set(authenticate())
-            async for response in inner_stream(request, context):
-                yield response
-        except Exception as exc:  # noqa: BLE001 - mapped to a status code
-            await _abort(context, exc, method)
+        async with _observed(context, method):
+            try:
+                _TENANT.set(authenticate())
+                async for response in inner_stream(request, context):
+                    yield response
+            except Exception as exc:  # noqa: BLE001 - mapped to a status code
+                await _abort(context, exc, method)
 
     factory = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
     return factory(stream, **kwargs)
