@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 # OpenAI clients default to this model name; it means "the base backbone" here.
 OPENAI_DEFAULT_MODEL = "whisper-1"
 RESCORE_MAX_SECONDS = 30  # an N-best list covers one 30 s window
+DEFAULT_RESCORER = "default"  # a tenant's rescorer of this name applies when a request names none
+NO_RESCORER = "none"  # `rescore` value that turns the default off
 
 
 def _shown(value: str, limit: int = 80) -> str:
@@ -170,7 +172,7 @@ class Engine:
 
     def resolve_rescorer(self, tenant: str, name: str | None) -> str | None:
         """The sha256 of the tenant's rescorer ``name`` (None when empty); NotFound otherwise."""
-        if not name:
+        if not name or name == NO_RESCORER:
             return None
         try:
             record = self.store.get(tenant, name)
@@ -189,12 +191,27 @@ class Engine:
 
     async def transcribe(self, data: bytes, options: DecodingOptions, *, tenant: str,
                          model: str | None = None, rescore: str | None = None) -> Transcription:
-        """``rescore``: the name of one of the tenant's rescorers: rescore the N-best list with it."""
+        """``rescore``: the name of one of the tenant's rescorers: rescore the N-best list with it.
+
+        Without ``rescore``, the tenant's rescorer named ``default`` (if any) applies to audio of at
+        most 30 s; ``rescore="none"`` turns rescoring off.
+        """
         self._require_ready()
         adapter = self.resolve_model(tenant, model)
-        rescorer = self.resolve_rescorer(tenant, rescore)
+        default = rescore is None
+        rescorer = self.default_rescorer(tenant) if default else self.resolve_rescorer(tenant, rescore)
         audio = await asyncio.to_thread(decode_audio, data, max_seconds=self.settings.max_audio_seconds)
+        if default and len(audio) > RESCORE_MAX_SECONDS * SAMPLE_RATE_HZ:
+            rescorer = None
         return await self.transcribe_audio(audio, options, adapter, rescorer)
+
+    def default_rescorer(self, tenant: str) -> str | None:
+        """The sha256 of the tenant's rescorer named ``default``, if it has one."""
+        try:
+            record = self.store.get(tenant, DEFAULT_RESCORER)
+        except NotFound:
+            return None
+        return record.sha256 if record.kind == RESCORER_KIND else None
 
     async def transcribe_audio(self, audio: np.ndarray, options: DecodingOptions,
                                adapter: str | None = None, rescorer: str | None = None) -> Transcription:

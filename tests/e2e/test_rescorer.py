@@ -123,6 +123,12 @@ def test_rest_rescore_end_to_end(tiny_backbone, real_speech, encoder, tmp_path):
         assert missing.status_code == 404 and "rescorer 'nope' does not exist" in missing.text
         as_model = post(model="my-words")
         assert as_model.status_code == 400 and "rescore" in as_model.text
+        # a rescorer named "default" applies when a request names none; rescore=none turns it off
+        up = httpx.post(f"{url}/v1/adapters", headers=auth, data={"name": "default"},
+                        files={"file": ("r.safetensors", path.read_bytes())})
+        assert up.status_code == 201, up.text
+        assert post().json()["text"] == texts[pick]
+        assert post(rescore="none").json()["text"] == plain.json()["text"]
     finally:
         server.should_exit = True
         thread.join(30)

@@ -12,7 +12,7 @@ from splitasr_device._proto import recognizer_pb2_grpc
 from ...audio import decode_audio
 from ...config import Settings
 from ...engine.decoding import DecodingOptions
-from ...engine.engine import Engine
+from ...engine.engine import NO_RESCORER, RESCORE_MAX_SECONDS, Engine
 from ...engine.streaming import Linear16Decoder, StreamingSession, StreamPolicy
 from ...engine.vad import make_vad
 from ...errors import BadAudio, InvalidInput, NotFound, Overloaded, TooLarge
@@ -58,7 +58,8 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
     async def Recognize(self, request: pb.RecognizeRequest, context: grpc.aio.ServicerContext):
         tenant = current_tenant()
         adapter = self._adapter(tenant, request.config.adapter)
-        rescorer = self.engine.resolve_rescorer(tenant, request.config.rescore)
+        rescore = request.config.rescore
+        rescorer = self.engine.resolve_rescorer(tenant, rescore) if rescore else self.engine.default_rescorer(tenant)
         options = self._options(request.config)
         remaining = context.time_remaining()  # the client's deadline: give up (and dequeue) when it passes
         result = await asyncio.wait_for(self._recognize(request.config, request.audio, options, adapter, rescorer),
@@ -68,6 +69,8 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
     async def _recognize(self, config: pb.RecognitionConfig, data: bytes, options: DecodingOptions,
                          adapter: str | None, rescorer: str | None = None):
         audio = await asyncio.to_thread(self._audio, config, data)
+        if not config.rescore and len(audio) > RESCORE_MAX_SECONDS * 16_000:
+            rescorer = None  # the tenant's default rescorer applies to short audio only
         return await self.engine.transcribe_audio(audio, options, adapter, rescorer)
 
     # streaming -----------------------------------------------------------------------------------
@@ -107,7 +110,7 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
         if config.encoding not in (pb.LINEAR16, pb.AUDIO_ENCODING_UNSPECIFIED):
             raise InvalidInput("StreamingRecognize takes LINEAR16 audio (use Recognize for whole files)")
         adapter = self._adapter(tenant, config.adapter)
-        if config.rescore:
+        if config.rescore not in ("", NO_RESCORER):
             raise InvalidInput("rescore is available in Recognize, not in StreamingRecognize")
         options = self._options(config)
         decoder = Linear16Decoder(config.sample_rate_hz or 16_000)

@@ -38,7 +38,8 @@ async def create_transcription(
     ] = None,
     beam_size: Annotated[int | None, Form(ge=1, le=16, description="SplitASR extension: beam width")] = None,
     rescore: Annotated[str | None, Form(
-        description="SplitASR extension: one of your rescorers (uploaded to /v1/adapters): rescore the N-best list"
+        description="SplitASR extension: one of your rescorers (uploaded to /v1/adapters): rescore the N-best "
+                    "list. Omitted: your rescorer named 'default', if any; 'none': no rescoring"
     )] = None,
 ) -> Response:
     data = await file.read()
@@ -50,7 +51,7 @@ async def create_transcription(
         temperature=temperature,
         prompt=prompt or None,
     )
-    result = await engine.transcribe(data, options, tenant=tenant, model=model, rescore=rescore or None)
+    result = await engine.transcribe(data, options, tenant=tenant, model=model, rescore=rescore)
     body = render(result, response_format)
     if isinstance(body, dict):
         return JSONResponse(body)
