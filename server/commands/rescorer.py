@@ -125,6 +125,7 @@ def run_train(args: argparse.Namespace) -> int:
               "encoder_parameters": sum(p.numel() for n, p in encoder.model.named_parameters() if "lora_" not in n),
               **result.summary}
     report["trainable_fraction"] = round(report["rescorer_parameters"] / report["encoder_parameters"], 6)
+    report["peak_rss_mib"] = _peak_rss_mib()
     if args.compare_full:
         import torch
 
@@ -141,7 +142,8 @@ def run_train(args: argparse.Namespace) -> int:
         f"rescorer     {report['out']} ({report['file_bytes'] / 1024:.0f} KiB)\n"
         f"parameters   {report['rescorer_parameters']:,} trained ({100 * report['trainable_fraction']:.2f} % of the "
         f"encoder's {report['encoder_parameters']:,})\n"
-        f"training     {report['steps']} steps, kept epoch {report['best_epoch']}, {report['wall_seconds']:.1f} s\n"
+        f"training     {report['steps']} steps, kept epoch {report['best_epoch']}, {report['wall_seconds']:.1f} s, "
+        f"peak RSS {report['peak_rss_mib']} MiB\n"
         f"dev WER      {report['dev_wer_before']:.4f} -> {report['dev_wer_after']:.4f} "
         f"(λ={f['weight']:g}, β={f['length_weight']:g}, tuned on {report['tuned_on']})\n")
     if "lora_vs_full" in report:
@@ -149,6 +151,16 @@ def run_train(args: argparse.Namespace) -> int:
         sys.stdout.write(f"vs full FT   {c['speedup']}x faster per step, {100 * c['memory_saving']:.0f} % less "
                          f"training memory growth\n")
     return 0
+
+
+def _peak_rss_mib() -> float | None:
+    """This process's peak resident set size so far (decoding included), from /proc; None elsewhere."""
+    try:
+        from ..rescoring.efficiency import status_mib
+
+        return round(status_mib("VmHWM"), 1)
+    except (OSError, RuntimeError):
+        return None
 
 
 def rescored_report(backbone, utterances, rescorer_path: Path, k: int, slot: int = 0, cache: Path | None = None,

@@ -21,7 +21,7 @@ from .data import NBestList
 MODES = ("lora", "full")
 
 
-def _status_mib(field: str) -> float:
+def status_mib(field: str) -> float:
     """``VmRSS`` / ``VmHWM`` (peak) of this process from /proc, in MiB (Linux)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -61,7 +61,7 @@ def _run(mode: str, encoder_name: str, lists: list[dict], steps: int, threads: i
     with torch.no_grad():
         model([rescorer_text(h) for h in data[0].hyps], [slot] * len(data[0].hyps))
     _reset_peak()
-    before = _status_mib("VmRSS")
+    before = status_mib("VmRSS")
     times = []
     for i in range(steps):
         batch = [data[(i * cfg.lists_per_step + j) % len(data)] for j in range(cfg.lists_per_step)]
@@ -74,8 +74,8 @@ def _run(mode: str, encoder_name: str, lists: list[dict], steps: int, threads: i
     return {"mode": mode, "trainable_parameters": trained, "encoder_parameters": total,
             "trainable_fraction": round(trained / total, 6), "steps": steps,
             "seconds_per_step": round(sorted(times[1:] or times)[len(times[1:] or times) // 2], 4),
-            "rss_before_steps_mib": round(before, 1), "peak_rss_mib": round(_status_mib("VmHWM"), 1),
-            "peak_growth_mib": round(_status_mib("VmHWM") - before, 1)}
+            "rss_before_steps_mib": round(before, 1), "peak_rss_mib": round(status_mib("VmHWM"), 1),
+            "peak_growth_mib": round(status_mib("VmHWM") - before, 1)}
 
 
 def compare(encoder_name: str, lists: Sequence[NBestList], config, steps: int = 5, threads: int | None = None) -> dict:

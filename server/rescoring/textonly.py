@@ -123,10 +123,16 @@ class Confuser:
 
 
 def synthesize_lists(sentences: Sequence[str], vocabulary: Iterable[str], k: int = 4, seed: int = 0) -> list[NBestList]:
-    """One list per sentence: the sentence and its corruptions, with zero ASR scores."""
+    """One list per sentence: the sentence and its corruptions in random order, with zero ASR scores.
+
+    The order is shuffled because equal scores keep the first hypothesis: with the sentence always
+    first, fusion weights tuned on these lists would learn nothing (λ = 0 would already be perfect).
+    """
     confuser = Confuser(vocabulary, seed)
+    order = random.Random(seed)
     lists = []
     for sentence in sentences:
         hyps = confuser.hypotheses(sentence, k)
+        order.shuffle(hyps)
         lists.append(make_list(sentence, hyps, [0.0] * len(hyps), [0] * len(hyps)))
     return lists

@@ -108,9 +108,11 @@ def test_text_only_lists(tmp_path, encoder):
     assert sentences == ["start the heparin drip", "the troponin came back elevated"]
     lists = synthesize_lists(sentences, encoder.tokenizer.get_vocab(), k=4)
     for x, sentence in zip(lists, sentences):
-        assert x.hyps[0] == sentence and x.errors[0] == 0
-        assert len(set(x.hyps)) == len(x.hyps) >= 3
-        assert all(e >= 1 for e in x.errors[1:]) and x.asr == [0.0] * len(x.hyps)
+        right = x.hyps.index(sentence)
+        assert x.errors[right] == 0 and len(set(x.hyps)) == len(x.hyps) >= 3
+        assert all(e >= 1 for i, e in enumerate(x.errors) if i != right) and x.asr == [0.0] * len(x.hyps)
+    assert any(x.hyps[0] != s for x, s in zip(synthesize_lists(sentences * 4, encoder.tokenizer.get_vocab()),
+                                              sentences * 4))  # shuffled: the sentence is not always first
     confuser = Confuser(["hepatic", "heparin", "trope", "nin", "the"])
     assert confuser.split("tropenin") == "trope nin"
     assert "hepatic" in confuser.neighbours("heparin")
