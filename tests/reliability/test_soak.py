@@ -148,6 +148,7 @@ def run_clients(url, grpc_address, clips, pcm_clips, duration_s, rest_n, grpc_n,
     return threads, channel
 
 
+@pytest.mark.timeout(SOAK_S + LOAD_S + OVERLOAD_S + 900)
 def test_load_overload_and_soak(tiny_backbone, cache_root, tmp_path, real_speech):
     from splitasr.adapters import BackboneSpec
     from splitasr.audio import decode_audio
@@ -188,6 +189,7 @@ def test_load_overload_and_soak(tiny_backbone, cache_root, tmp_path, real_speech
             t.join()
         ch.close()
         figures["below_capacity"] = {"seconds": LOAD_S, **load.summary(), "load_average_1m_end": os.getloadavg()[0]}
+        print("\nBELOW_CAPACITY " + json.dumps(figures["below_capacity"]), flush=True)
         assert not load.unexpected, load.unexpected[:5]
 
         # 2. above capacity: 48 clients against a queue of 16
@@ -198,6 +200,7 @@ def test_load_overload_and_soak(tiny_backbone, cache_root, tmp_path, real_speech
             t.join()
         ch.close()
         figures["above_capacity"] = {"seconds": OVERLOAD_S, **over.summary()}
+        print("\nABOVE_CAPACITY " + json.dumps(figures["above_capacity"]), flush=True)
         assert not over.unexpected, over.unexpected[:5]
         assert over.outcomes["rest 429"] > 0 and over.outcomes["grpc RESOURCE_EXHAUSTED"] > 0
         assert over.outcomes["rest ok"] > 0 and over.outcomes["grpc ok"] > 0
