@@ -92,8 +92,15 @@ def load_encoder(name: str = DEFAULT_ENCODER, device: str | torch.device = "cpu"
     """Load a known encoder offline, frozen and in eval mode."""
     from transformers import AutoTokenizer, BertModel
 
+    from transformers.utils import logging as hf_logging
+
     folder = encoder_dir(name)
-    model = BertModel.from_pretrained(folder, add_pooling_layer=False).to(device).eval()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the checkpoint's unused pooler weights are expected, not news
+    try:
+        model = BertModel.from_pretrained(folder, add_pooling_layer=False).to(device).eval()
+    finally:
+        hf_logging.set_verbosity(verbosity)
     model.requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     return TextEncoder(name=name, model=model, tokenizer=tokenizer, spec=BackboneSpec.from_model(name, model))
