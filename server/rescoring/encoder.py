@@ -91,7 +91,6 @@ def encoder_dir(name: str) -> Path:
 def load_encoder(name: str = DEFAULT_ENCODER, device: str | torch.device = "cpu") -> TextEncoder:
     """Load a known encoder offline, frozen and in eval mode."""
     from transformers import AutoTokenizer, BertModel
-
     from transformers.utils import logging as hf_logging
 
     folder = encoder_dir(name)
