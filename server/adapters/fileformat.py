@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import safetensors.torch
+from safetensors.torch import load as safetensors_from_bytes  # safetensors only: never pickle
 import torch
 from splitasr.adapters.adapter import (
     Adapter,
@@ -252,7 +253,7 @@ def load_adapter(
     shapes = {name: tuple(entry["shape"]) for name, entry in header.items()}
     groups = check_layout(kind, config, shapes, meta["targets"], expected_backbone)
     try:
-        tensors = safetensors.torch.load(data)
+        tensors = safetensors_from_bytes(data)
     except Exception as exc:  # safetensors raises its own error types for malformed data
         raise InvalidAdapter(f"safetensors could not parse the file: {exc}") from exc
     check_finite(tensors)

@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import safetensors.torch
+from safetensors.torch import load as safetensors_from_bytes  # safetensors only: never pickle
 import torch
 from splitasr.adapters.adapter import (
     Adapter,
@@ -189,7 +190,7 @@ def import_peft(
     shapes = {ours: tuple(header[key]["shape"]) for ours, key in names.items()}
     groups = check_layout(get_kind("lora"), config, shapes, None, backbone)
     try:
-        raw = safetensors.torch.load(files[WEIGHTS_NAME])
+        raw = safetensors_from_bytes(files[WEIGHTS_NAME])
     except Exception as exc:
         raise InvalidAdapter(f"safetensors could not parse {WEIGHTS_NAME}: {exc}") from exc
     tensors = {ours: raw[key] for ours, key in names.items()}

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import safetensors.torch
+from safetensors.torch import load as safetensors_from_bytes  # safetensors only: never pickle
 import torch
 
 from ..adapters import Adapter, AdapterLimits, BackboneSpec, KindConfig, atomic_write_bytes, get_kind
@@ -147,7 +148,7 @@ def load_rescorer(
         if hidden is not None and head[HEAD_WEIGHT] != (hidden,):
             raise InvalidAdapter(f"head.weight has shape {head[HEAD_WEIGHT]}, the encoder's hidden size is {hidden}")
     try:
-        tensors = safetensors.torch.load(data)
+        tensors = safetensors_from_bytes(data)
     except Exception as exc:  # safetensors raises its own error types for malformed data
         raise InvalidAdapter(f"safetensors could not parse the file: {exc}") from exc
     check_finite(tensors)

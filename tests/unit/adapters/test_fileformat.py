@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import safetensors.torch
+from safetensors.torch import load as safetensors_from_bytes  # safetensors only: never pickle
 import torch
 from adapter_fixtures import CASES, tiny_whisper
 from splitasr.adapters import (
@@ -77,7 +78,7 @@ def _edit_meta(edit: Callable[[dict], object]) -> Callable[[bytes], bytes]:
 def _with_tensors(edit: Callable[[dict[str, torch.Tensor]], object]) -> Callable[[bytes], bytes]:
     def craft(data: bytes) -> bytes:
         header, _ = _split(data)
-        tensors = safetensors.torch.load(data)
+        tensors = safetensors_from_bytes(data)
         edit(tensors)
         return safetensors.torch.save(tensors, metadata=header["__metadata__"])
     return craft

@@ -7,6 +7,7 @@ import struct
 
 import pytest
 import safetensors.torch
+from safetensors.torch import load as safetensors_from_bytes  # safetensors only: never pickle
 import torch
 from splitasr.errors import InvalidAdapter
 from splitasr.rescoring.fileformat import (
@@ -35,7 +36,7 @@ def good(encoder) -> bytes:
 
 
 def _rewrite(data: bytes, tensors=None, meta_update=None, meta_drop=()) -> bytes:
-    loaded = safetensors.torch.load(data)
+    loaded = safetensors_from_bytes(data)
     (n,) = struct.unpack("<Q", data[:8])
     meta = json.loads(json.loads(data[8 : 8 + n])["__metadata__"][METADATA_KEY])
     meta.update(meta_update or {})
