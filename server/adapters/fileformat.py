@@ -26,7 +26,7 @@ import math
 import os
 import struct
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,24 +129,32 @@ def _check_entry(name: str, entry: Any, data_len: int) -> None:
         raise InvalidAdapter(f"tensor {name!r}: {offsets[1] - offsets[0]} data bytes do not match shape {shape} {dtype}")
 
 
-def parse_metadata(metadata: Mapping[str, str]) -> dict[str, Any]:
-    """The SplitASR metadata JSON, with required keys and a known format version."""
-    raw = metadata.get(METADATA_KEY)
+def metadata_object(metadata: Mapping[str, str], what: str, required: Sequence[str], version: int,
+                    key: str = METADATA_KEY) -> dict[str, Any]:
+    """The SplitASR metadata JSON (under ``key``) of a ``what`` file ("adapter", "rescorer"): an object
+    with the ``required`` keys and format ``version``. Any defect is an :class:`InvalidAdapter` that says which."""
+    raw = metadata.get(key)
     if raw is None:
-        raise InvalidAdapter(f"metadata has no {METADATA_KEY!r} entry (not a SplitASR adapter file)")
+        raise InvalidAdapter(f"metadata has no {key!r} entry (not a SplitASR {what} file)")
     try:
         meta = json.loads(raw, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as exc:
-        raise InvalidAdapter(f"adapter metadata is not valid JSON: {exc}") from exc
+        raise InvalidAdapter(f"{what} metadata is not valid JSON: {exc}") from exc
     except RecursionError:
-        raise InvalidAdapter("adapter metadata JSON is nested too deeply") from None
+        raise InvalidAdapter(f"{what} metadata JSON is nested too deeply") from None
     if not isinstance(meta, dict):
-        raise InvalidAdapter("adapter metadata must be a JSON object")
-    missing = [k for k in REQUIRED_KEYS if k not in meta]
+        raise InvalidAdapter(f"{what} metadata must be a JSON object")
+    missing = [k for k in required if k not in meta]
     if missing:
-        raise InvalidAdapter(f"adapter metadata is missing required key(s) {missing}")
-    if meta["format_version"] != FORMAT_VERSION or isinstance(meta["format_version"], bool):
-        raise InvalidAdapter(f"unknown adapter format_version {meta['format_version']!r}; supported: {FORMAT_VERSION}")
+        raise InvalidAdapter(f"{what} metadata is missing required key(s) {missing}")
+    if meta["format_version"] != version or isinstance(meta["format_version"], bool):
+        raise InvalidAdapter(f"unknown {what} format_version {meta['format_version']!r}; supported: {version}")
+    return meta
+
+
+def parse_metadata(metadata: Mapping[str, str]) -> dict[str, Any]:
+    """The SplitASR metadata JSON, with required keys and a known format version."""
+    meta = metadata_object(metadata, "adapter", REQUIRED_KEYS, FORMAT_VERSION)
     targets, backbone = meta["targets"], meta["backbone"]
     if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
         raise InvalidAdapter("metadata 'targets' must be a non-empty list of module names")

@@ -29,7 +29,7 @@ import torch
 
 from ..adapters import Adapter, AdapterLimits, BackboneSpec, KindConfig, atomic_write_bytes, get_kind
 from ..adapters.adapter import check_backbone_match, check_finite, check_layout, check_limits
-from ..adapters.fileformat import _no_duplicates, _read_source, read_header
+from ..adapters.fileformat import _read_source, metadata_object, read_header
 from ..errors import InvalidAdapter
 from .model import POOLINGS, Fusion, Rescorer
 
@@ -77,20 +77,7 @@ def save_rescorer(path: str | os.PathLike[str], rescorer: Rescorer) -> Path:
 
 
 def _parse_metadata(metadata: dict[str, str]) -> dict[str, Any]:
-    raw = metadata.get(METADATA_KEY)
-    if raw is None:
-        raise InvalidAdapter(f"metadata has no {METADATA_KEY!r} entry (not a SplitASR rescorer file)")
-    try:
-        meta = json.loads(raw, object_pairs_hook=_no_duplicates)
-    except json.JSONDecodeError as exc:
-        raise InvalidAdapter(f"rescorer metadata is not valid JSON: {exc}") from exc
-    if not isinstance(meta, dict):
-        raise InvalidAdapter("rescorer metadata must be a JSON object")
-    missing = [k for k in REQUIRED_KEYS if k not in meta]
-    if missing:
-        raise InvalidAdapter(f"rescorer metadata is missing required key(s) {missing}")
-    if meta["format_version"] != FORMAT_VERSION or isinstance(meta["format_version"], bool):
-        raise InvalidAdapter(f"unknown rescorer format_version {meta['format_version']!r}; supported: {FORMAT_VERSION}")
+    meta = metadata_object(metadata, "rescorer", REQUIRED_KEYS, FORMAT_VERSION, METADATA_KEY)
     if meta["kind"] != KIND:
         raise InvalidAdapter(f"unknown rescorer kind {meta['kind']!r}; supported: {KIND!r}")
     if meta["pooling"] not in POOLINGS:

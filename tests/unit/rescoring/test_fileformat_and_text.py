@@ -122,3 +122,11 @@ def test_text_only_lists(tmp_path, encoder):
     empty.write_text("# nothing\n\n")
     with pytest.raises(Exception, match="no sentences"):
         read_sentences(empty)
+
+
+def test_deeply_nested_metadata_is_an_invalid_file(good):
+    loaded = safetensors_from_bytes(good)
+    nested = "[" * 100_000 + "]" * 100_000
+    data = safetensors.torch.save(loaded, metadata={METADATA_KEY: nested})
+    with pytest.raises(InvalidAdapter, match="rescorer metadata JSON is nested too deeply"):
+        load_rescorer(data)
