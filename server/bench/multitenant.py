@@ -10,7 +10,6 @@ model, so every scenario decodes about as many tokens); rank and targets are con
 from __future__ import annotations
 
 import concurrent.futures
-import statistics
 import tempfile
 import threading
 import time
