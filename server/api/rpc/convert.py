@@ -5,7 +5,7 @@ from __future__ import annotations
 from splitasr_device._proto import adapters_pb2
 from splitasr_device._proto import recognizer_pb2 as pb
 
-from ...engine.decoding import Segment, Transcription
+from ...decoding import Segment, Transcription
 from ...engine.store import AdapterRecord
 from ...engine.streaming import STABLE, UNSTABLE, Final, Interim
 
