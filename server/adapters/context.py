@@ -73,6 +73,10 @@ class RowPlan:
     all_output_gate: bool
     slot_set: frozenset[int]
     count: int
+    rank: int = 0  # the largest rank among the selected rows' adapters (slot tensors are cut to it)
+    experts: int = 1  # the most experts among them
+    # per layer: the rows' gathered slot tensors, reused while the selection lasts (inference only)
+    gathered: dict[int, tuple] = field(default_factory=dict)
 
 
 @dataclass
@@ -118,6 +122,8 @@ class SlotContext:
             mix = weights.to(device).index_select(0, torch.tensor(active, dtype=torch.long, device=device))
         low = [bool(h and h.lowrank_gate) for h in headers]
         out = [bool(h and h.output_gate) for h in headers]
+        infos = [self.state.infos[slot_list[i]] for i in active]
+        rank = max((info.config.r if info is not None else self.state.max_rank for info in infos), default=0)
         return RowPlan(
             rows=None if len(active) == rows else torch.tensor(active, dtype=torch.long, device=device),
             slots=selected,
@@ -129,6 +135,8 @@ class SlotContext:
             all_output_gate=all(out),
             slot_set=frozenset(slot_list[i] for i in active),
             count=len(active),
+            rank=rank,
+            experts=max((h.num_experts for h in headers if h), default=1),
         )
 
 
@@ -192,20 +200,43 @@ def bank_context(
         yield context
 
 
+def rows_selection(model: nn.Module, slots: Sequence[int],
+                   router_weights: torch.Tensor | None = None) -> SlotContext | None:
+    """A selection of one row per entry of ``slots`` with the mixture weights already computed
+    (:func:`mixture_weights`), for :func:`activated`: the form a decode loop uses, which computes each
+    utterance's mixture once and runs many forward passes over a set of rows that changes only now and
+    then (a selection keeps its per-layer work while it is reused). None: the plain backbone (a model
+    without a bank, or rows that all use slot 0)."""
+    state = getattr(model, STATE_MODULE_NAME, None)
+    if not isinstance(state, BankState) or not any(slots):
+        return None
+    slot_list = [int(s) for s in slots]
+    _check_slots(state, slot_list)
+    return SlotContext(slots=torch.tensor(slot_list, dtype=torch.long), router_weights=router_weights,
+                       state=state, slot_list=slot_list)
+
+
+@contextmanager
+def activated(context: SlotContext | None) -> Iterator[SlotContext | None]:
+    """Make ``context`` (from :func:`rows_selection`) the active selection for the block."""
+    if context is None:
+        yield None
+        return
+    state = context.state
+    if state.active is not None:
+        raise RuntimeError("a bank_context is already active on this model; forwards must not overlap")
+    state.active = context
+    try:
+        yield context
+    finally:
+        state.active = None
+
+
 @contextmanager
 def rows_context(model: nn.Module, slots: Sequence[int],
                  router_weights: torch.Tensor | None = None) -> Iterator[SlotContext | None]:
-    """Like :func:`bank_context` with the mixture weights already computed (:func:`mixture_weights`),
-    one row per entry of ``slots``: the form a decode loop uses, which computes each utterance's
-    mixture once and then runs many forward passes over changing sets of rows. A model without a
-    bank, or rows that all use slot 0, run the plain backbone."""
-    state = getattr(model, STATE_MODULE_NAME, None)
-    if not isinstance(state, BankState) or not any(slots):
-        yield None
-        return
-    slot_list = [int(s) for s in slots]
-    _check_slots(state, slot_list)
-    with _activate(state, slot_list, router_weights, False) as context:
+    """:func:`rows_selection` made active for one block."""
+    with activated(rows_selection(model, slots, router_weights)) as context:
         yield context
 
 

@@ -75,6 +75,7 @@ class DecodeWorker:
     """Runs ``decoder`` (a Whisper or CTC decoder, see :mod:`splitasr.decoding`) for queued jobs."""
 
     def __init__(self, decoder, pool: SlotPool | None, *, max_queue: int = 64, max_admissions: int = 4,
+                 static: bool = False,
                  rescore: Callable[[list[str | None], list[Transcription]], list[Transcription]] | None = None,
                  on_step: Callable[[int, float], None] | None = None,
                  on_done: Callable[[Job], None] | None = None, name: str = "decode-worker"):
@@ -82,6 +83,9 @@ class DecodeWorker:
         self.pool = pool
         self.max_queue = max_queue
         self.max_admissions = max_admissions
+        # static request batching (the baseline of `splitasr bench arrivals`): new requests join only an
+        # empty batch, which then runs until every request in it is done
+        self.static = static
         self._rescore = rescore
         self._on_step = on_step
         self._on_done = on_done
@@ -200,6 +204,8 @@ class DecodeWorker:
         with self._lock:
             queued = list(self._queue)
         admitted = []
+        if self.static and self._running:
+            queued = []
         for job, p in _fair_order(waiting + [(j, None) for j in queued]):
             if encoders_left <= 0 or rows_left <= 0:
                 break
@@ -248,6 +254,12 @@ class DecodeWorker:
         return job.request.pending
 
     def _complete(self, jobs: list[Job]) -> None:
+        for job in [j for j in jobs if getattr(j.request, "error", None)]:
+            reason = job.request.error
+            self._finish(job, error=InvalidAdapter(f"decoding failed: {reason}; the adapter's weights must keep "
+                                                   "activations finite") if job.adapter else
+                         SplitASRError(f"decoding failed: {reason}"))
+        jobs = [j for j in jobs if not getattr(j.request, "error", None)]
         results = [j.request.result for j in jobs]
         rescore = [j.rescorer for j in jobs]
         if self._rescore and any(rescore):

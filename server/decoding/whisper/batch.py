@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...adapters.context import rows_context
+from ...adapters.context import activated, rows_selection
 from .model import WhisperRunner
 from .rules import RowRules, apply_rules
 from .vocab import Vocab
@@ -75,6 +75,7 @@ class Pass:
     no_speech_prob: float = 0.0
     done: bool = False
     cancelled: bool = False
+    failed: str | None = None  # why the pass cannot go on (non-finite outputs)
 
     @property
     def request(self):
@@ -197,6 +198,7 @@ class DecodeBatch:
         self._cross_owner: list[object] = []  # which window's cross K/V each cache row holds
         self._cross_len: list[int] = []  # encoder positions of that window
         self.model = None  # set by the owner: the module whose adapter bank the rows select
+        self._step_selection: tuple[tuple[Pass, ...], object] | None = None
 
     @property
     def live_rows(self) -> int:
@@ -206,7 +208,7 @@ class DecodeBatch:
         return list(dict.fromkeys(r.owner for r in self.rows))
 
     # adapters ------------------------------------------------------------------------------------
-    def _context(self, owners: Sequence[Pass]):
+    def _selection(self, owners: Sequence[Pass]):
         slots = [self._slot_of(p) for p in owners]
         weights = None
         mixes = [self._mixture(p) if s else None for p, s in zip(owners, slots)]
@@ -215,7 +217,18 @@ class DecodeBatch:
             one_hot = torch.zeros(width, device=self.runner.device)
             one_hot[0] = 1.0
             weights = torch.stack([one_hot if m is None else m for m in mixes])
-        return rows_context(self.model, slots, weights)
+        return rows_selection(self.model, slots, weights)
+
+    def _context(self, owners: Sequence[Pass]):
+        return activated(self._selection(owners))
+
+    def _step_context(self, owners: Sequence[Pass]):
+        """The selection for a decoder step, kept while the batch's passes stay in the same places."""
+        kept = self._step_selection
+        same = kept is not None and len(kept[0]) == len(owners) and all(a is b for a, b in zip(kept[0], owners))
+        if not same:  # (the kept passes stay referenced, so identity cannot be confused with a new pass)
+            self._step_selection = kept = (tuple(owners), self._selection(owners))
+        return activated(kept[1])
 
     # admission -----------------------------------------------------------------------------------
     def admit(self, passes: Sequence[Pass], encoder_out: Sequence[torch.Tensor],
@@ -311,8 +324,13 @@ class DecodeBatch:
         tokens = torch.tensor([r.tokens[-1] for r in rows], device=runner.device)
         positions = torch.tensor([len(r.tokens) - 1 for r in rows], device=runner.device)
         owners = [r.owner for r in rows]
-        with self._context(owners):
+        with self._step_context(owners):
             logits = runner.step(tokens, positions, self._cross_tensor())
+        broken = ~torch.isfinite(logits).all(dim=-1)  # an adapter with huge weights overflowed: that row only
+        if bool(broken.any()):
+            for k in broken.nonzero().flatten().tolist():
+                rows[k].owner.failed = "the adapter made the model's outputs non-finite (overflow)"
+            logits = torch.nan_to_num(logits, nan=0.0, posinf=0.0, neginf=0.0)
         for k, r in enumerate(rows):
             p = r.owner
             if len(r.tokens) == p.sample_begin and p.sot_index == p.sample_begin - 1 and r is p.rows[0]:
@@ -329,7 +347,8 @@ class DecodeBatch:
         next_rows: list[tuple[int, Row]] = []
         finished = []
         for p, positions_of_p in index.items():
-            if p.cancelled:
+            p.window.request.spent += len(positions_of_p)
+            if p.cancelled or p.failed:
                 p.done = True
                 live = []
             else:

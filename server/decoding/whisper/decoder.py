@@ -137,6 +137,7 @@ class WhisperDecoder:
             request.cancelled = True
         self.running = []
         self.batch.rows, self.batch._cross_owner, self.batch._cross_len = [], [], []
+        self.batch._step_selection = None
 
     def _retire(self, request: WhisperRequest) -> None:
         if not request.done:

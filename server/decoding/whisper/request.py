@@ -26,6 +26,11 @@ HOP_SAMPLES = 160  # audio samples per mel frame
 WINDOW_FRAMES = 3000  # mel frames in a 30 s window
 SILENCE_PEAK = 1e-3  # -60 dBFS: a window whose loudest sample is quieter holds nothing to transcribe
 MAX_NBEST_WIDTH = 32  # beams (or samples) searched for an N-best list
+# Compute budget: decoder row-steps a request may spend (speech needs about 5 per audio second; a window
+# stuck in a loop through all six temperatures about 200). Past it, a failing window keeps its best
+# attempt instead of trying hotter temperatures, so no file costs more than a fixed multiple of its length.
+BUDGET_ROW_STEPS = 2000
+BUDGET_ROW_STEPS_PER_SECOND = 40
 
 
 @dataclass(eq=False)
@@ -65,8 +70,11 @@ class WhisperRequest:
         self.pending: Pass | None = None  # the pass waiting for admission
         self.done = False
         self.cancelled = False
+        self.error: str | None = None  # set when the request failed (its result is then empty)
         self.result: Transcription | None = None
         self.windows_decoded = 0
+        self.spent = 0  # decoder row-steps so far (see BUDGET_ROW_STEPS)
+        self.budget = BUDGET_ROW_STEPS + int(BUDGET_ROW_STEPS_PER_SECOND * self.duration)
         self.last_speech = 0.0  # end of the last word so far (word timestamps' heuristics)
         if options.temperature > 0:
             self.temperatures: tuple[float, ...] = (options.temperature,)
@@ -147,7 +155,9 @@ class WhisperRequest:
         :meth:`accepted`); otherwise sets ``pending`` to its next pass (fallback) or finishes."""
         window = self.window
         assert window is not None and p.window is window
-        if self.cancelled:
+        if p.failed:
+            self.error = p.failed
+        if self.cancelled or self.error:
             self._finish()
             return None
         best = p.ranked()[0] if p.candidates else Candidate([], 0.0, [])
@@ -161,7 +171,7 @@ class WhisperRequest:
         if self._silent(p, avg):
             failed = False
         attempt = len(window.attempts)
-        if failed and attempt < len(self.temperatures):
+        if failed and attempt < len(self.temperatures) and self.spent < self.budget:
             self.pending = self._make_pass(attempt)
             return None
         if failed:  # every temperature failed: faster-whisper's choice among the attempts

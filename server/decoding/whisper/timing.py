@@ -185,6 +185,9 @@ def add_word_timestamps(segments: list[Segment], alignment: list[WordTiming], ti
         if words:
             _clamp_edges(segment, words, median, longest, last_speech)
             last_speech = segment.end
+            for w in words:  # the heuristics may push a word past its segment's edge: keep it inside
+                w.start = round(min(max(w.start, segment.start), segment.end), 2)
+                w.end = round(min(max(w.end, w.start), segment.end), 2)
         segment.words = words
     return last_speech
 
