@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     max_admissions_per_step: int = Field(
         4, ge=1, le=256, description="New windows (encoder passes) admitted into the running batch per step.")
     default_beam_size: int = Field(1, ge=1, le=16, description="Beam size when a request does not choose.")
+    audio_ctx_seconds: float | None = Field(
+        None, ge=1, le=30, description="Encoder window for clips shorter than this (default: the whole 30 s).")
     store_dir: Path | None = Field(None, description="Adapter store (default: CACHE_DIR/adapters).")
     api_keys_file: Path | None = Field(None, description="File of 'TOKEN TENANT' lines; none = one open tenant.")
     api_keys: str | None = Field(None, description="Inline keys 'token:tenant,token2:tenant2' (adds to the file).")

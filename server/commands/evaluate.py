@@ -29,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def evaluate(backbone, utterances, *, beam: int = 1, language: str | None = None, batch_size: int = 8,
-             normalizer: str = "whisper", slot: int = 0) -> dict:
+             normalizer: str = "whisper", slot: int = 0, audio_ctx: float | None = None) -> dict:
     """Transcribe every utterance and score the corpus; returns the JSON report.
 
     ``slot``: the adapter slot every utterance uses (0 = the backbone alone).
@@ -38,7 +38,7 @@ def evaluate(backbone, utterances, *, beam: int = 1, language: str | None = None
     from ..decoding import DecodingOptions, transcribe
     from ..metrics import score_all
 
-    options = DecodingOptions(beam_size=beam, language=language)
+    options = DecodingOptions(beam_size=beam, language=language, audio_ctx_seconds=audio_ctx)
     hyps: list[str] = []
     audio_seconds = 0.0
     start = time.perf_counter()
@@ -65,6 +65,7 @@ def evaluate(backbone, utterances, *, beam: int = 1, language: str | None = None
         "wall_seconds": round(wall, 2),
         "rtf": round(wall / audio_seconds, 4) if audio_seconds else None,
         "beam": beam,
+        "audio_ctx_seconds": audio_ctx,
         "normalizer": normalizer,
         **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in scores.items()},
     }
@@ -85,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     if language is None and backbone.multilingual and len(langs) == 1:
         language = next(iter(langs))  # the manifest says which language it is: no need to detect
     report = evaluate(backbone, utterances, beam=args.beam, language=language,
-                      batch_size=args.batch_size, normalizer=args.normalizer, slot=1 if adapter else 0)
+                      batch_size=args.batch_size, normalizer=args.normalizer, slot=1 if adapter else 0,
+                      audio_ctx=args.audio_ctx)
     if adapter:
         report["adapter"] = adapter
     return _print(report, args)

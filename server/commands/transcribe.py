@@ -25,6 +25,8 @@ def add_decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--language", help="ISO language code (multilingual backbones; detected if omitted)")
     p.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy, default)")
     p.add_argument("--batch-size", type=int, default=8, help="files decoded together")
+    p.add_argument("--audio-ctx", type=float, metavar="SECONDS",
+                   help="encoder window for clips shorter than this (1-30 s; default: the whole 30 s window)")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -82,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     # json lists every word with its aligned times (Whisper backbones that have alignment heads)
     words = args.format == "json" and bool(getattr(backbone.model.generation_config, "alignment_heads", None))
     options = DecodingOptions(beam_size=args.beam, language=args.language, nbest=args.nbest,
-                              word_timestamps=words)
+                              word_timestamps=words, audio_ctx_seconds=args.audio_ctx)
     for start in range(0, len(args.files), args.batch_size):
         files = args.files[start : start + args.batch_size]
         slots = [slot] * len(files) if slot else None

@@ -253,6 +253,8 @@ class Engine:
         if rescorer and len(audio) > RESCORE_MAX_SECONDS * SAMPLE_RATE_HZ:
             raise InvalidInput(f"rescoring needs audio of at most {RESCORE_MAX_SECONDS} s (one N-best list); "
                                "send shorter audio or leave `rescore` out")
+        if self.settings.audio_ctx_seconds and options.audio_ctx_seconds is None:
+            options = replace(options, audio_ctx_seconds=self.settings.audio_ctx_seconds)
         job = Job(audio, self.rescoring_options(options, rescorer), adapter, rescorer, priority, tenant, key)
         future = self.worker.submit(job)
         return await asyncio.wrap_future(future)

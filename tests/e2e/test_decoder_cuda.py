@@ -1,0 +1,32 @@
+"""The decode loop on a CUDA device (fp16): the same transcripts as on the CPU. Skipped without a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+from splitasr.audio import decode_audio
+from splitasr.decoding import DecodingOptions, transcribe
+from splitasr.metrics import wer
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+@pytest.fixture(scope="module")
+def cuda_backbone(backbone_cache_dir):
+    from splitasr.backbones.whisper import WhisperBackbone
+
+    return WhisperBackbone.load("tiny.en", cache_dir=backbone_cache_dir, device="cuda")
+
+
+def test_cuda_transcripts_match_the_cpu(cuda_backbone, tiny_backbone, real_speech):
+    audios = [decode_audio(r["path"]) for r in real_speech]
+    normalize = EnglishTextNormalizer({})
+    gpu = [r.text for r in transcribe(cuda_backbone, audios, DecodingOptions(beam_size=2, word_timestamps=True))]
+    cpu = [r.text for r in transcribe(tiny_backbone, audios, DecodingOptions(beam_size=2))]
+    refs = [normalize(r["text"]) for r in real_speech]
+    assert wer(refs, [normalize(h) for h in gpu]) <= wer(refs, [normalize(h) for h in cpu]) + 0.02
+    batched = [r.text for r in transcribe(cuda_backbone, audios[:4])]
+    assert batched == [transcribe(cuda_backbone, [a])[0].text for a in audios[:4]]
