@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(8, ge=1, le=256, description="Most utterances decoded in one forward pass.")
     max_batch_wait_ms: float = Field(10.0, ge=0, description="How long a batch waits to fill up.")
     default_beam_size: int = Field(1, ge=1, le=16, description="Beam size when a request does not choose.")
+    vad_filter: bool = Field(
+        False, description="Drop long silences from files before decoding (Silero VAD) when a request does not choose.")
+    vad_min_silence_ms: int = Field(
+        2000, ge=100, le=60000, description="VAD filter: shortest silence that is dropped (shorter pauses stay).")
     store_dir: Path | None = Field(None, description="Adapter store (default: CACHE_DIR/adapters).")
     api_keys_file: Path | None = Field(None, description="File of 'TOKEN TENANT' lines; none = one open tenant.")
     api_keys: str | None = Field(None, description="Inline keys 'token:tenant,token2:tenant2' (adds to the file).")

@@ -15,10 +15,23 @@ class SplitASRError(Exception):
 
 
 class InvalidInput(SplitASRError):
-    """The request itself is malformed (bad field, bad value)."""
+    """The request itself is malformed (bad field, bad value).
+
+    ``param``: the request field at fault, when there is one (REST reports it as the error's ``param``).
+    """
 
     http_status = 400
     code = "invalid_request"
+
+    def __init__(self, message: str = "", *, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+class UnsupportedField(InvalidInput):
+    """A request field (or a value of it) that this server does not implement: never silently ignored."""
+
+    code = "unsupported_field"
 
 
 class BadAudio(InvalidInput):
@@ -31,6 +44,10 @@ class InvalidAdapter(InvalidInput):
     """An adapter file failed validation (format, shapes, values, limits, backbone mismatch)."""
 
     code = "invalid_adapter"
+
+
+class UsageError(InvalidInput):
+    """A command line that cannot work as given (missing or conflicting options): exit code 2."""
 
 
 class TooLarge(InvalidInput):

@@ -1,0 +1,70 @@
+"""What the audio routes (transcriptions, translations) share: fields, decoding options, responses."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import Depends, UploadFile
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from ...config import Settings
+from ...engine.applicability import check_options
+from ...engine.decoding import DecodingOptions, Transcription
+from ...engine.engine import Engine
+from ...errors import BadAudio
+from ...formats import render, to_verbose_json
+from ...vad_filter import VadFilterOptions
+from .fields import reject_unsupported_fields
+
+ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
+MEDIA_TYPES = {"vtt": "text/vtt", "srt": "application/x-subrip"}
+
+# A route parameter: every form field the route does not declare is answered 400 (see fields.py).
+FieldsChecked = Annotated[None, Depends(reject_unsupported_fields)]
+
+FILE_HELP = "Audio file: wav, flac, mp3, ogg, opus, webm, m4a ..."
+BEAM_HELP = "SplitASR extension: beam width"
+VAD_HELP = ("SplitASR extension: drop long silences before decoding (Silero VAD; times stay those of the "
+            "original audio). Omitted: the server's SPLITASR_VAD_FILTER")
+
+
+async def read_upload(file: UploadFile) -> bytes:
+    data = await file.read()
+    if not data:
+        raise BadAudio(f"uploaded file {file.filename!r} is empty (0 bytes)")
+    return data
+
+
+def decoding_options(engine: Engine, settings: Settings, *, beam_size: int | None, temperature: float,
+                     prompt: str | None, language: str | None = None, task: str = "transcribe") -> DecodingOptions:
+    """The request's options, checked against what the served backbone can do."""
+    options = DecodingOptions(beam_size=beam_size or settings.default_beam_size, language=language or None,
+                              temperature=temperature, prompt=prompt or None, task=task)
+    check_options(engine.backbone, options)
+    return options
+
+
+def vad_options(settings: Settings, vad_filter: bool | None) -> VadFilterOptions | None:
+    """The VAD filter a request asked for (``None`` = the server's default), or None for none."""
+    wanted = settings.vad_filter if vad_filter is None else vad_filter
+    return VadFilterOptions(min_silence_duration_ms=settings.vad_min_silence_ms) if wanted else None
+
+
+def respond(result: Transcription, response_format: str, task: str = "transcribe") -> Response:
+    """The response body in ``response_format``, as OpenAI shapes it for ``task``.
+
+    Transcriptions carry ``usage`` (billed by audio duration); a translation's verbose_json names
+    its output language, which is always English.
+    """
+    if response_format == "verbose_json":
+        body = to_verbose_json(result, task=task)
+    else:
+        body = render(result, response_format)
+    if not isinstance(body, dict):
+        return PlainTextResponse(body, media_type=MEDIA_TYPES.get(response_format, "text/plain"))
+    if task == "translate":
+        if response_format == "verbose_json":
+            body["language"] = "english"
+    else:
+        body.setdefault("usage", {"type": "duration", "seconds": round(result.duration, 3)})
+    return JSONResponse(body)
