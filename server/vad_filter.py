@@ -4,7 +4,9 @@ The rules and defaults follow faster-whisper's ``vad_filter`` (``faster_whisper/
 adapted from Silero VAD's ``get_speech_timestamps``): frames of 512 samples get a speech probability;
 speech starts at ``threshold``, ends after ``min_silence_duration_ms`` below ``neg_threshold``;
 each kept stretch is padded by ``speech_pad_ms``; the stretches are joined end to end. Times in a
-result decoded from the joined audio are moved back by the silence removed before them.
+result decoded from the joined audio are moved back by the silence removed before them: a word's by
+the stretch that holds its middle (as faster-whisper does), a segment's without words by the stretch
+that holds the segment's middle, clamped to that stretch (see ``FilteredAudio.restore``).
 
 Pure numpy: the frame probabilities come from a function the caller passes (the server's Silero
 runner, :func:`splitasr.engine.vad.silero_probabilities`), so this module needs no model.
@@ -154,6 +156,11 @@ class SpeechMap:
         index = self.span_index(seconds, is_end) if index is None else index
         return round(self._silence_before[index] + seconds, 2)
 
+    def joined_bounds(self, index: int) -> tuple[float, float]:
+        """Start and end (seconds) of kept stretch ``index`` in the joined audio."""
+        start, end = self.spans[index]
+        return (self._ends[index] - (end - start)) / self.rate_hz, self._ends[index] / self.rate_hz
+
 
 @dataclass(frozen=True)
 class FilteredAudio:
@@ -181,11 +188,20 @@ class FilteredAudio:
                 word.end = self.map.original_time(word.end, index=index)
             if words:
                 segment.start, segment.end = words[0].start, words[-1].end
-            else:
-                segment.start = self.map.original_time(segment.start)
-                segment.end = self.map.original_time(segment.end, is_end=True)
+            elif self.map.spans:
+                segment.start, segment.end = self._segment_times(segment.start, segment.end)
         result.duration = self.original_seconds
         return result
+
+    def _segment_times(self, start: float, end: float) -> tuple[float, float]:
+        # Whisper's segment edges are coarse, and a segment often starts where the previous one ended,
+        # which can lie in an earlier stretch: mapped there (as faster-whisper maps segment edges), the
+        # segment would begin before a removed gap of any length. Both edges are mapped in the stretch
+        # that holds the segment's middle, clamped to it: the error stays under half the segment.
+        index = self.map.span_index((start + end) / 2)
+        low, high = self.map.joined_bounds(index)
+        return (self.map.original_time(min(max(start, low), high), index=index),
+                self.map.original_time(min(max(end, low), high), index=index))
 
 
 def remove_silence(audio: np.ndarray, probabilities: Probabilities,

@@ -96,7 +96,8 @@ def silero_probabilities(audio: np.ndarray) -> np.ndarray:
     2.5× faster than one lane); each lane first decodes the LANE_WARMUP_FRAMES before its own part
     and discards them, so its state has settled. The recurrent state still remembers a little more
     than that in speech: next to a lane's start, a probability can differ from a single-lane decode by
-    a few hundredths, which moves a speech edge by a frame (32 ms) at most, under the 400 ms padding.
+    a few hundredths, which can move a speech edge by a frame or two (32 ms each), well under the
+    filter's 400 ms padding.
     """
     n = -(-len(audio) // FRAME_SAMPLES)
     if n == 0:
