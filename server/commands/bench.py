@@ -32,6 +32,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     mt.add_argument("--repeats", type=int, default=2, help="alternating rounds of (a) and (b); best kept")
     mt.add_argument("--json", action="store_true", help="print only the JSON object")
     mt.set_defaults(func=run_multitenant)
+    vad = sub.add_parser("vad", help="the VAD filter: WER on real speech, time on a mostly silent hour")
+    vad.add_argument("--backbone", default="tiny.en")
+    vad.add_argument("--hours", type=float, default=1.0, help="length of the mostly silent file (default 1)")
+    vad.add_argument("--pad-seconds", type=float, default=10.0,
+                     help="silence added on both sides of each utterance for the padded WER (default 10)")
+    vad.add_argument("--noise-dbfs", type=float, default=-70.0, help="white noise level of the silence (default -70)")
+    vad.add_argument("--threads", type=int, help="CPU threads for the backbone (default: torch's)")
+    vad.add_argument("--json", action="store_true", help="print only the JSON object")
+    vad.set_defaults(func=run_vad)
     q = sub.add_parser("quant", help="WER, memory and speed of fp32 vs int8 vs NF4 backbones, with an adapter")
     q.add_argument("--backbone", action="append", dest="backbones",
                    help="backbone to measure (repeatable; default tiny.en)")
@@ -88,6 +97,16 @@ def run_stream(args: argparse.Namespace) -> int:
     kwargs = {"audio_dir": args.audio_dir} if args.audio_dir else {}
     result = stream.run(backbone=args.backbone, threads=args.threads, cache_dir=Settings().cache_dir, **kwargs)
     _emit(result, args.json)
+    return 0
+
+
+def run_vad(args: argparse.Namespace) -> int:
+    from ..bench import vad
+    from ..config import Settings
+
+    result = vad.run(backbone=args.backbone, cache_dir=Settings().backbone_cache_dir, hours=args.hours,
+                     pad_seconds=args.pad_seconds, noise_dbfs=args.noise_dbfs, threads=args.threads)
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     return 0
 
 
