@@ -17,6 +17,7 @@ from ..audio import SAMPLE_RATE_HZ, decode_audio
 from ..backbones.sources import KNOWN_BACKBONES, package_dir
 from ..backbones.whisper import WhisperBackbone
 from ..engine.decoding import transcribe
+from ..progress import track
 
 DEFAULT_AUDIO_DIR = Path(__file__).resolve().parents[2] / "tests" / "data" / "real-speech"
 
@@ -28,11 +29,11 @@ def _load_audio(audio_dir: Path) -> list[np.ndarray]:
     return [decode_audio(p) for p in files]
 
 
-def _time_runs(fn, audios: list[np.ndarray], repeats: int) -> float:
+def _time_runs(fn, audios: list[np.ndarray], repeats: int, desc: str = "bench rtf", quiet: bool = True) -> float:
     """Best-of-``repeats`` wall time over the whole set (the least disturbed run on a shared machine)."""
     fn(audios[0])  # warm-up
     times = []
-    for _ in range(repeats):
+    for _ in track(range(repeats), desc, unit="run", quiet=quiet):
         start = time.perf_counter()
         for a in audios:
             fn(a)
@@ -41,7 +42,7 @@ def _time_runs(fn, audios: list[np.ndarray], repeats: int) -> float:
 
 
 def run(*, backbone: str = "tiny.en", audio_dir: Path = DEFAULT_AUDIO_DIR, repeats: int = 3,
-        threads: int | None = None, cache_dir: Path) -> dict:
+        threads: int | None = None, cache_dir: Path, quiet: bool = True) -> dict:
     from faster_whisper import WhisperModel
 
     threads = threads or torch.get_num_threads()
@@ -57,9 +58,11 @@ def run(*, backbone: str = "tiny.en", audio_dir: Path = DEFAULT_AUDIO_DIR, repea
                     "threads": threads, "repeats": repeats, "device": "cpu"}
 
     ours = WhisperBackbone.load(backbone, cache_dir=cache_dir, device="cpu")
-    result["splitasr_fp32_rtf"] = _time_runs(lambda a: transcribe(ours, [a]), audios, repeats) / audio_seconds
+    result["splitasr_fp32_rtf"] = _time_runs(lambda a: transcribe(ours, [a]), audios, repeats, "splitasr fp32",
+                                             quiet) / audio_seconds
     ours.model = torch.ao.quantization.quantize_dynamic(ours.model, {torch.nn.Linear}, dtype=torch.qint8)
-    result["splitasr_int8_rtf"] = _time_runs(lambda a: transcribe(ours, [a]), audios, repeats) / audio_seconds
+    result["splitasr_int8_rtf"] = _time_runs(lambda a: transcribe(ours, [a]), audios, repeats, "splitasr int8",
+                                             quiet) / audio_seconds
 
     for compute_type in ("float32", "int8"):
         fw = WhisperModel(str(ct2_dir), device="cpu", compute_type=compute_type, cpu_threads=threads)
@@ -69,7 +72,8 @@ def run(*, backbone: str = "tiny.en", audio_dir: Path = DEFAULT_AUDIO_DIR, repea
             list(segments)
 
         key = "fp32" if compute_type == "float32" else "int8"
-        result[f"faster_whisper_{key}_rtf"] = _time_runs(run_fw, audios, repeats) / audio_seconds
+        result[f"faster_whisper_{key}_rtf"] = _time_runs(run_fw, audios, repeats, f"faster-whisper {key}",
+                                                         quiet) / audio_seconds
     for key in ("fp32", "int8"):
         result[f"ratio_{key}"] = result[f"splitasr_{key}_rtf"] / result[f"faster_whisper_{key}_rtf"]
     for k, v in result.items():

@@ -25,6 +25,7 @@ from ..backbones.whisper import WhisperBackbone
 from ..engine.decoding import Transcription, transcribe
 from ..engine.vad import silero_probabilities
 from ..metrics import wer
+from ..progress import bar
 from ..vad_filter import VadFilterOptions, remove_silence
 
 REAL_SPEECH_DIR = Path(__file__).resolve().parents[2] / "tests" / "data" / "real-speech"
@@ -71,7 +72,8 @@ def _timed(fn):
 
 
 def run(*, backbone: str = "tiny.en", cache_dir: Path, hours: float = 1.0, pad_seconds: float = 10.0,
-        noise_dbfs: float | None = -70.0, threads: int | None = None, seed: int = 0) -> dict:
+        noise_dbfs: float | None = -70.0, threads: int | None = None, seed: int = 0, quiet: bool = True) -> dict:
+    """Both measurements, filter off and on; ``quiet=False``: a progress bar (one step per decode) on a terminal."""
     if threads:
         torch.set_num_threads(threads)
     bb = WhisperBackbone.load(backbone, cache_dir=cache_dir, device="cpu")
@@ -80,6 +82,7 @@ def run(*, backbone: str = "tiny.en", cache_dir: Path, hours: float = 1.0, pad_s
     transcribe(bb, [audios[0]])  # warm-up
     pad = np.zeros(int(pad_seconds * SAMPLE_RATE_HZ), dtype=np.float32)
     padded = [np.concatenate([pad, a, pad]) for a in audios]
+    progress = bar(6, "bench vad", "decode", quiet)
     result: dict = {"backbone": backbone, "threads": torch.get_num_threads(), "utterances": len(audios),
                     "real_speech": {}, "silent_hour": {"hours": hours, "noise_dbfs": noise_dbfs}}
     for name, clips in (("as_is", audios), (f"padded_{pad_seconds:g}s", padded)):
@@ -87,6 +90,7 @@ def run(*, backbone: str = "tiny.en", cache_dir: Path, hours: float = 1.0, pad_s
             hyps, seconds = _timed(lambda clips=clips, options=options: [_decode(bb, a, options).text for a in clips])
             result["real_speech"][f"{name}_wer_vad_{key}"] = _wer(refs, hyps)
             result["real_speech"][f"{name}_seconds_vad_{key}"] = seconds
+            progress.update(1)
 
     hour = _silent_hour(audios, hours, noise_dbfs, seed)
     reference = " ".join(refs)
@@ -104,6 +108,8 @@ def run(*, backbone: str = "tiny.en", cache_dir: Path, hours: float = 1.0, pad_s
         hour_result[f"wer_vad_{key}"] = _wer([reference], [out.text])
         hour_result[f"words_vad_{key}"] = len(out.text.split())
         hour_result[f"segments_vad_{key}"] = len(out.segments)
+        progress.update(1)
+    progress.close()
     hour_result["reference_words"] = len(reference.split())
     hour_result["speedup"] = round(hour_result["seconds_vad_off"] / max(hour_result["seconds_vad_on"], 1e-9), 1)
     return result

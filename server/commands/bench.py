@@ -1,4 +1,4 @@
-"""``splitasr bench``: benchmarks that print one JSON object (compare ratios measured in one run)."""
+"""splitasr bench: benchmarks that print one JSON object (compare ratios measured in one run)."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def run_rtf(args: argparse.Namespace) -> int:
 
     kwargs = {"audio_dir": args.audio_dir} if args.audio_dir else {}
     result = rtf.run(backbone=args.backbone, repeats=args.repeats, threads=args.threads,
-                     cache_dir=Settings().backbone_cache_dir, **kwargs)
+                     cache_dir=Settings().backbone_cache_dir, quiet=args.json, **kwargs)
     _emit(result, args.json)
     return 0
 
@@ -82,7 +82,7 @@ def run_multitenant(args: argparse.Namespace) -> int:
 
     result = multitenant.run(n=args.n, rank=args.rank, targets=args.targets, backbone=args.backbone,
                              max_batch_size=args.max_batch_size, repeats=args.repeats,
-                             cache_dir=Settings().cache_dir)
+                             cache_dir=Settings().cache_dir, quiet=args.json)
     if args.json:
         print(json.dumps(result))
     else:
@@ -95,7 +95,8 @@ def run_stream(args: argparse.Namespace) -> int:
     from ..config import Settings
 
     kwargs = {"audio_dir": args.audio_dir} if args.audio_dir else {}
-    result = stream.run(backbone=args.backbone, threads=args.threads, cache_dir=Settings().cache_dir, **kwargs)
+    result = stream.run(backbone=args.backbone, threads=args.threads, cache_dir=Settings().cache_dir,
+                        quiet=args.json, **kwargs)
     _emit(result, args.json)
     return 0
 
@@ -105,19 +106,19 @@ def run_vad(args: argparse.Namespace) -> int:
     from ..config import Settings
 
     result = vad.run(backbone=args.backbone, cache_dir=Settings().backbone_cache_dir, hours=args.hours,
-                     pad_seconds=args.pad_seconds, noise_dbfs=args.noise_dbfs, threads=args.threads)
+                     pad_seconds=args.pad_seconds, noise_dbfs=args.noise_dbfs, threads=args.threads, quiet=args.json)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     return 0
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, Path]:
-    from ..errors import InvalidInput
+    from ..errors import UsageError
 
     out = {}
     for value in values:
         name, sep, path = value.partition("=")
         if not sep or not name or not path:
-            raise InvalidInput(f"{flag} takes NAME=PATH, got {value!r}")
+            raise UsageError(f"{flag} takes NAME=PATH, got {value!r}")
         out[name] = Path(path)
     return out
 
@@ -131,7 +132,7 @@ def run_quant(args: argparse.Namespace) -> int:
     manifests = _pairs(args.manifest, "--manifest") or {"real": quant.REAL_SPEECH_MANIFEST}
     result = quant.run(backbones=args.backbones or ["tiny.en"], modes=modes, manifests=manifests,
                        adapters=_pairs(args.adapter, "--adapter"), cache_dir=Settings().backbone_cache_dir,
-                       threads=args.threads, batch_size=args.batch_size,
+                       threads=args.threads, batch_size=args.batch_size, quiet=args.json,
                        adapter_modes=[check_quantization(m.strip()) for m in args.adapter_modes.split(",")]
                        if args.adapter_modes else None)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
