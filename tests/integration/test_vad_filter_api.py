@@ -64,3 +64,18 @@ def test_grpc_vad_filter_on_recognize_and_refused_on_streams(grpc_server, gappy)
             list(stub.StreamingRecognize(stream(), metadata=grpc_server.metadata(), timeout=60))
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "vad_filter" in caught.value.details()
+
+
+def test_silence_only_gives_an_empty_result_and_the_default_comes_from_settings(rest_server):
+    from splitasr.api.rest.audio import vad_options
+
+    client = openai.OpenAI(base_url=f"{rest_server.url}/v1", api_key=TOKENS["alice"], max_retries=0)
+    wav = io.BytesIO(encode_wav_pcm16(np.zeros(20 * SAMPLE_RATE_HZ, np.float32)))
+    wav.name = "silence.wav"
+    result = client.audio.transcriptions.create(model="tiny.en", file=wav, response_format="verbose_json",
+                                                extra_body={"vad_filter": True})
+    assert result.text == "" and result.segments == [] and result.duration == pytest.approx(20.0)
+    settings = rest_server.settings
+    assert vad_options(settings, None) is None and vad_options(settings, True) is not None
+    on = settings.model_copy(update={"vad_filter": True, "vad_min_silence_ms": 800})
+    assert vad_options(on, None).min_silence_duration_ms == 800 and vad_options(on, False) is None
