@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-adapter", action="store_true", help="use the plain backbone")
         if name == "transcribe":
             p.add_argument("file", type=Path)
+            p.add_argument("--vad-filter", action=argparse.BooleanOptionalAction, default=None,
+                           help="drop long silences before decoding (default: the server's setting)")
         else:
             p.add_argument("file", type=Path, nargs="?")
             p.add_argument("--mic", action="store_true", help="stream from the microphone (needs sounddevice)")
@@ -127,7 +129,8 @@ def run(args: argparse.Namespace, config: DeviceConfig) -> int:
             done = f"uploaded {result.uploaded_bytes} bytes" if result.uploaded_bytes else "already on the server"
             _print(args, result, f"enrolled {result.name} (sha256 {result.sha256}): {done}")
         elif args.command == "transcribe":
-            result = client.transcribe(args.file, _enrolled(client, config, args), args.language)
+            result = client.transcribe(args.file, _enrolled(client, config, args), args.language,
+                                       vad_filter=args.vad_filter)
             _print(args, result, result.text)
         elif args.command == "stream":
             if args.mic == (args.file is not None):

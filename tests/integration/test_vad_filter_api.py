@@ -79,3 +79,15 @@ def test_silence_only_gives_an_empty_result_and_the_default_comes_from_settings(
     assert vad_options(settings, None) is None and vad_options(settings, True) is not None
     on = settings.model_copy(update={"vad_filter": True, "vad_min_silence_ms": 800})
     assert vad_options(on, None).min_silence_duration_ms == 800 and vad_options(on, False) is None
+
+
+def test_device_client_sends_vad_filter(grpc_server, gappy, tmp_path):
+    from splitasr_device import SplitASRClient
+
+    audio, second_start = gappy
+    wav = tmp_path / "gappy.wav"
+    wav.write_bytes(encode_wav_pcm16(audio))
+    with SplitASRClient(grpc_server.address, token=grpc_server.metadata()[0][1].removeprefix("Bearer ")) as client:
+        result = client.transcribe(wav, vad_filter=True)
+    later = [s for s in result.segments if s.start > 10]
+    assert later and second_start - 0.5 <= later[0].start <= second_start + 1.0
