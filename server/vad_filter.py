@@ -5,8 +5,8 @@ adapted from Silero VAD's ``get_speech_timestamps``): frames of 512 samples get 
 speech starts at ``threshold``, ends after ``min_silence_duration_ms`` below ``neg_threshold``;
 each kept stretch is padded by ``speech_pad_ms``; the stretches are joined end to end. Times in a
 result decoded from the joined audio are moved back by the silence removed before them: a word's by
-the stretch that holds its middle (as faster-whisper does), a segment's without words by the stretch
-that holds the segment's middle, clamped to that stretch (see ``FilteredAudio.restore``).
+the stretch that holds its middle (as faster-whisper does); a segment without words runs over the
+stretches it really spans (see ``FilteredAudio.restore``).
 
 Pure numpy: the frame probabilities come from a function the caller passes (the server's Silero
 runner, :func:`splitasr.engine.vad.silero_probabilities`), so this module needs no model.
@@ -196,12 +196,20 @@ class FilteredAudio:
     def _segment_times(self, start: float, end: float) -> tuple[float, float]:
         # Whisper's segment edges are coarse, and a segment often starts where the previous one ended,
         # which can lie in an earlier stretch: mapped there (as faster-whisper maps segment edges), the
-        # segment would begin before a removed gap of any length. Both edges are mapped in the stretch
-        # that holds the segment's middle, clamped to it: the error stays under half the segment.
-        index = self.map.span_index((start + end) / 2)
-        low, high = self.map.joined_bounds(index)
-        return (self.map.original_time(min(max(start, low), high), index=index),
-                self.map.original_time(min(max(end, low), high), index=index))
+        # segment would begin before a removed gap of any length. So a segment keeps only the stretches
+        # it really spans, those that hold at least half of it or that it covers at least half of, and
+        # runs from the first of them to the last (clamped to them). One stretch: its own times.
+        overlaps = []
+        first_index, last_index = self.map.span_index(start), self.map.span_index(end, is_end=True)
+        for index in range(min(first_index, last_index), max(first_index, last_index) + 1):
+            low, high = self.map.joined_bounds(index)
+            overlaps.append((index, low, high, max(0.0, min(end, high) - max(start, low))))
+        length = max(end - start, 1e-9)
+        kept = [o for o in overlaps if o[3] >= 0.5 * length or o[3] >= 0.5 * (o[2] - o[1])]
+        kept = kept or [max(overlaps, key=lambda o: o[3])]
+        (first, low, _, _), (last, _, high, _) = kept[0], kept[-1]
+        return (self.map.original_time(min(max(start, low), high), index=first),
+                self.map.original_time(min(max(end, low), high), index=last))
 
 
 def remove_silence(audio: np.ndarray, probabilities: Probabilities,

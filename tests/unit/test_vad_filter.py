@@ -142,3 +142,13 @@ def test_a_segment_reaching_back_across_a_gap_is_placed_with_its_speech():
     result = _Result(7.0, [_Segment(0.2, 2.5), _Segment(2.5, 5.5), _Segment(6.0, 6.9)])
     filtered.restore(result)
     assert [(s.start, s.end) for s in result.segments] == [(0.2, 2.5), (60.0, 62.5), (63.0, 63.9)]
+
+
+def test_a_segment_over_several_stretches_spans_them_all():
+    spans = ((0, 3 * SAMPLE_RATE_HZ), (60 * SAMPLE_RATE_HZ, 64 * SAMPLE_RATE_HZ),
+             (100 * SAMPLE_RATE_HZ, 102 * SAMPLE_RATE_HZ))
+    filtered = FilteredAudio(np.zeros(9 * SAMPLE_RATE_HZ, np.float32), 110.0, SpeechMap(spans))
+    # one segment for the whole audio (a rescored result, a CTC piece), and one mostly in the middle stretch
+    result = _Result(9.0, [_Segment(0.0, 9.0), _Segment(2.9, 6.5), _Segment(3.0, 3.0)])
+    filtered.restore(result)
+    assert [(s.start, s.end) for s in result.segments] == [(0.0, 102.0), (60.0, 63.5), (3.0, 3.0)]
