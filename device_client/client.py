@@ -1,6 +1,7 @@
 """``SplitASRClient``: enroll this device's adapter once, then transcribe files or stream audio.
 
-Only grpcio, protobuf and the standard library: importing this never imports torch or numpy.
+grpcio, protobuf and the health check's stubs: importing this never imports torch (nor numpy,
+which reading an audio file loads).
 Calls that are safe to repeat are retried with exponential backoff on UNAVAILABLE and
 DEADLINE_EXCEEDED; a stream that drops resumes from its last final result.
 """
