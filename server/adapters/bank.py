@@ -138,24 +138,39 @@ class AdapterBank(nn.Module):
             return out + delta
         return out.index_add(0, plan.rows, delta)
 
+    def _gather(self, plan: RowPlan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The selected rows' slot tensors, cut to the live rank and expert count (padding is zero, so
+        cutting it changes nothing but the cost). Inference reuses them while the selection lasts."""
+        cached = plan.gathered.get(id(self))
+        if cached is not None:
+            return cached
+        r, e, dtype = max(1, plan.rank), plan.experts, self.lora_A.dtype
+        if plan.mix is None:  # single-expert rows only: gather expert 0 alone
+            a, b = self.lora_A[plan.slots, 0, :r], self.lora_B[plan.slots, 0, :, :r]  # [n, r, in], [n, out, r]
+        else:  # A_mix = Σ_e p_e A_e, B_mix = Σ_e p_e B_e per row
+            mix = plan.mix[:, :e].to(dtype)
+            a = torch.einsum("ne,neri->nri", mix, self.lora_A[plan.slots, :e, :r])
+            b = torch.einsum("ne,neor->nor", mix, self.lora_B[plan.slots, :e, :, :r])
+        g = self.gate_G[plan.slots, :r] if plan.lowrank_gate is not None and self.gate_G is not None else None
+        c = self.gate_C[plan.slots, :, :r] if plan.output_gate is not None and self.gate_C is not None else None
+        out = (a, b, g, c)
+        if not torch.is_grad_enabled():
+            plan.gathered[id(self)] = out
+        return out
+
     def _delta(self, x: torch.Tensor, plan: RowPlan) -> torch.Tensor:
         n, shape = x.shape[0], x.shape
         dtype = self.lora_A.dtype
         xf = x.reshape(n, -1, shape[-1]).to(dtype)  # [n, T, in]
-        if plan.mix is None:  # single-expert rows only: gather expert 0 alone
-            a, b = self.lora_A[plan.slots, 0], self.lora_B[plan.slots, 0]  # [n, r, in], [n, out, r]
-        else:  # A_mix = Σ_e p_e A_e, B_mix = Σ_e p_e B_e per row
-            mix = plan.mix.to(dtype)
-            a = torch.einsum("ne,neri->nri", mix, self.lora_A[plan.slots])
-            b = torch.einsum("ne,neor->nor", mix, self.lora_B[plan.slots])
+        a, b, g, c = self._gather(plan)
         h = torch.bmm(xf, a.transpose(1, 2))  # [n, T, r]
         hg = h
-        if plan.lowrank_gate is not None and self.gate_G is not None:
-            gate = torch.sigmoid(torch.bmm(xf, self.gate_G[plan.slots].transpose(1, 2)))
+        if g is not None:
+            gate = torch.sigmoid(torch.bmm(xf, g.transpose(1, 2)))
             hg = h * gate if plan.all_lowrank_gate else torch.where(plan.lowrank_gate[:, None, None], h * gate, h)
         y = torch.bmm(hg, b.transpose(1, 2))  # [n, T, out]
-        if plan.output_gate is not None and self.gate_C is not None:
-            gate = torch.sigmoid(torch.bmm(h, self.gate_C[plan.slots].transpose(1, 2)))
+        if c is not None:
+            gate = torch.sigmoid(torch.bmm(h, c.transpose(1, 2)))
             y = y * gate if plan.all_output_gate else torch.where(plan.output_gate[:, None, None], y * gate, y)
         y = y * plan.scale.to(dtype)[:, None, None]
         return y.reshape(*shape[:-1], y.shape[-1])

@@ -23,7 +23,7 @@ from ..adapters import BackboneSpec, adapter_to_bytes, bank_layers, export_peft,
 from ..audio import SAMPLE_RATE_HZ, decode_audio
 from ..backbones.whisper import WhisperBackbone
 from ..config import Settings
-from ..engine.decoding import transcribe
+from ..decoding import transcribe
 from ..engine.engine import Engine
 
 DEFAULT_AUDIO_DIR = Path(__file__).resolve().parents[2] / "tests" / "data" / "real-speech"
@@ -70,7 +70,7 @@ def _summary(wall: float, latencies: list[float], audio_seconds: float) -> dict:
 
 
 def run(*, n: int = 16, rank: int = 8, targets: str = "all", backbone: str = "tiny.en",
-        audio_dir: Path = DEFAULT_AUDIO_DIR, max_batch_size: int = 16, repeats: int = 2,
+        audio_dir: Path = DEFAULT_AUDIO_DIR, max_batch_rows: int = 16, repeats: int = 2,
         cache_dir: Path, quiet: bool = True) -> dict:
     import uvicorn
 
@@ -82,12 +82,13 @@ def run(*, n: int = 16, rank: int = 8, targets: str = "all", backbone: str = "ti
     audios = [decode_audio(f) for f in files]
     audio_seconds = sum(len(a) for a in audios) / SAMPLE_RATE_HZ
     result: dict = {"n": n, "rank": rank, "targets": targets, "backbone": backbone, "audio_seconds": audio_seconds,
-                    "threads": torch.get_num_threads(), "max_batch_size": max_batch_size, "repeats": repeats}
+                    "threads": torch.get_num_threads(), "max_batch_rows": max_batch_rows, "repeats": repeats}
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(cache_dir=cache_dir, store_dir=Path(tmp) / "store", backbone=backbone, port=0,
                             api_keys=f"{TOKEN}:bench", adapter_slots=n, adapter_max_rank=max(rank, 8),
-                            max_batch_size=max_batch_size, max_batch_wait_ms=50, max_queued_requests=4 * n,
+                            max_batch_rows=max_batch_rows, max_admissions_per_step=max_batch_rows,
+                            max_queued_requests=4 * n,
                             _env_file=None)
         engine = Engine(settings)
         engine.load()
@@ -178,7 +179,7 @@ def _peft_baseline(backbone: str, cache_dir: Path, audios: list[np.ndarray], ran
         for i in range(1, n):
             model.load_adapter(str(dirs[i]), adapter_name=f"user{i}")
         model.eval()
-        bb.model = model  # generate() goes through the PEFT wrapper
+        # PEFT swaps the LoRA layers into bb.model in place; set_adapter picks the active one
         transcribe(bb, [audios[0]])
         latencies = []
         start = time.perf_counter()

@@ -22,7 +22,7 @@ import torch
 
 from ..audio import SAMPLE_RATE_HZ, decode_audio
 from ..backbones.whisper import WhisperBackbone
-from ..engine.decoding import Transcription, transcribe
+from ..decoding import Transcription, transcribe
 from ..engine.vad import silero_probabilities
 from ..metrics import wer
 from ..progress import bar

@@ -28,10 +28,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     mt.add_argument("--rank", type=int, default=8)
     mt.add_argument("--targets", default="all", help="adapter target preset")
     mt.add_argument("--backbone", default="tiny.en")
-    mt.add_argument("--max-batch-size", type=int, default=16)
+    mt.add_argument("--max-batch-rows", type=int, default=16)
     mt.add_argument("--repeats", type=int, default=2, help="alternating rounds of (a) and (b); best kept")
     mt.add_argument("--json", action="store_true", help="print only the JSON object")
     mt.set_defaults(func=run_multitenant)
+    arr = sub.add_parser("arrivals", help="open-loop Poisson load: static vs continuous batching latency")
+    arr.add_argument("--backbone", default="tiny.en")
+    arr.add_argument("--rates", default="0.5,1,2", help="arrival rates in requests per second, comma-separated")
+    arr.add_argument("--duration", type=float, default=60.0, help="seconds of arrivals per rate and mode")
+    arr.add_argument("--long-seconds", type=float, default=90.0, help="length of the long files")
+    arr.add_argument("--threads", type=int, help="CPU threads for the backbone (default: torch's)")
+    arr.add_argument("--json", action="store_true", help="print only the JSON object")
+    arr.set_defaults(func=run_arrivals)
     vad = sub.add_parser("vad", help="the VAD filter: WER on real speech, time on a mostly silent hour")
     vad.add_argument("--backbone", default="tiny.en")
     vad.add_argument("--hours", type=float, default=1.0, help="length of the mostly silent file (default 1)")
@@ -81,12 +89,23 @@ def run_multitenant(args: argparse.Namespace) -> int:
     from ..config import Settings
 
     result = multitenant.run(n=args.n, rank=args.rank, targets=args.targets, backbone=args.backbone,
-                             max_batch_size=args.max_batch_size, repeats=args.repeats,
+                             max_batch_rows=args.max_batch_rows, repeats=args.repeats,
                              cache_dir=Settings().cache_dir, quiet=args.json)
     if args.json:
         print(json.dumps(result))
     else:
         print(json.dumps(result, indent=2))
+    return 0
+
+
+def run_arrivals(args: argparse.Namespace) -> int:
+    from ..bench import arrivals
+    from ..config import Settings
+
+    rates = tuple(float(r) for r in args.rates.split(",") if r.strip())
+    result = arrivals.run(rates=rates, duration=args.duration, long_seconds=args.long_seconds,
+                          backbone=args.backbone, threads=args.threads, cache_dir=Settings().cache_dir)
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     return 0
 
 

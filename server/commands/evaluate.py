@@ -36,7 +36,7 @@ def evaluate(backbone, utterances, *, beam: int = 1, language: str | None = None
     progress bar on a terminal.
     """
     from ..audio import SAMPLE_RATE_HZ, decode_audio
-    from ..engine.decoding import DecodingOptions, transcribe
+    from ..decoding import DecodingOptions, transcribe
     from ..metrics import score_all
     from ..progress import bar
 

@@ -68,7 +68,7 @@ def attach_adapter(backbone, path: Path) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from ..audio import decode_audio
-    from ..engine.decoding import DecodingOptions, transcribe
+    from ..decoding import DecodingOptions, transcribe
     from ..progress import bar
 
     backbone = load_backbone(args)
@@ -79,7 +79,10 @@ def run(args: argparse.Namespace) -> int:
 
         rescoring = open_rescorer(args.rescorer)
         args.nbest = max(args.nbest, DEFAULT_NBEST)
-    options = DecodingOptions(beam_size=args.beam, language=args.language, nbest=args.nbest)
+    # json lists every word with its aligned times (Whisper backbones that have alignment heads)
+    words = args.format == "json" and bool(getattr(backbone.model.generation_config, "alignment_heads", None))
+    options = DecodingOptions(beam_size=args.beam, language=args.language, nbest=args.nbest,
+                              word_timestamps=words)
     quiet = len(args.files) < 2 or args.format == "json"
     with bar(len(args.files), "transcribe", "file", quiet) as progress:
         for start in range(0, len(args.files), args.batch_size):
@@ -91,17 +94,18 @@ def run(args: argparse.Namespace) -> int:
                 rescore(model, [(r, 1, rescorer.fusion) for r in results])
             progress.clear()  # transcripts go to stdout, the bar to stderr: keep them apart on a terminal
             for path, result in zip(files, results):
-                _write(path, result, args, len(args.files) > 1)
+                _write(path, result, args, len(args.files) > 1, options.word_timestamps)
             sys.stdout.flush()
             progress.update(len(files))
     return 0
 
 
-def _write(path: Path, result, args: argparse.Namespace, several: bool) -> None:
+def _write(path: Path, result, args: argparse.Namespace, several: bool, words: bool) -> None:
     from ..formats import render, to_verbose_json
 
     if args.format == "json":
-        print(json.dumps({"file": str(path), **to_verbose_json(result)}, ensure_ascii=False))
+        body = to_verbose_json(result, with_words=words)
+        print(json.dumps({"file": str(path), **body}, ensure_ascii=False))
         return
     if several and args.format == "text":
         sys.stdout.write(f"{path}: ")

@@ -7,7 +7,7 @@ Transports call :func:`check_options` before queueing a request, so a field that
 from __future__ import annotations
 
 from ..errors import InvalidInput
-from .decoding import DecodingOptions
+from ..decoding import DecodingOptions
 
 
 def check_options(backbone: object | None, options: DecodingOptions) -> None:

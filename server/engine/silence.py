@@ -10,17 +10,17 @@ import numpy as np
 
 from ..audio import SAMPLE_RATE_HZ
 from ..vad_filter import VadFilterOptions, remove_silence
-from .decoding import DecodingOptions, Transcription
+from ..decoding import DecodingOptions, Transcription
 from .vad import silero_probabilities
 
 log = logging.getLogger(__name__)
 
-Decode = Callable[..., Awaitable[Transcription]]  # Engine.transcribe_audio(audio, options, adapter, rescorer)
+Decode = Callable[..., Awaitable[Transcription]]  # Engine.transcribe_audio(audio, options, adapter, ...)
 
 
 async def transcribe_speech(decode: Decode, audio: np.ndarray, options: DecodingOptions,
-                            vad: VadFilterOptions, *args: str | None) -> Transcription:
-    """``decode(speech, options, *args)`` on the speech of ``audio`` only, with times mapped back.
+                            vad: VadFilterOptions, *args: str | None, **kwargs: str | None) -> Transcription:
+    """``decode(speech, options, *args, **kwargs)`` on the speech of ``audio`` only, with times mapped back.
 
     Audio with no speech at all gives an empty result without decoding anything.
     """
@@ -28,4 +28,4 @@ async def transcribe_speech(decode: Decode, audio: np.ndarray, options: Decoding
     log.debug("VAD filter removed %.1f of %.1f s", filtered.removed_seconds, filtered.original_seconds)
     if not len(filtered.audio):
         return Transcription("", options.language or "en", len(audio) / SAMPLE_RATE_HZ)
-    return filtered.restore(await decode(filtered.audio, options, *args))
+    return filtered.restore(await decode(filtered.audio, options, *args, **kwargs))

@@ -35,7 +35,7 @@ def test_sustained_load_with_many_adapters(tiny_backbone, cache_root, tmp_path, 
     port = free_port()
     proc = start(cache_root, tmp_path / "store", port, extra_env={
         "SPLITASR_ADAPTER_SLOTS": "16", "SPLITASR_MAX_QUEUED_REQUESTS": str(2 * CLIENTS),
-        "SPLITASR_MAX_BATCH_SIZE": "16", "SPLITASR_MAX_BATCH_WAIT_MS": "30"})
+        "SPLITASR_MAX_BATCH_ROWS": "32"})
     url = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {TOKEN}"}
     try:

@@ -158,7 +158,7 @@ def test_load_overload_and_soak(tiny_backbone, cache_root, tmp_path, real_speech
     keys.write_text("".join(f"{TOKENS[t]} {t}\n" for t in TENANTS))
     server = spawn(cache_root, tmp_path / "store", env={
         "SPLITASR_API_KEYS": "", "SPLITASR_API_KEYS_FILE": str(keys), "SPLITASR_MAX_QUEUED_REQUESTS": str(CAPACITY),
-        "SPLITASR_MAX_BATCH_SIZE": "8", "SPLITASR_MAX_BATCH_WAIT_MS": "20", "SPLITASR_ADAPTER_SLOTS": "8",
+        "SPLITASR_MAX_BATCH_ROWS": "8", "SPLITASR_ADAPTER_SLOTS": "8",
         "SPLITASR_MAX_STREAMS": "8", "SPLITASR_LOG_LEVEL": "warning", "OMP_NUM_THREADS": "2"})
     figures: dict = {}
     try:

@@ -25,12 +25,12 @@ def test_every_problem_is_named_and_values_are_not_echoed(monkeypatch, capsys, t
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SPLITASR_LOG_FORMAT", "xml")
     monkeypatch.setenv("SPLITASR_SHUTDOWN_GRACE_SECONDS", "-1")
-    monkeypatch.setenv("SPLITASR_MAX_BATCH_SIZE", "many-secret-value")
+    monkeypatch.setenv("SPLITASR_MAX_BATCH_ROWS", "many-secret-value")
     assert main(["serve"]) == 2
     err = capsys.readouterr().err
     assert "invalid setting SPLITASR_LOG_FORMAT: Input should be 'auto', 'json' or 'text'" in err
     assert "invalid setting SPLITASR_SHUTDOWN_GRACE_SECONDS: Input should be greater than or equal to 0" in err
-    assert "invalid setting SPLITASR_MAX_BATCH_SIZE" in err and "many-secret-value" not in err
+    assert "invalid setting SPLITASR_MAX_BATCH_ROWS" in err and "many-secret-value" not in err
 
 
 def test_empty_variables_mean_the_default(monkeypatch):

@@ -9,10 +9,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from ...config import Settings
 from ...engine.applicability import check_options
-from ...engine.decoding import DecodingOptions, Transcription
+from ...decoding import DecodingOptions, Transcription
 from ...engine.engine import Engine
 from ...errors import BadAudio
-from ...formats import render, to_verbose_json
+from ...formats import render
 from ...vad_filter import VadFilterOptions
 from .fields import reject_unsupported_fields
 
@@ -36,10 +36,12 @@ async def read_upload(file: UploadFile) -> bytes:
 
 
 def decoding_options(engine: Engine, settings: Settings, *, beam_size: int | None, temperature: float,
-                     prompt: str | None, language: str | None = None, task: str = "transcribe") -> DecodingOptions:
+                     prompt: str | None, language: str | None = None, task: str = "transcribe",
+                     word_timestamps: bool = False, logprobs: bool = False) -> DecodingOptions:
     """The request's options, checked against what the served backbone can do."""
     options = DecodingOptions(beam_size=beam_size or settings.default_beam_size, language=language or None,
-                              temperature=temperature, prompt=prompt or None, task=task)
+                              temperature=temperature, prompt=prompt or None, task=task,
+                              word_timestamps=word_timestamps, logprobs=logprobs)
     check_options(engine.backbone, options)
     return options
 
@@ -50,21 +52,15 @@ def vad_options(settings: Settings, vad_filter: bool | None) -> VadFilterOptions
     return VadFilterOptions(min_silence_duration_ms=settings.vad_min_silence_ms) if wanted else None
 
 
-def respond(result: Transcription, response_format: str, task: str = "transcribe") -> Response:
+def respond(result: Transcription, response_format: str, task: str = "transcribe", *, segments: bool = True,
+            with_words: bool = False) -> Response:
     """The response body in ``response_format``, as OpenAI shapes it for ``task``.
 
-    Transcriptions carry ``usage`` (billed by audio duration); a translation's verbose_json names
-    its output language, which is always English.
+    A translation's verbose_json names its output language, which is always English.
     """
-    if response_format == "verbose_json":
-        body = to_verbose_json(result, task=task)
-    else:
-        body = render(result, response_format)
+    body = render(result, response_format, task=task, segments=segments, with_words=with_words)
     if not isinstance(body, dict):
         return PlainTextResponse(body, media_type=MEDIA_TYPES.get(response_format, "text/plain"))
-    if task == "translate":
-        if response_format == "verbose_json":
-            body["language"] = "english"
-    else:
-        body.setdefault("usage", {"type": "duration", "seconds": round(result.duration, 3)})
+    if task == "translate" and response_format == "verbose_json":
+        body["language"] = "english"
     return JSONResponse(body)

@@ -30,19 +30,13 @@ UNSUPPORTED_FIELDS: dict[str, str] = {
 # (field, value) pairs that are not available, with why. A feature that lands removes its line.
 UNAVAILABLE_VALUES: dict[tuple[str, str], str] = {
     ("response_format", "diarized_json"): _DIARIZATION,
-    ("timestamp_granularities[]", "word"): "word timestamps are not available yet",
-    ("include[]", "logprobs"): "token log-probabilities are not available yet",
 }
 
-# Multi-valued OpenAI fields checked here rather than declared by the routes: field -> supported values.
-CHECKED_FIELDS: dict[str, tuple[str, ...]] = {
-    "include[]": ("logprobs",),
-}
-
-# Declared fields with a fixed set of values, for the messages.
+# Declared fields with a fixed set of values: any other value is answered with this list.
 KNOWN_VALUES: dict[str, tuple[str, ...]] = {
     "response_format": ("json", "text", "srt", "vtt", "verbose_json"),
     "timestamp_granularities[]": ("segment", "word"),
+    "include[]": ("logprobs",),
 }
 
 # `stream` belongs to the streaming (server-sent events) response path, which answers it itself.
@@ -67,23 +61,22 @@ def declared_fields(dependant: Dependant) -> set[str]:
 
 def check_fields(fields: Iterable[tuple[str, str]], declared: set[str]) -> None:
     """Raise :class:`UnsupportedField` for the first form item (name, value) the route cannot honour."""
-    accepted = declared | set(CHECKED_FIELDS)
     for name, value in fields:
         if name in UNCHECKED_FIELDS:
             continue
-        if name not in accepted:
+        if name not in declared:
             _unknown(name, declared)
         value = value if isinstance(value, str) else ""  # files: only their field name matters
         why = UNAVAILABLE_VALUES.get((name, value))
         if why:
             raise UnsupportedField(f"{name}={value} is not supported: {why}{_supported_values(name)}", param=name)
-        if name in CHECKED_FIELDS and value not in CHECKED_FIELDS[name]:
+        if name in KNOWN_VALUES and value not in KNOWN_VALUES[name]:
             raise UnsupportedField(f"{name}={value!r} is not supported{_supported_values(name)}", param=name)
 
 
 def _supported_values(name: str) -> str:
     """'; supported: a, b' for a field with a fixed set of values ('' when none is available)."""
-    values = KNOWN_VALUES.get(name, ()) + CHECKED_FIELDS.get(name, ())
+    values = KNOWN_VALUES.get(name, ())
     available = [v for v in values if (name, v) not in UNAVAILABLE_VALUES]
     return f"; supported: {', '.join(available)}" if available else f"; no value of {name} is available yet"
 
@@ -92,7 +85,7 @@ def _unknown(name: str, declared: set[str]) -> None:
     base = base_name(name)
     if base in UNSUPPORTED_FIELDS:
         raise UnsupportedField(f"{base} is not supported: {UNSUPPORTED_FIELDS[base]}", param=base)
-    near = sorted(d for d in declared | set(CHECKED_FIELDS) if base_name(d) == base)
+    near = sorted(d for d in declared if base_name(d) == base)
     hint = f" (did you mean {near[0]!r}?)" if near else ""
     raise UnsupportedField(f"unknown field {name!r}{hint}; supported fields: {', '.join(sorted(declared))}",
                            param=name)

@@ -11,8 +11,8 @@ from splitasr_device._proto import recognizer_pb2_grpc
 
 from ...audio import decode_audio
 from ...config import Settings
+from ...decoding import DecodingOptions
 from ...engine.applicability import check_options
-from ...engine.decoding import DecodingOptions
 from ...engine.engine import RESCORE_MAX_SECONDS, Engine
 from ...engine.silence import transcribe_speech
 from ...engine.streaming import Linear16Decoder, StreamingSession, StreamPolicy
@@ -43,8 +43,11 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
         return self.engine.resolve_model(tenant, ref.name if which == "name" else None)
 
     def _options(self, config: pb.RecognitionConfig) -> DecodingOptions:
+        # word times come from alignment wherever the backbone can align (Whisper; not CTC)
+        words = self.engine.word_timestamps_available
         options = DecodingOptions(beam_size=config.beam_size or self.settings.default_beam_size,
-                                  language=config.language or None, prompt=config.prompt or None)
+                                  language=config.language or None, prompt=config.prompt or None,
+                                  word_timestamps=words)
         check_options(self.engine.backbone, options)
         return options
 
@@ -85,8 +88,9 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
             rescorer = None  # the tenant's default rescorer applies to short audio only
         vad = self._vad(config)
         if vad is not None:
-            return await transcribe_speech(self.engine.transcribe_audio, audio, options, vad, adapter, rescorer)
-        return await self.engine.transcribe_audio(audio, options, adapter, rescorer)
+            return await transcribe_speech(self.engine.transcribe_audio, audio, options, vad, adapter, rescorer,
+                                           tenant=current_tenant())
+        return await self.engine.transcribe_audio(audio, options, adapter, rescorer, tenant=current_tenant())
 
     # streaming -----------------------------------------------------------------------------------
     async def _next(self, requests):

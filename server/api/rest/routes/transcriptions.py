@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import Response
 
+from ....errors import InvalidInput
 from ..audio import (
     BEAM_HELP,
     FILE_HELP,
@@ -42,7 +43,12 @@ async def create_transcription(
     response_format: Annotated[ResponseFormat, Form()] = "json",
     temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
     timestamp_granularities: Annotated[
-        list[Literal["segment", "word"]] | None, Form(alias="timestamp_granularities[]")
+        list[Literal["segment", "word"]] | None, Form(
+            alias="timestamp_granularities[]",
+            description="verbose_json: 'segment' (the default) and/or 'word' (word times by alignment)")
+    ] = None,
+    include: Annotated[list[Literal["logprobs"]] | None, Form(
+        alias="include[]", description="'logprobs': each token's log-probability (response_format json)")
     ] = None,
     beam_size: Annotated[int | None, Form(ge=1, le=16, description=BEAM_HELP)] = None,
     vad_filter: Annotated[bool | None, Form(description=VAD_HELP)] = None,
@@ -52,8 +58,15 @@ async def create_transcription(
     )] = None,
 ) -> Response:
     data = await read_upload(file)
+    granularities = set(timestamp_granularities or ["segment"])
+    if timestamp_granularities and response_format != "verbose_json":
+        raise InvalidInput("timestamp_granularities[] needs response_format=verbose_json",
+                           param="timestamp_granularities[]")
+    if include and response_format != "json":
+        raise InvalidInput("include[]=logprobs needs response_format=json", param="include[]")
     options = decoding_options(engine, settings, beam_size=beam_size, language=language, temperature=temperature,
-                               prompt=prompt)
+                               prompt=prompt, word_timestamps="word" in granularities, logprobs=bool(include))
     result = await engine.transcribe(data, options, tenant=tenant, model=model, rescore=rescore,
                                      vad=vad_options(settings, vad_filter))
-    return respond(result, response_format)
+    return respond(result, response_format, segments="segment" in granularities,
+                   with_words="word" in granularities)
