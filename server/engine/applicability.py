@@ -6,8 +6,8 @@ Transports call :func:`check_options` before queueing a request, so a field that
 
 from __future__ import annotations
 
-from ..errors import InvalidInput
 from ..decoding import DecodingOptions
+from ..errors import InvalidInput
 
 
 def check_options(backbone: object | None, options: DecodingOptions) -> None:

@@ -9,8 +9,8 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 
 from ..audio import SAMPLE_RATE_HZ
-from ..vad_filter import VadFilterOptions, remove_silence
 from ..decoding import DecodingOptions, Transcription
+from ..vad_filter import VadFilterOptions, remove_silence
 from .vad import silero_probabilities
 
 log = logging.getLogger(__name__)

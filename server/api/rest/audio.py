@@ -8,8 +8,8 @@ from fastapi import Depends, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from ...config import Settings
-from ...engine.applicability import check_options
 from ...decoding import DecodingOptions, Transcription
+from ...engine.applicability import check_options
 from ...engine.engine import Engine
 from ...errors import BadAudio
 from ...formats import render
