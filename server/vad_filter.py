@@ -25,6 +25,7 @@ from .audio import SAMPLE_RATE_HZ
 __all__ = ["FRAME_SAMPLES", "FilteredAudio", "SpeechMap", "VadFilterOptions", "remove_silence", "speech_spans"]
 
 FRAME_SAMPLES = 512  # 32 ms at 16 kHz: one Silero VAD decision
+SEEK_FRAMES_PER_SECOND = 100  # a segment's ``seek`` counts Whisper's mel frames (10 ms)
 # A stretch longer than max_speech_duration_s is cut at a silence of at least this long, if it has one.
 _MIN_SILENCE_AT_MAX_SPEECH_MS = 98
 
@@ -178,7 +179,7 @@ class FilteredAudio:
         """Move a result's segment (and word) times back onto the original audio, in place; returns it.
 
         ``result`` has ``duration`` and ``segments``, each with ``start``/``end`` and optionally
-        ``words`` with ``start``/``end`` (the engine's ``Transcription``).
+        ``words`` with ``start``/``end`` and ``seek`` (the engine's ``Transcription``).
         """
         for segment in result.segments:
             words = getattr(segment, "words", None) or []
@@ -190,6 +191,9 @@ class FilteredAudio:
                 segment.start, segment.end = words[0].start, words[-1].end
             elif self.map.spans:
                 segment.start, segment.end = self._segment_times(segment.start, segment.end)
+            if getattr(segment, "seek", None):  # where its window starts, in mel frames of 10 ms
+                segment.seek = round(self.map.original_time(segment.seek / SEEK_FRAMES_PER_SECOND)
+                                     * SEEK_FRAMES_PER_SECOND)
         result.duration = self.original_seconds
         return result
 

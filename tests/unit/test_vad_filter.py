@@ -81,6 +81,7 @@ class _Segment:
     start: float
     end: float
     words: list = field(default_factory=list)
+    seek: int = 0
 
 
 @dataclass
@@ -139,9 +140,10 @@ def test_a_segment_reaching_back_across_a_gap_is_placed_with_its_speech():
     spans = ((0, 3 * SAMPLE_RATE_HZ), (60 * SAMPLE_RATE_HZ, 64 * SAMPLE_RATE_HZ))
     filtered = FilteredAudio(np.zeros(7 * SAMPLE_RATE_HZ, np.float32), 70.0, SpeechMap(spans))
     # Whisper often starts a segment where the previous one ended: here 0.5 s before the join at 3 s
-    result = _Result(7.0, [_Segment(0.2, 2.5), _Segment(2.5, 5.5), _Segment(6.0, 6.9)])
+    result = _Result(7.0, [_Segment(0.2, 2.5), _Segment(2.5, 5.5), _Segment(6.0, 6.9, seek=500)])
     filtered.restore(result)
     assert [(s.start, s.end) for s in result.segments] == [(0.2, 2.5), (60.0, 62.5), (63.0, 63.9)]
+    assert [s.seek for s in result.segments] == [0, 0, 6200]  # a window starting 5 s in: 62 s in the file
 
 
 def test_a_segment_over_several_stretches_spans_them_all():
