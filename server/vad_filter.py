@@ -191,7 +191,7 @@ class FilteredAudio:
                 segment.start, segment.end = words[0].start, words[-1].end
             elif self.map.spans:
                 segment.start, segment.end = self._segment_times(segment.start, segment.end)
-            if getattr(segment, "seek", None):  # where its window starts, in mel frames of 10 ms
+            if getattr(segment, "seek", None) is not None:  # where its window starts, in mel frames of 10 ms
                 segment.seek = round(self.map.original_time(segment.seek / SEEK_FRAMES_PER_SECOND)
                                      * SEEK_FRAMES_PER_SECOND)
         result.duration = self.original_seconds

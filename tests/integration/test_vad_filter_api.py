@@ -32,6 +32,7 @@ def test_rest_vad_filter_keeps_original_times(rest_server, gappy, real_speech):
     wav = io.BytesIO(encode_wav_pcm16(audio))
     wav.name = "gappy.wav"
     result = client.audio.transcriptions.create(model="tiny.en", file=wav, response_format="verbose_json",
+                                                timestamp_granularities=["segment", "word"],
                                                 extra_body={"vad_filter": "true"})
     assert result.duration == pytest.approx(len(audio) / SAMPLE_RATE_HZ, abs=0.01)
     assert result.usage.seconds == pytest.approx(result.duration, abs=0.01)
@@ -41,6 +42,9 @@ def test_rest_vad_filter_keeps_original_times(rest_server, gappy, real_speech):
     # the card's speech starts within the filter's 400 ms padding of where it really is
     assert second_start - 0.5 <= later[0].start <= second_start + 1.0, (later[0].start, second_start)
     assert all(s.end <= result.duration + 0.01 for s in result.segments)
+    clubs = [w for w in result.words if "club" in w.word.lower()]
+    assert clubs and second_start <= clubs[0].start <= second_start + 2.0, clubs  # words move back too
+    assert all(a.start <= b.start for a, b in zip(result.words, result.words[1:]))
 
 
 def test_grpc_vad_filter_on_recognize_and_refused_on_streams(grpc_server, gappy):
