@@ -1,7 +1,8 @@
 """SplitASR device client: enroll an adapter once, then transcribe or stream audio over gRPC.
 
-Depends only on grpcio, protobuf and the standard library (never torch). The generated gRPC code
-lives in ``splitasr_device._proto`` and is shared with the server.
+Depends only on grpcio, protobuf, grpcio-health-checking and numpy (for audio samples, imported when
+a file is read), never torch. The generated gRPC code lives in ``splitasr_device._proto`` and is
+shared with the server.
 """
 
 from .audio import Pcm, microphone, read_pcm

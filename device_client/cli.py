@@ -1,4 +1,4 @@
-"""``splitasr-device``: the device side of SplitASR on the command line.
+"""splitasr-device: the device side of SplitASR on the command line.
 
     splitasr-device --server HOST:PORT enroll --adapter me.safetensors
     splitasr-device transcribe talk.wav
@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -24,25 +25,52 @@ import grpc
 from .audio import microphone
 from .client import SplitASRClient
 from .config import DeviceConfig, load_config
-from .errors import DeviceError
+from .errors import DeviceError, UsageError
 from .results import EnrollResult, StreamUpdate
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("splitasr")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
+def _plain(text: str) -> str:
+    """Help text without reStructuredText markup (``x`` reads as x)."""
+    return re.sub(r":[a-z]+:`", "`", text).replace("`", "")
+
+
+class _Parser(argparse.ArgumentParser):
+    def format_help(self) -> str:
+        return _plain(super().format_help())
+
+
+def _add_globals(parser: argparse.ArgumentParser, after_command: bool) -> None:
+    """The connection and output options; after the command their defaults are SUPPRESS, so an
+    option given there overrides the one before it and an absent one leaves it alone."""
+    default = {"default": argparse.SUPPRESS} if after_command else {}
+    parser.add_argument("--server", help="HOST:PORT of the gRPC API (default 127.0.0.1:50051)", **default)
+    parser.add_argument("--token", help="API key (env SPLITASR_DEVICE_TOKEN)", **default)
+    parser.add_argument("--tls", action="store_const", const=True, help="connect with TLS", **default)
+    parser.add_argument("--root-cert", type=Path, help="PEM CA certificate for TLS (implies --tls)", **default)
+    parser.add_argument("--adapter", type=Path, help="this device's adapter file (.safetensors)", **default)
+    parser.add_argument("--config", type=Path, help="INI config file (default ~/.config/splitasr/device.ini)",
+                        **default)
+    parser.add_argument("--json", action="store_true", help="print JSON", **default)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log retries and reconnects", **default)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="splitasr-device", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--server", help="HOST:PORT of the gRPC API (default 127.0.0.1:50051)")
-    parser.add_argument("--token", help="API key (env SPLITASR_DEVICE_TOKEN)")
-    parser.add_argument("--tls", action="store_const", const=True, help="connect with TLS")
-    parser.add_argument("--root-cert", type=Path, help="PEM CA certificate for TLS (implies --tls)")
-    parser.add_argument("--adapter", type=Path, help="this device's adapter file (.safetensors)")
-    parser.add_argument("--config", type=Path, help="INI config file (default ~/.config/splitasr/device.ini)")
-    parser.add_argument("--json", action="store_true", help="print JSON")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log retries and reconnects")
+    parser = _Parser(prog="splitasr-device", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-V", "--version", action="version", version=f"splitasr-device {_version()}")
+    _add_globals(parser, after_command=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    # --json also after the command (SUPPRESS: absent there, the top-level value stays)
+    # the same options also after the command: splitasr-device transcribe talk.wav --server HOST:PORT
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+    _add_globals(common, after_command=True)
 
     enroll = sub.add_parser("enroll", parents=[common], help="make sure the server holds this device's adapter")
     enroll.add_argument("--name", help="adapter name on the server (default: from the file name)")
@@ -53,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-adapter", action="store_true", help="use the plain backbone")
         if name == "transcribe":
             p.add_argument("file", type=Path)
+            p.add_argument("--vad-filter", action=argparse.BooleanOptionalAction, default=None,
+                           help="drop long silences before decoding (default: the server's setting)")
         else:
             p.add_argument("file", type=Path, nargs="?")
             p.add_argument("--mic", action="store_true", help="stream from the microphone (needs sounddevice)")
@@ -94,16 +124,17 @@ def run(args: argparse.Namespace, config: DeviceConfig) -> int:
     with SplitASRClient(config.server, config.token, config.tls, config.root_cert) as client:
         if args.command == "enroll":
             if config.adapter is None:
-                raise DeviceError("enroll needs --adapter FILE (or SPLITASR_DEVICE_ADAPTER)")
+                raise UsageError("enroll needs --adapter FILE (or SPLITASR_DEVICE_ADAPTER)")
             result = client.enroll(config.adapter, args.name)
             done = f"uploaded {result.uploaded_bytes} bytes" if result.uploaded_bytes else "already on the server"
             _print(args, result, f"enrolled {result.name} (sha256 {result.sha256}): {done}")
         elif args.command == "transcribe":
-            result = client.transcribe(args.file, _enrolled(client, config, args), args.language)
+            result = client.transcribe(args.file, _enrolled(client, config, args), args.language,
+                                       vad_filter=args.vad_filter)
             _print(args, result, result.text)
         elif args.command == "stream":
             if args.mic == (args.file is not None):
-                raise DeviceError("stream needs a FILE or --mic (one of them)")
+                raise UsageError("stream needs a FILE or --mic (one of them)")
             source = microphone(seconds=args.seconds) if args.mic else args.file
             for update in client.stream(source, realtime=args.realtime, adapter=_enrolled(client, config, args),
                                         language=args.language, interim_results=not args.no_interim):
@@ -130,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config({"server": args.server, "token": args.token, "tls": args.tls,
                               "root_cert": args.root_cert, "adapter": args.adapter}, config_file=args.config)
         return run(args, config)
-    except DeviceError as exc:
+    except DeviceError as exc:  # UsageError: 2, the command line or settings; else 1, the work failed
         print(f"splitasr-device: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except grpc.RpcError as exc:
         print(f"splitasr-device: error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1

@@ -1,6 +1,7 @@
 """``SplitASRClient``: enroll this device's adapter once, then transcribe files or stream audio.
 
-Only grpcio, protobuf and the standard library: importing this never imports torch or numpy.
+grpcio, protobuf and the health check's stubs: importing this never imports torch (nor numpy,
+which reading an audio file loads).
 Calls that are safe to repeat are retried with exponential backoff on UNAVAILABLE and
 DEADLINE_EXCEEDED; a stream that drops resumes from its last final result.
 """
@@ -167,13 +168,19 @@ class SplitASRClient:
         return config
 
     def transcribe(self, path: str | Path, adapter: str | EnrollResult | None = None,
-                   language: str | None = None, *, beam_size: int = 0, prompt: str | None = None) -> Transcript:
-        """Transcribe a whole file. Its bytes go as they are (the server decodes wav, flac, mp3 ...)."""
+                   language: str | None = None, *, beam_size: int = 0, prompt: str | None = None,
+                   vad_filter: bool | None = None) -> Transcript:
+        """Transcribe a whole file. Its bytes go as they are (the server decodes wav, flac, mp3 ...).
+
+        ``vad_filter``: drop long silences before decoding (times stay the file's); None = the server's default.
+        """
         path = Path(path)
         if not path.is_file():
             raise DeviceError(f"{path}: no such file")
         config = self._config(adapter, language, beam_size, prompt)
         config.encoding = recognizer_pb2.ENCODED_FILE
+        if vad_filter is not None:
+            config.vad_filter = vad_filter
         request = recognizer_pb2.RecognizeRequest(config=config, audio=path.read_bytes())
         return transcript(self._unary(self._recognizer.Recognize, request, "Recognize"))
 

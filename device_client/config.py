@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .errors import DeviceError
+from .errors import UsageError
 
 ENV_PREFIX = "SPLITASR_DEVICE_"
 DEFAULT_CONFIG_FILE = Path("~/.config/splitasr/device.ini")
@@ -41,7 +41,7 @@ def _parse(name: str, value: str) -> object:
     if name == "tls":
         lowered = value.strip().lower()
         if lowered not in _TRUE | _FALSE:
-            raise DeviceError(f"tls must be true or false, got {value!r}")
+            raise UsageError(f"tls must be true or false, got {value!r}")
         return lowered in _TRUE
     if name in ("root_cert", "adapter"):
         return Path(value).expanduser() if value else None
@@ -51,13 +51,13 @@ def _parse(name: str, value: str) -> object:
 def _from_file(path: Path | None, explicit: bool) -> dict[str, str]:
     if path is None or not path.is_file():
         if explicit:
-            raise DeviceError(f"config file {path} does not exist")
+            raise UsageError(f"config file {path} does not exist")
         return {}
     parser = configparser.ConfigParser()
     try:
         parser.read(path)
     except configparser.Error as exc:
-        raise DeviceError(f"config file {path}: {exc}") from None
+        raise UsageError(f"config file {path}: {exc}") from None
     return dict(parser["device"]) if parser.has_section("device") else {}
 
 
@@ -71,7 +71,7 @@ def load_config(overrides: Mapping[str, object] | None = None, env: Mapping[str,
     known = {f.name for f in fields(DeviceConfig)}
     for name, raw in _from_file(path, explicit).items():
         if name not in known:
-            raise DeviceError(f"config file {path}: unknown setting {name!r} (known: {', '.join(sorted(known))})")
+            raise UsageError(f"config file {path}: unknown setting {name!r} (known: {', '.join(sorted(known))})")
         values[name] = _parse(name, raw)
     for name in known:
         if f"{ENV_PREFIX}{name.upper()}" in env:

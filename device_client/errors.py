@@ -2,4 +2,15 @@
 
 
 class DeviceError(Exception):
-    """Something on the device side is wrong: a missing file, an unsupported format, a bad setting."""
+    """Something on the device side is wrong: a missing file, an unsupported format, a bad setting.
+
+    ``exit_code`` is what ``splitasr-device`` exits with: 1, the work failed.
+    """
+
+    exit_code = 1
+
+
+class UsageError(DeviceError):
+    """The command line or the settings cannot work as given: exit code 2."""
+
+    exit_code = 2

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     default_beam_size: int = Field(1, ge=1, le=16, description="Beam size when a request does not choose.")
     audio_ctx_seconds: float | None = Field(
         None, ge=1, le=30, description="Encoder window for clips shorter than this (default: the whole 30 s).")
+    vad_filter: bool = Field(
+        False, description="Drop long silences from files before decoding (Silero VAD) when a request does not choose.")
+    vad_min_silence_ms: int = Field(
+        2000, ge=100, le=60000, description="VAD filter: shortest silence that is dropped (shorter pauses stay).")
     store_dir: Path | None = Field(None, description="Adapter store (default: CACHE_DIR/adapters).")
     api_keys_file: Path | None = Field(None, description="File of 'TOKEN TENANT' lines; none = one open tenant.")
     api_keys: str | None = Field(None, description="Inline keys 'token:tenant,token2:tenant2' (adds to the file).")

@@ -8,29 +8,54 @@ from __future__ import annotations
 
 
 class SplitASRError(Exception):
-    """Base class. ``http_status`` is the REST mapping; the gRPC interceptor maps by class."""
+    """Base class. ``http_status`` is the REST mapping; the gRPC interceptor maps by class.
+
+    ``exit_code`` is the command line's: 2 when the command line or the settings are wrong (fix the
+    invocation), 1 when the work failed (bad audio or adapter files, missing backbones, ...).
+    """
 
     http_status = 500
     code = "internal_error"
+    exit_code = 1
 
 
 class InvalidInput(SplitASRError):
-    """The request itself is malformed (bad field, bad value)."""
+    """The request itself is malformed (bad field, bad value).
+
+    ``param``: the request field at fault, when there is one (REST reports it as the error's ``param``).
+    """
 
     http_status = 400
     code = "invalid_request"
+    exit_code = 2
+
+    def __init__(self, message: str = "", *, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+class UnsupportedField(InvalidInput):
+    """A request field (or a value of it) that this server does not implement: never silently ignored."""
+
+    code = "unsupported_field"
 
 
 class BadAudio(InvalidInput):
     """The audio could not be decoded, is empty, or is outside the accepted limits."""
 
     code = "invalid_audio"
+    exit_code = 1
 
 
 class InvalidAdapter(InvalidInput):
     """An adapter file failed validation (format, shapes, values, limits, backbone mismatch)."""
 
     code = "invalid_adapter"
+    exit_code = 1
+
+
+class UsageError(InvalidInput):
+    """A command line that cannot work as given (missing or conflicting options): exit code 2."""
 
 
 class TooLarge(InvalidInput):
@@ -38,6 +63,7 @@ class TooLarge(InvalidInput):
 
     http_status = 413
     code = "payload_too_large"
+    exit_code = 1
 
 
 class NotFound(SplitASRError):

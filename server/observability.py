@@ -1,9 +1,15 @@
 """What operators watch: Prometheus metrics, structured logs and the request id that ties them together.
 
 Every metric is defined here, in one registry served at ``/metrics``. The engine reports through
-small hooks (``observe_batch``, ``observe_pool_event``, ...); transports call ``observe_request``.
-Gauges that mirror live state (queue depth, slot occupancy) are read from the tracked engines at
-scrape time, so they can never drift from the truth.
+small hooks (``observe_batch``, ``observe_pool_event``, ...); the REST middleware calls
+``observe_http`` and the gRPC interceptor ``observe_grpc_started`` / ``observe_grpc``. Gauges that
+mirror live state (queue depth, slot occupancy) are read from the tracked engines at scrape time, so
+they can never drift from the truth.
+
+Labels follow the conventions dashboards expect: HTTP ``method``, ``route`` (the route template,
+never a raw path) and ``code`` (the status code); gRPC ``grpc_service``, ``grpc_method``,
+``grpc_type`` (unary, client_stream, server_stream, bidi_stream) and ``grpc_code`` (the status code
+name), as go-grpc-prometheus and py-grpc-prometheus name them.
 
 The request id lives in a context variable: the REST middleware sets it from ``X-Request-ID`` (or
 makes one), gRPC interceptors do the same with ``request_scope(request_id_from_metadata(...))``, and
@@ -53,8 +59,11 @@ __all__ = [
     "observe_audio",
     "observe_backbone_load",
     "observe_batch",
+    "observe_grpc",
+    "observe_grpc_started",
+    "observe_http",
     "observe_pool_event",
-    "observe_request",
+    "observe_rescorer_pool_event",
     "request_id_from_metadata",
     "request_scope",
     "track_engine",
@@ -75,13 +84,26 @@ _BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 BUILD_INFO = Info("splitasr_build", "SplitASR version.", registry=REGISTRY)
 BUILD_INFO.info({"version": __version__})
-REQUESTS = Counter(
-    "splitasr_requests", "Finished requests by transport (rest|grpc), endpoint and status.",
-    ["transport", "endpoint", "status"], registry=REGISTRY,
+HTTP_LABELS = ["method", "route", "code"]
+HTTP_REQUESTS = Counter(
+    "splitasr_http_requests", "Finished HTTP requests by method, route template and status code.",
+    HTTP_LABELS, registry=REGISTRY,
 )
-REQUEST_SECONDS = Histogram(
-    "splitasr_request_duration_seconds", "Request latency by transport, endpoint and status.",
-    ["transport", "endpoint", "status"], buckets=_LATENCY_BUCKETS_S, registry=REGISTRY,
+HTTP_SECONDS = Histogram(
+    "splitasr_http_request_duration_seconds", "HTTP request latency by method, route template and status code.",
+    HTTP_LABELS, buckets=_LATENCY_BUCKETS_S, registry=REGISTRY,
+)
+GRPC_LABELS = ["grpc_service", "grpc_method", "grpc_type"]
+GRPC_STARTED = Counter(
+    "splitasr_grpc_server_started", "gRPC calls started by service, method and type.", GRPC_LABELS, registry=REGISTRY,
+)
+GRPC_HANDLED = Counter(
+    "splitasr_grpc_server_handled", "Finished gRPC calls by service, method, type and status code.",
+    [*GRPC_LABELS, "grpc_code"], registry=REGISTRY,
+)
+GRPC_SECONDS = Histogram(
+    "splitasr_grpc_server_handling_seconds", "gRPC call duration by service, method, type and status code.",
+    [*GRPC_LABELS, "grpc_code"], buckets=_LATENCY_BUCKETS_S, registry=REGISTRY,
 )
 BATCH_SIZE = Histogram(
     "splitasr_batch_size", "Rows decoded together in one decoder step.", buckets=_BATCH_SIZE_BUCKETS,
@@ -95,17 +117,24 @@ AUDIO_SECONDS = Counter(
     "splitasr_audio_seconds", "Seconds of audio decoded by the backbone (streams' interim re-decodes included).",
     registry=REGISTRY,
 )
-POOL_HITS = Counter("splitasr_adapter_pool_hits", "Adapter lookups served by a resident slot.", registry=REGISTRY)
-POOL_MISSES = Counter(
-    "splitasr_adapter_pool_misses", "Adapter lookups that loaded the adapter into a slot.", registry=REGISTRY,
-)
-POOL_EVICTIONS = Counter(
-    "splitasr_adapter_pool_evictions", "Resident adapters evicted (LRU) to free a slot.", registry=REGISTRY,
-)
-ADAPTER_LOAD_SECONDS = Histogram(
-    "splitasr_adapter_load_duration_seconds", "Time to read, validate and load an adapter into a slot.",
-    buckets=_LATENCY_BUCKETS_S, registry=REGISTRY,
-)
+
+
+class _PoolMetrics:
+    """Hits, misses, evictions and load times of one slot pool (the backbone's adapters, the rescorers)."""
+
+    def __init__(self, pool: str, what: str) -> None:
+        self.hits = Counter(f"splitasr_{pool}_pool_hits", f"{what} lookups served by a resident slot.",
+                            registry=REGISTRY)
+        self.misses = Counter(f"splitasr_{pool}_pool_misses", f"{what} lookups that loaded it into a slot.",
+                              registry=REGISTRY)
+        self.evictions = Counter(f"splitasr_{pool}_pool_evictions",
+                                 f"Resident {what.lower()}s evicted (LRU) to free a slot.", registry=REGISTRY)
+        self.load_seconds = Histogram(f"splitasr_{pool}_load_duration_seconds",
+                                      f"Time to read, validate and load a {what.lower()} into a slot.",
+                                      buckets=_LATENCY_BUCKETS_S, registry=REGISTRY)
+
+
+POOLS = {"adapter": _PoolMetrics("adapter", "Adapter"), "rescorer": _PoolMetrics("rescorer", "Rescorer")}
 BACKBONE_LOAD_SECONDS = Gauge(
     "splitasr_backbone_load_seconds", "Time the backbone took to load and warm up.", registry=REGISTRY,
 )
@@ -121,6 +150,7 @@ class _EngineCollector:
         engines = list(self.engines)
         workers = [e.worker for e in engines if e.worker is not None]
         pools = [e.pool for e in engines if e.pool is not None]
+        rescorers = [e.rescoring for e in engines if getattr(e, "rescoring", None) is not None]
         yield _gauge("splitasr_ready", "1 when the backbone is loaded and warmed up.",
                      float(bool(engines) and all(e.ready for e in engines)))
         yield _gauge("splitasr_queue_depth", "Requests queued or being decoded.",
@@ -131,6 +161,9 @@ class _EngineCollector:
                      sum(w.live_rows for w in workers))
         yield _gauge("splitasr_adapter_pool_occupancy", "Adapter slots in use.", sum(p.occupancy for p in pools))
         yield _gauge("splitasr_adapter_pool_capacity", "Adapter slots in all.", sum(p.capacity for p in pools))
+        yield _gauge("splitasr_rescorer_pool_occupancy", "Rescorer slots in use.",
+                     sum(r.occupancy for r in rescorers))
+        yield _gauge("splitasr_rescorer_pool_capacity", "Rescorer slots in all.", sum(r.capacity for r in rescorers))
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
@@ -146,10 +179,27 @@ def track_engine(engine: Any) -> None:
     _ENGINES.engines.add(engine)
 
 
-def observe_request(transport: Literal["rest", "grpc"], endpoint: str, status: str | int, seconds: float) -> None:
-    """Count one finished request. ``endpoint``: a route template or gRPC method, never a raw path."""
-    REQUESTS.labels(transport, endpoint, str(status)).inc()
-    REQUEST_SECONDS.labels(transport, endpoint, str(status)).observe(seconds)
+def observe_http(method: str, route: str, code: int, seconds: float) -> None:
+    """Count one finished HTTP request. ``route``: the route template, never a raw path."""
+    HTTP_REQUESTS.labels(method, route, str(code)).inc()
+    HTTP_SECONDS.labels(method, route, str(code)).observe(seconds)
+
+
+def grpc_labels(full_method: str, grpc_type: str) -> tuple[str, str, str]:
+    """``/splitasr.v1.Recognizer/Recognize`` -> ("splitasr.v1.Recognizer", "Recognize", grpc_type)."""
+    service, _, method = full_method.lstrip("/").partition("/")
+    return service, method, grpc_type
+
+
+def observe_grpc_started(full_method: str, grpc_type: str) -> None:
+    GRPC_STARTED.labels(*grpc_labels(full_method, grpc_type)).inc()
+
+
+def observe_grpc(full_method: str, grpc_type: str, code: str, seconds: float) -> None:
+    """Count one finished gRPC call; ``code``: the status code name (OK, INVALID_ARGUMENT, ...)."""
+    labels = (*grpc_labels(full_method, grpc_type), code)
+    GRPC_HANDLED.labels(*labels).inc()
+    GRPC_SECONDS.labels(*labels).observe(seconds)
 
 
 def observe_batch(size: int, seconds: float) -> None:
@@ -158,15 +208,21 @@ def observe_batch(size: int, seconds: float) -> None:
     BATCH_SECONDS.observe(seconds)
 
 
-def observe_pool_event(event: str, seconds: float) -> None:
+def observe_pool_event(event: str, seconds: float, pool: Literal["adapter", "rescorer"] = "adapter") -> None:
     """``SlotPool.on_event`` hook: "hit", "miss" (with the load time) or "eviction"."""
+    metrics = POOLS[pool]
     if event == "hit":
-        POOL_HITS.inc()
+        metrics.hits.inc()
     elif event == "miss":
-        POOL_MISSES.inc()
-        ADAPTER_LOAD_SECONDS.observe(seconds)
+        metrics.misses.inc()
+        metrics.load_seconds.observe(seconds)
     elif event == "eviction":
-        POOL_EVICTIONS.inc()
+        metrics.evictions.inc()
+
+
+def observe_rescorer_pool_event(event: str, seconds: float) -> None:
+    """The rescorers' ``SlotPool.on_event`` hook."""
+    observe_pool_event(event, seconds, "rescorer")
 
 
 def observe_backbone_load(seconds: float) -> None:

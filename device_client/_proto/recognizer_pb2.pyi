@@ -25,7 +25,7 @@ class AdapterRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class RecognitionConfig(_message.Message):
-    __slots__ = ("adapter", "language", "encoding", "sample_rate_hz", "beam_size", "prompt", "rescore")
+    __slots__ = ("adapter", "language", "encoding", "sample_rate_hz", "beam_size", "prompt", "rescore", "vad_filter")
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +33,7 @@ class RecognitionConfig(_message.Message):
     BEAM_SIZE_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     RESCORE_FIELD_NUMBER: _ClassVar[int]
+    VAD_FILTER_FIELD_NUMBER: _ClassVar[int]
     adapter: AdapterRef
     language: str
     encoding: AudioEncoding
@@ -40,7 +41,8 @@ class RecognitionConfig(_message.Message):
     beam_size: int
     prompt: str
     rescore: str
-    def __init__(self, adapter: _Optional[_Union[AdapterRef, _Mapping]] = ..., language: _Optional[str] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hz: _Optional[int] = ..., beam_size: _Optional[int] = ..., prompt: _Optional[str] = ..., rescore: _Optional[str] = ...) -> None: ...
+    vad_filter: bool
+    def __init__(self, adapter: _Optional[_Union[AdapterRef, _Mapping]] = ..., language: _Optional[str] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hz: _Optional[int] = ..., beam_size: _Optional[int] = ..., prompt: _Optional[str] = ..., rescore: _Optional[str] = ..., vad_filter: _Optional[bool] = ...) -> None: ...
 
 class RecognizeRequest(_message.Message):
     __slots__ = ("config", "audio")

@@ -71,10 +71,11 @@ def _summary(wall: float, latencies: list[float], audio_seconds: float) -> dict:
 
 def run(*, n: int = 16, rank: int = 8, targets: str = "all", backbone: str = "tiny.en",
         audio_dir: Path = DEFAULT_AUDIO_DIR, max_batch_rows: int = 16, repeats: int = 2,
-        cache_dir: Path) -> dict:
+        cache_dir: Path, quiet: bool = True) -> dict:
     import uvicorn
 
     from ..api.rest.app import create_app
+    from ..progress import track
 
     paths = sorted(p for p in audio_dir.rglob("*.flac"))
     files = [paths[i % len(paths)].read_bytes() for i in range(n)]
@@ -124,7 +125,7 @@ def run(*, n: int = 16, rank: int = 8, targets: str = "all", backbone: str = "ti
             cold_load_mean = engine.pool.stats.load_seconds_total / max(1, engine.pool.stats.misses)
             # alternate (a) and (b) so that both see the same machine load; keep each one's best round
             runs_a, runs_b = [(wall_a, lat_a)], []
-            for round_ in range(repeats):
+            for round_ in track(range(repeats), "bench multitenant", unit="round", quiet=quiet):
                 runs_b.append(_run_clients(url, files, [f"user{i}" for i in range(n)]))
                 if round_ < repeats - 1:
                     runs_a.append(_run_clients(url, files, ["tiny.en"] * n))

@@ -68,23 +68,26 @@ def measure(backbone: str, mode: str, manifests: dict[str, Path], adapter: Path 
 
 
 def run(*, backbones: list[str], modes: list[str], manifests: dict[str, Path], adapters: dict[str, Path],
-        cache_dir: Path, threads: int = 2, batch_size: int = 8, adapter_modes: list[str] | None = None) -> dict:
+        cache_dir: Path, threads: int = 2, batch_size: int = 8, adapter_modes: list[str] | None = None,
+        quiet: bool = True) -> dict:
     """Measure every (backbone, mode) pair, each in its own process; returns the JSON report.
 
     ``adapter_modes``: the modes that also score the backbone's adapter (default: every mode).
+    ``quiet=False``: a progress bar on a terminal.
     """
+    from ..progress import track
+
     rows = []
-    for backbone in backbones:
-        for mode in modes:
-            job = {"backbone": backbone, "mode": mode, "manifests": {k: str(v) for k, v in manifests.items()},
-                   "adapter": str(adapters[backbone]) if backbone in adapters and (
-                       adapter_modes is None or mode in adapter_modes) else None,
-                   "cache_dir": str(cache_dir), "threads": threads, "batch_size": batch_size}
-            out = subprocess.run([sys.executable, "-m", "splitasr.bench.quant", json.dumps(job)],
-                                 capture_output=True, text=True, check=False)
-            if out.returncode != 0:
-                raise RuntimeError(f"{backbone}/{mode} failed:\n{out.stderr[-2000:]}")
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    for backbone, mode in track([(b, m) for b in backbones for m in modes], "bench quant", unit="run", quiet=quiet):
+        job = {"backbone": backbone, "mode": mode, "manifests": {k: str(v) for k, v in manifests.items()},
+               "adapter": str(adapters[backbone]) if backbone in adapters and (
+                   adapter_modes is None or mode in adapter_modes) else None,
+               "cache_dir": str(cache_dir), "threads": threads, "batch_size": batch_size}
+        out = subprocess.run([sys.executable, "-m", "splitasr.bench.quant", json.dumps(job)],
+                             capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise RuntimeError(f"{backbone}/{mode} failed:\n{out.stderr[-2000:]}")
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     return {"threads": threads, "device": "cpu", "manifests": {k: str(v) for k, v in manifests.items()},
             "rows": rows, "summary": summarize(rows)}
 

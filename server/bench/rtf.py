@@ -20,6 +20,7 @@ from ..audio import SAMPLE_RATE_HZ, decode_audio
 from ..backbones.sources import KNOWN_BACKBONES, package_dir
 from ..backbones.whisper import WhisperBackbone
 from ..decoding import transcribe
+from ..progress import track
 
 DEFAULT_AUDIO_DIR = Path(__file__).resolve().parents[2] / "tests" / "data" / "real-speech"
 
@@ -36,12 +37,13 @@ def _load_audio(audio_dir: Path) -> tuple[list[np.ndarray], list[str] | None]:
     return [decode_audio(p) for p in files], None
 
 
-def _time_runs(fn, audios: list[np.ndarray], repeats: int) -> tuple[float, list[str]]:
+def _time_runs(fn, audios: list[np.ndarray], repeats: int, desc: str = "bench rtf",
+               quiet: bool = True) -> tuple[float, list[str]]:
     """Best-of-``repeats`` wall time over the whole set (the least disturbed run on a shared machine)
     and the transcripts."""
     fn(audios[0])  # warm-up
     times, texts = [], []
-    for _ in range(repeats):
+    for _ in track(range(repeats), desc, unit="run", quiet=quiet):
         start = time.perf_counter()
         texts = [fn(a) for a in audios]
         times.append(time.perf_counter() - start)
@@ -60,7 +62,7 @@ def _wer(refs: list[str] | None, hyps: list[str]) -> float | None:
 
 
 def run(*, backbone: str = "tiny.en", audio_dir: Path = DEFAULT_AUDIO_DIR, repeats: int = 3,
-        threads: int | None = None, cache_dir: Path) -> dict:
+        threads: int | None = None, cache_dir: Path, quiet: bool = True) -> dict:
     from faster_whisper import WhisperModel
 
     threads = threads or torch.get_num_threads()
@@ -77,7 +79,8 @@ def run(*, backbone: str = "tiny.en", audio_dir: Path = DEFAULT_AUDIO_DIR, repea
 
     for key, quantize in (("fp32", "none"), ("int8", "int8")):
         ours = WhisperBackbone.load(backbone, cache_dir=cache_dir, device="cpu", quantize=quantize)
-        seconds, texts = _time_runs(lambda a, bb=ours: transcribe(bb, [a])[0].text, audios, repeats)
+        seconds, texts = _time_runs(lambda a, bb=ours: transcribe(bb, [a])[0].text, audios, repeats,
+                                    f"splitasr {key}", quiet)
         result[f"splitasr_{key}_rtf"] = seconds / audio_seconds
         result[f"splitasr_{key}_wer"] = _wer(refs, texts)
 
@@ -89,7 +92,7 @@ def run(*, backbone: str = "tiny.en", audio_dir: Path = DEFAULT_AUDIO_DIR, repea
             return " ".join(s.text.strip() for s in segments)
 
         key = "fp32" if compute_type == "float32" else "int8"
-        seconds, texts = _time_runs(run_fw, audios, repeats)
+        seconds, texts = _time_runs(run_fw, audios, repeats, f"faster-whisper {key}", quiet)
         result[f"faster_whisper_{key}_rtf"] = seconds / audio_seconds
         result[f"faster_whisper_{key}_wer"] = _wer(refs, texts)
     for key in ("fp32", "int8"):

@@ -140,8 +140,10 @@ def _client_peak_rss_mib(address: str, path: Path) -> float:
 
 
 def run(*, backbone: str = "tiny.en", audio_dir: Path = DEFAULT_AUDIO_DIR, threads: int | None = None,
-        cache_dir: Path) -> dict:
+        cache_dir: Path, quiet: bool = True) -> dict:
     from splitasr_device import SplitASRClient
+
+    from ..progress import track
 
     if threads:
         torch.set_num_threads(threads)
@@ -162,7 +164,9 @@ def run(*, backbone: str = "tiny.en", audio_dir: Path = DEFAULT_AUDIO_DIR, threa
                 for enrolled, interim in ((False, True), (True, False)):
                     before = client.bytes_sent
                     adapter = client.enroll(adapter_path)
-                    runs = [_stream_once(client, path, adapter, interim) for path in files]
+                    runs = [_stream_once(client, path, adapter, interim)
+                            for path in track(files, f"bench stream ({'interims' if interim else 'finals'})",
+                                              unit="stream", quiet=quiet)]
                     audio_minutes = sum(r["seconds"] for r in runs) / 60
                     bytes_sent[enrolled] = round((client.bytes_sent - before) / audio_minutes)
                     passes["with_interims" if interim else "finals_only"] = _latencies(runs)

@@ -1,4 +1,4 @@
-"""``splitasr adapter``: inspect an adapter file, import a PEFT LoRA adapter, export one to PEFT.
+"""splitasr adapter: make a sample adapter, inspect an adapter file, import or export PEFT LoRA.
 
 Every file read here is fully validated (never unpickled); writes are atomic.
 """
@@ -15,6 +15,22 @@ from .transcribe import add_backbone_args, load_backbone
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("adapter", help="inspect, import or export adapter files", description=__doc__)
     sub = p.add_subparsers(dest="action", required=True)
+    new = sub.add_parser(
+        "new", help="write a sample adapter for the backbone: small seeded random weights (or --zero)",
+        description="Write a valid adapter file for the backbone with small seeded random weights, so that "
+                    "it visibly changes transcripts: a way to try uploading and using adapters before "
+                    "training one (splitasr train).")
+    new.add_argument("--out", type=Path, required=True, help="adapter file to write (.safetensors)")
+    new.add_argument("--kind", choices=["lora", "glora", "saml"], default="lora", help="adapter kind (default lora)")
+    new.add_argument("--targets", default="attn",
+                     help="preset(s) or module globs, comma-separated: attn (default), cross, ffn, qv, encoder, "
+                          "decoder, all")
+    new.add_argument("--rank", type=int, help="low-rank r (default 8; saml 4), alpha = 2r")
+    new.add_argument("--seed", type=int, default=0, help="same seed, same weights (default 0)")
+    new.add_argument("--zero", action="store_true", help="an exactly zero update: output stays the backbone's")
+    new.add_argument("--backbone", help="the backbone it is for: tiny.en (default), base, a directory or a hub id")
+    new.add_argument("--json", action="store_true", help="print one JSON object")
+    new.set_defaults(func=make_new)
     show = sub.add_parser("inspect", help="validate an adapter file and print what it holds")
     show.add_argument("file", type=Path)
     show.add_argument("--backbone", help="also check that it fits this backbone (name, directory or hub id)")
@@ -88,4 +104,21 @@ def export_peft(args: argparse.Namespace) -> int:
 
     out = convert(load_adapter(args.file), args.out)
     print(f"wrote {out} (adapter_config.json, adapter_model.safetensors)")
+    return 0
+
+
+def make_new(args: argparse.Namespace) -> int:
+    from ..adapters import save_adapter
+    from ..adapters.sample import sample_adapter
+
+    args.device, args.quantize = "cpu", "none"  # only the architecture and the fingerprint are read
+    adapter = sample_adapter(_spec(args), args.kind, args.targets, seed=args.seed, rank=args.rank, zero=args.zero)
+    save_adapter(args.out, adapter)
+    report = _summary(adapter, args.out)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    weights = "zero update" if args.zero else f"seeded random weights, seed {args.seed}"
+    print(f"wrote {args.out}: {adapter.kind} adapter for {adapter.backbone_name}, {report['parameters']:,} "
+          f"parameters on {len(adapter.targets)} linears ({weights}), {report['bytes']:,} bytes")
     return 0

@@ -1,4 +1,4 @@
-"""``splitasr bench``: benchmarks that print one JSON object (compare ratios measured in one run)."""
+"""splitasr bench: benchmarks that print one JSON object (compare ratios measured in one run)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     arr.add_argument("--threads", type=int, help="CPU threads for the backbone (default: torch's)")
     arr.add_argument("--json", action="store_true", help="print only the JSON object")
     arr.set_defaults(func=run_arrivals)
+    vad = sub.add_parser("vad", help="the VAD filter: WER on real speech, time on a mostly silent hour")
+    vad.add_argument("--backbone", default="tiny.en")
+    vad.add_argument("--hours", type=float, default=1.0, help="length of the mostly silent file (default 1)")
+    vad.add_argument("--pad-seconds", type=float, default=10.0,
+                     help="silence added on both sides of each utterance for the padded WER (default 10)")
+    vad.add_argument("--noise-dbfs", type=float, default=-70.0, help="white noise level of the silence (default -70)")
+    vad.add_argument("--threads", type=int, help="CPU threads for the backbone (default: torch's)")
+    vad.add_argument("--json", action="store_true", help="print only the JSON object")
+    vad.set_defaults(func=run_vad)
     q = sub.add_parser("quant", help="WER, memory and speed of fp32 vs int8 vs NF4 backbones, with an adapter")
     q.add_argument("--backbone", action="append", dest="backbones",
                    help="backbone to measure (repeatable; default tiny.en)")
@@ -70,7 +79,7 @@ def run_rtf(args: argparse.Namespace) -> int:
 
     kwargs = {"audio_dir": args.audio_dir} if args.audio_dir else {}
     result = rtf.run(backbone=args.backbone, repeats=args.repeats, threads=args.threads,
-                     cache_dir=Settings().backbone_cache_dir, **kwargs)
+                     cache_dir=Settings().backbone_cache_dir, quiet=args.json, **kwargs)
     _emit(result, args.json)
     return 0
 
@@ -81,7 +90,7 @@ def run_multitenant(args: argparse.Namespace) -> int:
 
     result = multitenant.run(n=args.n, rank=args.rank, targets=args.targets, backbone=args.backbone,
                              max_batch_rows=args.max_batch_rows, repeats=args.repeats,
-                             cache_dir=Settings().cache_dir)
+                             cache_dir=Settings().cache_dir, quiet=args.json)
     if args.json:
         print(json.dumps(result))
     else:
@@ -105,19 +114,30 @@ def run_stream(args: argparse.Namespace) -> int:
     from ..config import Settings
 
     kwargs = {"audio_dir": args.audio_dir} if args.audio_dir else {}
-    result = stream.run(backbone=args.backbone, threads=args.threads, cache_dir=Settings().cache_dir, **kwargs)
+    result = stream.run(backbone=args.backbone, threads=args.threads, cache_dir=Settings().cache_dir,
+                        quiet=args.json, **kwargs)
     _emit(result, args.json)
     return 0
 
 
+def run_vad(args: argparse.Namespace) -> int:
+    from ..bench import vad
+    from ..config import Settings
+
+    result = vad.run(backbone=args.backbone, cache_dir=Settings().backbone_cache_dir, hours=args.hours,
+                     pad_seconds=args.pad_seconds, noise_dbfs=args.noise_dbfs, threads=args.threads, quiet=args.json)
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+    return 0
+
+
 def _pairs(values: list[str], flag: str) -> dict[str, Path]:
-    from ..errors import InvalidInput
+    from ..errors import UsageError
 
     out = {}
     for value in values:
         name, sep, path = value.partition("=")
         if not sep or not name or not path:
-            raise InvalidInput(f"{flag} takes NAME=PATH, got {value!r}")
+            raise UsageError(f"{flag} takes NAME=PATH, got {value!r}")
         out[name] = Path(path)
     return out
 
@@ -131,7 +151,7 @@ def run_quant(args: argparse.Namespace) -> int:
     manifests = _pairs(args.manifest, "--manifest") or {"real": quant.REAL_SPEECH_MANIFEST}
     result = quant.run(backbones=args.backbones or ["tiny.en"], modes=modes, manifests=manifests,
                        adapters=_pairs(args.adapter, "--adapter"), cache_dir=Settings().backbone_cache_dir,
-                       threads=args.threads, batch_size=args.batch_size,
+                       threads=args.threads, batch_size=args.batch_size, quiet=args.json,
                        adapter_modes=[check_quantization(m.strip()) for m in args.adapter_modes.split(",")]
                        if args.adapter_modes else None)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))

@@ -1,4 +1,4 @@
-"""``splitasr eval``: WER/CER (and JER/MER for Korean) of a backbone on a NeMo-style JSONL manifest."""
+"""splitasr eval: WER/CER (and JER/MER for Korean) of a backbone on a NeMo-style JSONL manifest."""
 
 from __future__ import annotations
 
@@ -29,24 +29,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def evaluate(backbone, utterances, *, beam: int = 1, language: str | None = None, batch_size: int = 8,
-             normalizer: str = "whisper", slot: int = 0, audio_ctx: float | None = None) -> dict:
+             normalizer: str = "whisper", slot: int = 0, audio_ctx: float | None = None,
+             quiet: bool = True) -> dict:
     """Transcribe every utterance and score the corpus; returns the JSON report.
 
-    ``slot``: the adapter slot every utterance uses (0 = the backbone alone).
+    ``slot``: the adapter slot every utterance uses (0 = the backbone alone). ``quiet=False``: a
+    progress bar on a terminal.
     """
     from ..audio import SAMPLE_RATE_HZ, decode_audio
     from ..decoding import DecodingOptions, transcribe
     from ..metrics import score_all
+    from ..progress import bar
 
     options = DecodingOptions(beam_size=beam, language=language, audio_ctx_seconds=audio_ctx)
     hyps: list[str] = []
     audio_seconds = 0.0
     start = time.perf_counter()
-    for i in range(0, len(utterances), batch_size):
-        batch = utterances[i : i + batch_size]
-        audios = [decode_audio(u.audio_path) for u in batch]
-        audio_seconds += sum(len(a) for a in audios) / SAMPLE_RATE_HZ
-        hyps += [r.text for r in transcribe(backbone, audios, options, [slot] * len(batch) if slot else None)]
+    with bar(len(utterances), "eval", "utt", quiet) as progress:
+        for i in range(0, len(utterances), batch_size):
+            batch = utterances[i : i + batch_size]
+            audios = [decode_audio(u.audio_path) for u in batch]
+            audio_seconds += sum(len(a) for a in audios) / SAMPLE_RATE_HZ
+            hyps += [r.text for r in transcribe(backbone, audios, options, [slot] * len(batch) if slot else None)]
+            progress.update(len(batch))
     wall = time.perf_counter() - start
     refs = [u.text for u in utterances]
     langs = {u.lang for u in utterances}
@@ -85,9 +90,9 @@ def run(args: argparse.Namespace) -> int:
     langs = {u.lang for u in utterances}
     if language is None and backbone.multilingual and len(langs) == 1:
         language = next(iter(langs))  # the manifest says which language it is: no need to detect
-    report = evaluate(backbone, utterances, beam=args.beam, language=language,
-                      batch_size=args.batch_size, normalizer=args.normalizer, slot=1 if adapter else 0,
-                      audio_ctx=args.audio_ctx)
+    report = evaluate(backbone, utterances, beam=args.beam, language=language, batch_size=args.batch_size,
+                      normalizer=args.normalizer, slot=1 if adapter else 0, audio_ctx=args.audio_ctx,
+                      quiet=args.json)
     if adapter:
         report["adapter"] = adapter
     return _print(report, args)

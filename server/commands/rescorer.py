@@ -95,14 +95,14 @@ def _setup(args: argparse.Namespace):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..errors import InvalidInput
+    from ..errors import UsageError
     from ..rescoring.encoder import load_encoder
     from ..rescoring.fileformat import save_rescorer
     from ..rescoring.textonly import read_sentences, synthesize_lists
     from ..rescoring.train import RescorerTrainConfig, train_rescorer
 
     if not args.manifest and not args.text_file:
-        raise InvalidInput("give --manifest (audio with references) and/or --text-file (domain sentences)")
+        raise UsageError("give --manifest (audio with references) and/or --text-file (domain sentences)")
     config = RescorerTrainConfig(rank=args.rank, alpha=args.alpha or 2.0 * args.rank, targets=args.targets,
                                  pooling=args.pooling, epochs=args.epochs, lr=args.lr,
                                  lists_per_step=args.lists_per_step, correlation_weight=args.correlation_weight,

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from ..config import Settings
-    from ..errors import InvalidInput
+    from ..errors import UsageError
     from ..observability import configure_logging
     from ..tenants import ApiKeys, is_loopback
 
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     keys = ApiKeys.load(settings.api_keys_file, settings.api_keys)
     if keys.open:
         if not is_loopback(settings.host) and not settings.allow_insecure_open:
-            raise InvalidInput(
+            raise UsageError(
                 f"refusing to serve {settings.host} with no API keys: anyone could use it. Configure keys "
                 "(--api-keys FILE or SPLITASR_API_KEYS_FILE), bind 127.0.0.1, or pass --insecure"
             )

@@ -1,4 +1,4 @@
-"""``splitasr synth``: render synthetic personal speaker datasets (audio + NeMo JSONL manifests)."""
+"""splitasr synth: render synthetic personal speaker datasets (audio + NeMo JSONL manifests)."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import InvalidInput
+    from ..errors import UsageError
     from ..training import synth
 
     specs = []
@@ -86,18 +86,18 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     if not args.out:
-        raise InvalidInput("--out DIR is required (or use --list)")
+        raise UsageError("--out DIR is required (or use --list)")
     given = [args.train, args.dev, args.test]
     if all(v is None for v in given):
         splits: tuple[int | float, ...] = synth.DEFAULT_SPLITS
     elif any(v is None for v in given):
-        raise InvalidInput("give all three of --train, --dev and --test, or none of them")
+        raise UsageError("give all three of --train, --dev and --test, or none of them")
     else:
         splits = tuple(given)  # type: ignore[arg-type]
 
     result = synth.synthesize_all(
         args.out, speakers=specs, splits=splits, seed=args.seed, workers=args.workers,
-        audio_format=args.format,
+        audio_format=args.format, quiet=args.json,
     )  # fmt: skip
     if args.json:
         print(json.dumps({k: {s: str(p) for s, p in v.items()} for k, v in result.items()}, indent=2))

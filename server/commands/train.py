@@ -72,15 +72,15 @@ def _utterances(paths: list[Path]) -> list:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..errors import InvalidInput
+    from ..errors import UsageError
     from ..training.train import TrainConfig, train_adapter
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.kind != "saml" and (args.stage or "train") != "train":
-        raise InvalidInput(f"--stage {args.stage} is for saml; {args.kind} has one stage (train)")
+        raise UsageError(f"--stage {args.stage} is for saml; {args.kind} has one stage (train)")
     if args.stage == "adapt" and args.init is None:
-        raise InvalidInput("--stage adapt needs --init PRETRAINED.safetensors (from --stage pretrain)")
+        raise UsageError("--stage adapt needs --init PRETRAINED.safetensors (from --stage pretrain)")
     config = TrainConfig(
         kind=args.kind, rank=args.rank, alpha=args.alpha, targets=args.targets, gate=args.gate,
         experts=args.experts, top_k=args.top_k, stage=args.stage, adapt_experts=args.adapt_experts,
@@ -93,8 +93,8 @@ def run(args: argparse.Namespace) -> int:
     from ..backbones.whisper import WhisperBackbone
 
     if not isinstance(backbone, WhisperBackbone):
-        raise InvalidInput(f"splitasr train needs a Whisper backbone; {backbone.name!r} is a CTC model "
-                           "(train its adapters from Python with splitasr.backbones.ctc.ctc_loss)")
+        raise UsageError(f"splitasr train needs a Whisper backbone; {backbone.name!r} is a CTC model "
+                         "(train its adapters from Python with splitasr.backbones.ctc.ctc_loss)")
     result = train_adapter(backbone, train, dev, config)
     from ..adapters import save_adapter
 

@@ -1,4 +1,4 @@
-"""``splitasr transcribe``: transcribe files on this machine, no server needed."""
+"""splitasr transcribe: transcribe files on this machine, no server needed."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def attach_adapter(backbone, path: Path) -> dict:
 def run(args: argparse.Namespace) -> int:
     from ..audio import decode_audio
     from ..decoding import DecodingOptions, transcribe
-    from ..formats import render, to_verbose_json
+    from ..progress import bar
 
     backbone = load_backbone(args)
     slot = 1 if args.adapter and attach_adapter(backbone, args.adapter) else 0
@@ -85,19 +85,30 @@ def run(args: argparse.Namespace) -> int:
     words = args.format == "json" and bool(getattr(backbone.model.generation_config, "alignment_heads", None))
     options = DecodingOptions(beam_size=args.beam, language=args.language, nbest=args.nbest,
                               word_timestamps=words, audio_ctx_seconds=args.audio_ctx)
-    for start in range(0, len(args.files), args.batch_size):
-        files = args.files[start : start + args.batch_size]
-        slots = [slot] * len(files) if slot else None
-        results = transcribe(backbone, [decode_audio(f) for f in files], options, slots)
-        if rescoring:
-            model, rescorer = rescoring
-            rescore(model, [(r, 1, rescorer.fusion) for r in results])
-        for path, result in zip(files, results):
-            if args.format == "json":
-                body = to_verbose_json(result, with_words=options.word_timestamps)
-                print(json.dumps({"file": str(path), **body}, ensure_ascii=False))
-            else:
-                if len(args.files) > 1 and args.format == "text":
-                    sys.stdout.write(f"{path}: ")
-                sys.stdout.write(str(render(result, args.format)))
+    quiet = len(args.files) < 2 or args.format == "json"
+    with bar(len(args.files), "transcribe", "file", quiet) as progress:
+        for start in range(0, len(args.files), args.batch_size):
+            files = args.files[start : start + args.batch_size]
+            slots = [slot] * len(files) if slot else None
+            results = transcribe(backbone, [decode_audio(f) for f in files], options, slots)
+            if rescoring:
+                model, rescorer = rescoring
+                rescore(model, [(r, 1, rescorer.fusion) for r in results])
+            progress.clear()  # transcripts go to stdout, the bar to stderr: keep them apart on a terminal
+            for path, result in zip(files, results):
+                _write(path, result, args, len(args.files) > 1, options.word_timestamps)
+            sys.stdout.flush()
+            progress.update(len(files))
     return 0
+
+
+def _write(path: Path, result, args: argparse.Namespace, several: bool, words: bool) -> None:
+    from ..formats import render, to_verbose_json
+
+    if args.format == "json":
+        body = to_verbose_json(result, with_words=words)
+        print(json.dumps({"file": str(path), **body}, ensure_ascii=False))
+        return
+    if several and args.format == "text":
+        sys.stdout.write(f"{path}: ")
+    sys.stdout.write(str(render(result, args.format)))

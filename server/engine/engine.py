@@ -27,7 +27,9 @@ from ..errors import InvalidInput, NotFound, NotReady
 from ..rescoring.service import KIND as RESCORER_KIND
 from ..rescoring.service import RescoringService, is_rescorer_file
 from ..tenants import RateLimiter
+from ..vad_filter import VadFilterOptions
 from .pool import SlotPool
+from .silence import transcribe_speech
 from .store import AdapterRecord, AdapterStore
 from .worker import PRIORITY_FILE, DecodeWorker, Job
 
@@ -215,11 +217,12 @@ class Engine:
         return replace(options, nbest=self.settings.rescorer_nbest)
 
     async def transcribe(self, data: bytes, options: DecodingOptions, *, tenant: str,
-                         model: str | None = None, rescore: str | None = None) -> Transcription:
+                         model: str | None = None, rescore: str | None = None,
+                         vad: VadFilterOptions | None = None) -> Transcription:
         """``rescore``: the name of one of the tenant's rescorers: rescore the N-best list with it.
 
         Without ``rescore``, the tenant's rescorer named ``default`` (if any) applies to audio of at
-        most 30 s; ``rescore="none"`` turns rescoring off.
+        most 30 s; ``rescore="none"`` turns rescoring off. ``vad``: decode only the speech (VAD filter).
         """
         self._require_ready()
         adapter = self.resolve_model(tenant, model)
@@ -228,6 +231,9 @@ class Engine:
         audio = await asyncio.to_thread(decode_audio, data, max_seconds=self.settings.max_audio_seconds)
         if default and len(audio) > RESCORE_MAX_SECONDS * SAMPLE_RATE_HZ:
             rescorer = None
+        if vad is not None:
+            return await transcribe_speech(self.transcribe_audio, audio, options, vad, adapter, rescorer,
+                                           tenant=tenant)
         return await self.transcribe_audio(audio, options, adapter, rescorer, tenant=tenant)
 
     def default_rescorer(self, tenant: str) -> str | None:

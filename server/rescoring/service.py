@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 
+from .. import observability
 from ..adapters import AdapterLimits
 from ..decoding import Transcription
 from ..engine.pool import SlotPool
@@ -45,6 +46,11 @@ class RescoringService:
                 self._encoder = load_encoder(self.encoder_name)
             return self._encoder
 
+    @property
+    def occupancy(self) -> int:
+        """Rescorers resident in the encoder's slots."""
+        return self._pool.occupancy if self._pool is not None else 0
+
     def validate(self, data: bytes) -> Rescorer:
         """Parse and check a rescorer file against the text encoder (raises InvalidAdapter)."""
         return load_rescorer(data, encoder=self.encoder.spec, limits=self.limits)
@@ -54,6 +60,7 @@ class RescoringService:
             targets = encoder_targets(self.encoder, ",".join(TARGET_PRESETS))
             self._model = ScoringModel(self.encoder, targets, self.capacity, self.limits.max_rank)
             self._pool = SlotPool(self.encoder.model, self.capacity, self._load)
+            self._pool.on_event = observability.observe_rescorer_pool_event
         return self._model, self._pool
 
     def _load(self, sha256: str):

@@ -30,6 +30,7 @@ class ManifestError(InvalidInput):
     """A manifest line is malformed; the message names the file and the 1-based line number."""
 
     code = "invalid_manifest"
+    exit_code = 1  # a bad input file, not a bad command line
 
 
 @dataclass(frozen=True)

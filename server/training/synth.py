@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInput, NotFound, SplitASRError
+from ..progress import bar
 from .manifest import write_manifest
 
 log = logging.getLogger(__name__)
@@ -535,13 +536,14 @@ def synthesize_speaker(
     seed: int = 0,
     workers: int = 2,
     audio_format: str = "flac",
+    quiet: bool = True,
 ) -> dict[str, Path]:
     """Render one speaker's sentences into ``out_dir`` and write its manifests.
 
     ``splits``: (train, dev, test) as sentence counts (ints; only that many sentences are rendered)
     or fractions (floats). Returns ``{"train": path, "dev": path, "test": path}`` (manifests, each
     written even when empty). Audio goes to ``out_dir/audio/<speaker>-<hash>.<format>``; files that
-    already exist under their content hash are reused.
+    already exist under their content hash are reused. ``quiet=False``: a progress bar on a terminal.
     """
     spec = get_speaker(speaker)
     if audio_format not in AUDIO_FORMATS:
@@ -574,11 +576,13 @@ def synthesize_speaker(
     todo = [j for j in jobs.values() if valid(j.out_path) is None]
     t0 = time.perf_counter()
     if todo:
-        with ThreadPoolExecutor(max_workers=min(workers, len(todo)), thread_name_prefix="synth") as pool:
+        with ThreadPoolExecutor(max_workers=min(workers, len(todo)), thread_name_prefix="synth") as pool, \
+                bar(len(todo), f"synth {spec.id}", "file", quiet) as progress:
             futures = [pool.submit(_render, j) for j in todo]
             try:
                 for fut in futures:
                     fut.result()
+                    progress.update(1)
             except BaseException:
                 for fut in futures:
                     fut.cancel()
@@ -631,6 +635,7 @@ def synthesize_all(
     seed: int = 0,
     workers: int = 2,
     audio_format: str = "flac",
+    quiet: bool = True,
 ) -> dict[str, dict[str, Path]]:
     """Every built-in speaker (or ``speakers``) into ``out_root/<speaker id>/``.
 
@@ -646,7 +651,7 @@ def synthesize_all(
     result: dict[str, dict[str, Path]] = {}
     for spec in specs:
         result[spec.id] = synthesize_speaker(
-            spec, root / spec.id, splits=splits, seed=seed, workers=workers, audio_format=audio_format
+            spec, root / spec.id, splits=splits, seed=seed, workers=workers, audio_format=audio_format, quiet=quiet
         )
     combined: dict[str, Path] = {}
     for name in SPLIT_NAMES:

@@ -51,7 +51,7 @@ def test_bad_input_is_a_clear_error(tmp_path, cache_root, tiny_backbone):
     junk = tmp_path / "junk.wav"
     junk.write_bytes(b"not audio" * 50)
     out = splitasr("transcribe", str(junk), cache_root=cache_root)
-    assert out.returncode == 2
+    assert out.returncode == 1  # a failure of the work (2 is for a wrong command line)
     assert "could not decode audio" in out.stderr and "Traceback" not in out.stderr
 
 
@@ -105,3 +105,61 @@ def test_adapter_inspect_and_peft_round_trip(tmp_path, cache_root, tiny_backbone
     out = splitasr("adapter", "inspect", str(hostile), cache_root=cache_root)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert "adapter" in out.stderr.lower() or "safetensors" in out.stderr.lower(), out.stderr
+
+
+def _on_a_terminal(args: list[str], cache_root) -> tuple[int, str, str]:
+    """Run ``splitasr ARGS`` with stderr on a pseudo-terminal (stdout piped); returns rc, stdout, stderr."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    import threading
+
+    env = {**os.environ, "SPLITASR_CACHE_DIR": str(cache_root)}
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0 columns wide
+    proc = subprocess.Popen([sys.executable, "-m", "splitasr.cli", *args], stdout=subprocess.PIPE,
+                            stderr=follower, env=env, text=True)
+    os.close(follower)
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                data = os.read(leader, 4096)
+            except OSError:  # the terminal closed with the process
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    out = proc.stdout.read()
+    rc = proc.wait(timeout=600)
+    reader.join(10)
+    os.close(leader)
+    return rc, out, b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bars_on_a_terminal_only(cache_root, tiny_backbone):
+    from tests.conftest import REAL_SPEECH_DIR
+
+    manifest = str(REAL_SPEECH_DIR / "manifest.jsonl")
+    rc, out, err = _on_a_terminal(["eval", "--manifest", manifest, "--limit", "3", "--batch-size", "1"], cache_root)
+    assert rc == 0 and "wer" in out
+    assert "eval:" in err and "utt" in err, err  # tqdm: "eval: 100%|...| 3/3 [...utt/s]"
+    rc, out, err = _on_a_terminal(["eval", "--manifest", manifest, "--limit", "2", "--json"], cache_root)
+    assert rc == 0 and json.loads(out)["utterances"] == 2
+    assert "eval:" not in err and "Loading weights" not in err, err  # --json: quiet
+
+    files = [str(REAL_SPEECH_DIR / "misc" / "goforward.flac"), str(REAL_SPEECH_DIR / "cards" / "001.flac")]
+    piped = splitasr("transcribe", *files, cache_root=cache_root)  # several files: a bar on a terminal
+    assert piped.returncode == 0 and piped.stdout.count(": ") == 2
+    assert "\r" not in piped.stderr and "%|" not in piped.stderr, piped.stderr
+    assert "Loading weights" not in piped.stderr
+
+
+def test_missing_file_is_a_failure_not_a_traceback(tmp_path, cache_root, tiny_backbone):
+    out = splitasr("transcribe", str(tmp_path / "nope.wav"), cache_root=cache_root)
+    assert out.returncode == 1 and "nope.wav" in out.stderr and "Traceback" not in out.stderr

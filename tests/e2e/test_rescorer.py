@@ -113,8 +113,16 @@ def test_rest_rescore_end_to_end(tiny_backbone, real_speech, encoder, tmp_path):
             return httpx.post(f"{url}/v1/audio/transcriptions", headers=auth, files={"file": ("a.flac", audio)},
                               data={"model": "tiny.en", "response_format": "verbose_json", **fields}, timeout=120)
 
+        from splitasr.observability import REGISTRY
+
+        def pool(event: str) -> float:
+            return REGISTRY.get_sample_value(f"splitasr_rescorer_pool_{event}_total") or 0.0
+
+        misses, hits = pool("misses"), pool("hits")
         plain, rescored = post(), post(rescore="my-words")
         assert plain.status_code == 200 and rescored.status_code == 200, rescored.text
+        assert pool("misses") == misses + 1 and pool("hits") == hits  # loaded into a slot once
+        assert REGISTRY.get_sample_value("splitasr_rescorer_pool_occupancy") >= 1
         body = rescored.json()
         assert body["text"] == texts[pick] != plain.json()["text"]
         assert body["nbest"][0]["text"] == texts[pick] and len(body["nbest"]) == 4
@@ -129,6 +137,7 @@ def test_rest_rescore_end_to_end(tiny_backbone, real_speech, encoder, tmp_path):
         assert up.status_code == 201, up.text
         assert post().json()["text"] == texts[pick]
         assert post(rescore="none").json()["text"] == plain.json()["text"]
+        assert pool("misses") == misses + 1 and pool("hits") >= hits + 1  # same bytes: the resident slot
     finally:
         server.should_exit = True
         thread.join(30)

@@ -113,6 +113,28 @@ def test_cli_enroll_status_transcribe_stream(grpc_server, capsys, tmp_path, real
     _cli(capsys, *base, "delete", "cli")
 
 
+def test_cli_global_options_work_before_or_after_the_command(grpc_server, capsys, real_speech, monkeypatch):
+    monkeypatch.delenv("SPLITASR_DEVICE_SERVER", raising=False)
+    monkeypatch.setenv("SPLITASR_DEVICE_CONFIG", "/nonexistent/device.ini")  # explicit and missing: refused
+    assert device_main(["status"]) == 2
+    capsys.readouterr()
+    monkeypatch.delenv("SPLITASR_DEVICE_CONFIG")
+    monkeypatch.setenv("HOME", "/nonexistent")  # no ~/.config/splitasr/device.ini either
+    audio = str(real_speech[-1]["path"])
+    before = ["--server", grpc_server.address, "--token", TOKENS["alice"], "--json"]
+    after = ["--server", grpc_server.address, "--token", TOKENS["alice"], "--json"]
+    first = json.loads(_cli(capsys, *before, "transcribe", "--no-adapter", audio))
+    second = json.loads(_cli(capsys, "transcribe", "--no-adapter", audio, *after))
+    assert "forward" in first["text"].lower() and first["text"] == second["text"]
+    # after the command wins over before it; an option given only before it stays
+    assert device_main(["--server", grpc_server.address, "--token", "wrong-token-0123456789", "list",
+                        "--token", TOKENS["alice"]]) == 0
+    assert device_main(["--token", TOKENS["alice"], "list", "--server", grpc_server.address, "-v"]) == 0
+    assert device_main(["--server", grpc_server.address, "--token", TOKENS["alice"], "list",
+                        "--token", "wrong-token-0123456789"]) == 1
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
+
+
 def test_cli_errors_are_one_line(grpc_server, capsys):
     assert device_main(["--server", grpc_server.address, "--token", "wrong-token-0123456789", "list"]) == 1
     assert "UNAUTHENTICATED: invalid API key" in capsys.readouterr().err

@@ -1,8 +1,9 @@
 """The device side installs without the server extra and works end to end with no torch present.
 
-A fresh virtual environment gets the project with ``--no-deps`` plus only grpcio and protobuf (and
-grpcio's typing-extensions): no numpy, no torch. Its ``splitasr-device`` then enrolls, transcribes
-and streams against the real server on loopback.
+A fresh virtual environment gets the project with ``--no-deps`` plus only its base dependencies
+(grpcio, protobuf, grpcio-health-checking, numpy): no torch, no transformers. Its ``splitasr-device``
+then enrolls, transcribes and streams against the real server on loopback, and ``splitasr serve``
+says which extra to install instead of failing with a traceback.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def device_venv(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("device-venv")
     venv.EnvBuilder(with_pip=True).create(folder)
     python = folder / "bin" / "python"
-    _pip(python, "grpcio==1.85.1", "protobuf==7.36.2")
+    _pip(python, "grpcio==1.85.1", "protobuf==7.36.2", "grpcio-health-checking==1.85.1", "numpy")
     _pip(python, "--no-deps", str(ROOT))
     return folder
 
@@ -45,7 +46,8 @@ def device_venv(tmp_path_factory) -> Path:
 def test_the_device_install_has_no_heavy_packages(device_venv):
     python = device_venv / "bin" / "python"
     code = ("import importlib.util, sys, splitasr_device.cli; "
-            "print(json.dumps([m for m in ('torch', 'transformers', 'numpy') if importlib.util.find_spec(m)]))")
+            "print(json.dumps([m for m in ('torch', 'transformers', 'pydantic', 'fastapi') "
+            "if importlib.util.find_spec(m)]))")
     out = subprocess.run([str(python), "-c", "import json; " + code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
 
@@ -70,3 +72,13 @@ def test_device_cli_end_to_end_without_torch(device_venv, grpc_server, tmp_path,
     assert "forward" in json.loads(run("transcribe", str(wav)))["text"].lower()
     updates = [json.loads(line) for line in run("stream", str(wav)).splitlines()]
     assert updates[-1]["is_final"] and "forward" in updates[-1]["text"].lower()
+
+
+def test_server_commands_on_a_device_install_say_what_to_install(device_venv):
+    done = subprocess.run([str(device_venv / "bin" / "splitasr"), "serve"], capture_output=True, text=True,
+                          check=False, timeout=120, env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 1
+    assert "pip install 'splitasr[server]'" in done.stderr and "Traceback" not in done.stderr
+    version = subprocess.run([str(device_venv / "bin" / "splitasr-device"), "--version"], capture_output=True,
+                             text=True, check=True)
+    assert version.stdout.startswith("splitasr-device ")

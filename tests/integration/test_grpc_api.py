@@ -248,11 +248,10 @@ def test_streaming_a_real_utterance_gives_interims_then_a_final(grpc_server, rec
 def test_calls_are_counted_and_carry_a_request_id(grpc_server, adapters):
     from splitasr.observability import REGISTRY
 
-    method = "/splitasr.v1.Adapters/Stat"
-
     def count(status: str) -> float:
-        return REGISTRY.get_sample_value(
-            "splitasr_requests_total", {"transport": "grpc", "endpoint": method, "status": status}) or 0.0
+        labels = {"grpc_service": "splitasr.v1.Adapters", "grpc_method": "Stat", "grpc_type": "unary",
+                  "grpc_code": status}
+        return REGISTRY.get_sample_value("splitasr_grpc_server_handled_total", labels) or 0.0
 
     ok, missing = count("OK"), count("NOT_FOUND")
     md = grpc_server.metadata()

@@ -80,7 +80,11 @@ def _torch_saved() -> bytes:
 
 
 def _zip_bomb() -> bytes:
-    """A PEFT-style zip whose weights member inflates 8 MiB from a few KiB (the API takes no zips)."""
+    """A PEFT-style zip whose weights member inflates 8 MiB from a few KiB.
+
+    gRPC takes adapter files only ("not a safetensors header"); REST converts PEFT zips and refuses
+    this one as a zip bomb before inflating anything.
+    """
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("adapter_config.json", b'{"peft_type": "LORA", "r": 8}')
@@ -154,7 +158,7 @@ def adapter_cases(spec: BackboneSpec) -> list[tuple[str, bytes, str]]:
         ("unknown-kind", _edit_meta(good, lambda m: m.__setitem__("kind", "dora")), "unknown adapter kind"),
         ("format-version", _edit_meta(good, lambda m: m.__setitem__("format_version", 99)), "format_version"),
         ("no-metadata", join({k: v for k, v in header.items() if k != "__metadata__"}, body), "metadata"),
-        ("peft-zip-bomb", _zip_bomb(), "header"),
+        ("peft-zip-bomb", _zip_bomb(), "header"),  # over gRPC; REST_WORDS has what REST says
     ]
 
 

@@ -80,12 +80,16 @@ def assert_nothing_stored(service, before: set[Path], tenant: str = "alice") -> 
     assert service.engine.store.list(tenant) == []
 
 
+# REST also takes zipped PEFT folders: a hostile zip is refused by the zip checks, not as a bad header
+REST_WORDS = {"peft-zip-bomb": "zip bomb"}
+
+
 def test_hostile_adapter_files_over_rest(service, cases, goforward):
     before = store_files(service)
     for case, data, words in cases:
         response = rest_upload(service, data)
         try:
-            assert_rest_error(response, 400, words)
+            assert_rest_error(response, 400, REST_WORDS.get(case, words))
         except AssertionError as exc:
             raise AssertionError(f"case {case}: {exc}") from None
     assert_rest_error(rest_upload(service, b""), 400, "empty")

@@ -1,4 +1,4 @@
-"""The device client without a real server: settings, audio, health wire format, retries, resume."""
+"""The device client without a real server: settings, audio, retries, resume."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from splitasr_device import (
     RetryPolicy,
     SplitASRClient,
     adapter_name_for,
-    health,
     load_config,
     read_pcm,
 )
@@ -57,8 +56,8 @@ def _wav(path, samples: np.ndarray, rate: int, width: int = 2) -> None:
     ints = np.round(samples * 32767).astype(np.int64)
     if width == 2:
         raw = ints.astype("<i2").tobytes()
-    elif width == 3:
-        raw = b"".join(int(v * 256).to_bytes(3, "little", signed=True) for v in ints.reshape(-1))
+    elif width in (3, 4):
+        raw = b"".join(int(v * 256 ** (width - 2)).to_bytes(width, "little", signed=True) for v in ints.reshape(-1))
     else:
         raw = (ints // 256 + 128).astype(np.uint8).tobytes()
     with wave.open(str(path), "wb") as f:
@@ -68,15 +67,16 @@ def _wav(path, samples: np.ndarray, rate: int, width: int = 2) -> None:
         f.writeframes(raw)
 
 
-@pytest.mark.parametrize("width", [1, 2, 3])
-def test_wav_is_read_with_the_standard_library_as_mono_int16(tmp_path, width):
+@pytest.mark.parametrize("width", [1, 2, 3, 4])
+@pytest.mark.parametrize("channels", [1, 2, 3])
+def test_wav_is_read_as_mono_int16(tmp_path, width, channels):
     left = np.linspace(-0.5, 0.5, 4410)
-    stereo = np.stack([left, left], axis=1)
-    _wav(tmp_path / "a.wav", stereo, 44100, width)
+    columns = [left, -0.5 * left, 0.25 * left][:channels]
+    _wav(tmp_path / "a.wav", np.stack(columns, axis=1), 44100, width)
     pcm = read_pcm(tmp_path / "a.wav")
     assert pcm.rate_hz == 44100 and pcm.seconds == pytest.approx(0.1)
     got = np.frombuffer(pcm.data, "<i2") / 32768
-    np.testing.assert_allclose(got, left, atol=0.01 if width == 1 else 1e-3)
+    np.testing.assert_allclose(got, sum(columns) / channels, atol=0.01 if width == 1 else 1e-3)
 
 
 def test_flac_needs_soundfile_and_reads_with_it(real_speech):
@@ -91,15 +91,6 @@ def test_unreadable_audio_is_a_clear_error(tmp_path):
     (tmp_path / "x.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
     with pytest.raises(DeviceError, match="not a PCM WAV"):
         read_pcm(tmp_path / "x.wav")
-
-
-def test_health_wire_format_matches_grpc_health():
-    from grpc_health.v1 import health_pb2
-
-    for service in ("", "splitasr.v1.Recognizer"):
-        assert health.encode_request(service) == health_pb2.HealthCheckRequest(service=service).SerializeToString()
-    for status, name in health.STATUS_NAMES.items():
-        assert health.decode_status(health_pb2.HealthCheckResponse(status=status).SerializeToString()) == name
 
 
 def test_adapter_names_from_files():

@@ -49,17 +49,25 @@ def test_json_lines_carry_the_request_id_and_extra_fields():
 def test_hooks_move_their_metrics():
     hits, misses = sample("splitasr_adapter_pool_hits_total"), sample("splitasr_adapter_pool_misses_total")
     evictions, batches = sample("splitasr_adapter_pool_evictions_total"), sample("splitasr_batch_size_count")
-    requests = sample("splitasr_requests_total", transport="grpc", endpoint="/splitasr.v1.Recognizer/Recognize",
-                      status="OK")
+    grpc_labels = {"grpc_service": "splitasr.v1.Recognizer", "grpc_method": "Recognize", "grpc_type": "unary"}
+    started = sample("splitasr_grpc_server_started_total", **grpc_labels)
+    handled = sample("splitasr_grpc_server_handled_total", **grpc_labels, grpc_code="OK")
+    http = sample("splitasr_http_requests_total", method="GET", route="/v1/models", code="200")
+    rescorer_misses = sample("splitasr_rescorer_pool_misses_total")
     obs.observe_pool_event("hit", 0.0)
     obs.observe_pool_event("miss", 0.02)
     obs.observe_pool_event("eviction", 0.0)
+    obs.observe_rescorer_pool_event("miss", 0.01)
     obs.observe_batch(3, 0.5)
-    obs.observe_request("grpc", "/splitasr.v1.Recognizer/Recognize", "OK", 0.1)
+    obs.observe_grpc_started("/splitasr.v1.Recognizer/Recognize", "unary")
+    obs.observe_grpc("/splitasr.v1.Recognizer/Recognize", "unary", "OK", 0.1)
+    obs.observe_http("GET", "/v1/models", 200, 0.01)
     assert sample("splitasr_adapter_pool_hits_total") == hits + 1
     assert sample("splitasr_adapter_pool_misses_total") == misses + 1
     assert sample("splitasr_adapter_pool_evictions_total") == evictions + 1
+    assert sample("splitasr_rescorer_pool_misses_total") == rescorer_misses + 1
     assert sample("splitasr_batch_size_count") == batches + 1
-    assert sample("splitasr_requests_total", transport="grpc", endpoint="/splitasr.v1.Recognizer/Recognize",
-                  status="OK") == requests + 1
+    assert sample("splitasr_grpc_server_started_total", **grpc_labels) == started + 1
+    assert sample("splitasr_grpc_server_handled_total", **grpc_labels, grpc_code="OK") == handled + 1
+    assert sample("splitasr_http_requests_total", method="GET", route="/v1/models", code="200") == http + 1
     assert b"splitasr_queue_depth" in obs.exposition()

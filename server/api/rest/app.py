@@ -15,7 +15,7 @@ from ...tenants import ApiKeys
 from .errors import install_error_handlers
 from .limits import BodySizeLimit
 from .middleware import RequestObserver
-from .routes import adapters, health, metrics, models, transcriptions
+from .routes import adapters, health, metrics, models, transcriptions, translations
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def create_app(
     app.state.engine = engine
     app.state.api_keys = api_keys or ApiKeys.load(settings.api_keys_file, settings.api_keys)
     install_error_handlers(app)
-    for module in (health, metrics, models, transcriptions, adapters):
+    for module in (health, metrics, models, transcriptions, translations, adapters):
         app.include_router(module.router)
     multipart_overhead = 64 * 1024
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes,

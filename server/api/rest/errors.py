@@ -24,7 +24,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _known(_: Request, exc: SplitASRError) -> JSONResponse:
         retry_after = math.ceil(getattr(exc, "retry_after_s", 1))
         headers = {"Retry-After": str(retry_after)} if exc.http_status in (429, 503) else None
-        return JSONResponse(error_body(str(exc), exc.code), status_code=exc.http_status, headers=headers)
+        body = error_body(str(exc), exc.code, getattr(exc, "param", None))
+        return JSONResponse(body, status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

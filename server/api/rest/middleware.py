@@ -8,7 +8,7 @@ import time
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ...observability import REQUEST_ID_HEADER, observe_request, request_scope
+from ...observability import REQUEST_ID_HEADER, observe_http, request_scope
 
 log = logging.getLogger("splitasr.access")
 
@@ -19,7 +19,8 @@ UNMATCHED_ROUTE = "unmatched"  # one label for every unknown path, so scanners c
 
 class RequestObserver:
     """Outermost middleware: ``X-Request-ID`` in and out (made up when absent), latency and status
-    per route template in ``splitasr_requests_total`` and ``splitasr_request_duration_seconds``."""
+    per method and route template in ``splitasr_http_requests_total`` and
+    ``splitasr_http_request_duration_seconds``."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -47,7 +48,7 @@ class RequestObserver:
             finally:
                 seconds = time.perf_counter() - start
                 route = route_template(scope)
-                observe_request("rest", route, status, seconds)
+                observe_http(scope.get("method", ""), route, status, seconds)
                 path = scope.get("path", "")
                 log.log(logging.DEBUG if path in QUIET_PATHS else logging.INFO,
                         "%s %s %d %.1f ms", scope.get("method"), path, status, seconds * 1000,

@@ -8,7 +8,7 @@ is not a :class:`~splitasr.errors.SplitASRError` is logged with its trace and se
 
 Every call also gets a request id (the client's ``x-request-id`` metadata when it is a plain short id,
 else a fresh one), which its log lines carry and which goes back in the initial metadata, and is
-counted in the request metrics (``transport="grpc"``, the method, the status code name).
+counted in the gRPC metrics (``grpc_service``, ``grpc_method``, ``grpc_type``, ``grpc_code``).
 
 ``TooLarge`` maps to RESOURCE_EXHAUSTED, the code gRPC itself gives a message over the size limit,
 so a client sees one code for "too big" whichever layer noticed.
@@ -36,7 +36,13 @@ from ...errors import (
     TooLarge,
     Unauthenticated,
 )
-from ...observability import REQUEST_ID_METADATA_KEY, observe_request, request_id_from_metadata, request_scope
+from ...observability import (
+    REQUEST_ID_METADATA_KEY,
+    observe_grpc,
+    observe_grpc_started,
+    request_id_from_metadata,
+    request_scope,
+)
 from ...tenants import ApiKeys, RateLimiter
 
 log = logging.getLogger(__name__)
@@ -84,9 +90,10 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: 
 
 
 @asynccontextmanager
-async def _observed(context: grpc.aio.ServicerContext, method: str):
+async def _observed(context: grpc.aio.ServicerContext, method: str, grpc_type: str):
     """Request id and metrics around one call; the status is what the call ended with."""
     start = time.perf_counter()
+    observe_grpc_started(method, grpc_type)
     with request_scope(request_id_from_metadata(context.invocation_metadata())) as request_id:
         await context.send_initial_metadata(((REQUEST_ID_METADATA_KEY, request_id),))
         status = "INTERNAL"
@@ -101,17 +108,25 @@ async def _observed(context: grpc.aio.ServicerContext, method: str):
             status = "CANCELLED"
             raise
         finally:
-            observe_request("grpc", method, status, time.perf_counter() - start)
+            observe_grpc(method, grpc_type, status, time.perf_counter() - start)
+
+
+def _call_type(handler: grpc.RpcMethodHandler) -> str:
+    """The ``grpc_type`` label: unary, client_stream, server_stream or bidi_stream."""
+    if handler.request_streaming:
+        return "bidi_stream" if handler.response_streaming else "client_stream"
+    return "server_stream" if handler.response_streaming else "unary"
 
 
 def _wrap(handler: grpc.RpcMethodHandler, authenticate: Callable[[], str], method: str) -> grpc.RpcMethodHandler:
     kwargs = {"request_deserializer": handler.request_deserializer,
               "response_serializer": handler.response_serializer}
+    grpc_type = _call_type(handler)
     if handler.unary_unary or handler.stream_unary:
         inner: Callable[..., Awaitable] = handler.unary_unary or handler.stream_unary
 
         async def call(request, context):
-            async with _observed(context, method):
+            async with _observed(context, method, grpc_type):
                 try:
                     _TENANT.set(authenticate())
                     return await inner(request, context)
@@ -124,7 +139,7 @@ def _wrap(handler: grpc.RpcMethodHandler, authenticate: Callable[[], str], metho
     inner_stream = handler.unary_stream or handler.stream_stream
 
     async def stream(request, context):
-        async with _observed(context, method):
+        async with _observed(context, method, grpc_type):
             try:
                 _TENANT.set(authenticate())
                 async for response in inner_stream(request, context):

@@ -12,12 +12,16 @@ from splitasr_device._proto import recognizer_pb2_grpc
 from ...audio import decode_audio
 from ...config import Settings
 from ...decoding import DecodingOptions
-from ...engine.engine import NO_RESCORER, RESCORE_MAX_SECONDS, Engine
+from ...engine.applicability import check_options
+from ...engine.engine import RESCORE_MAX_SECONDS, Engine
+from ...engine.silence import transcribe_speech
 from ...engine.streaming import Linear16Decoder, StreamingSession, StreamPolicy
 from ...engine.vad import make_vad
 from ...errors import BadAudio, InvalidInput, NotFound, Overloaded, TooLarge
+from ...vad_filter import VadFilterOptions
 from . import convert
 from .interceptors import current_tenant
+from .validate import check_recognize_config, check_streaming_config, reject_unknown_fields
 
 
 class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
@@ -41,9 +45,15 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
     def _options(self, config: pb.RecognitionConfig) -> DecodingOptions:
         # word times come from alignment wherever the backbone can align (Whisper; not CTC)
         words = self.engine.word_timestamps_available
-        return DecodingOptions(beam_size=config.beam_size or self.settings.default_beam_size,
-                               language=config.language or None, prompt=config.prompt or None,
-                               word_timestamps=words)
+        options = DecodingOptions(beam_size=config.beam_size or self.settings.default_beam_size,
+                                  language=config.language or None, prompt=config.prompt or None,
+                                  word_timestamps=words)
+        check_options(self.engine.backbone, options)
+        return options
+
+    def _vad(self, config: pb.RecognitionConfig) -> VadFilterOptions | None:
+        wanted = config.vad_filter if config.HasField("vad_filter") else self.settings.vad_filter
+        return VadFilterOptions(min_silence_duration_ms=self.settings.vad_min_silence_ms) if wanted else None
 
     def _audio(self, config: pb.RecognitionConfig, data: bytes):
         if config.encoding == pb.LINEAR16:
@@ -60,6 +70,8 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
     # unary ---------------------------------------------------------------------------------------
     async def Recognize(self, request: pb.RecognizeRequest, context: grpc.aio.ServicerContext):
         tenant = current_tenant()
+        reject_unknown_fields(request)
+        check_recognize_config(request.config)
         adapter = self._adapter(tenant, request.config.adapter)
         rescore = request.config.rescore
         rescorer = self.engine.resolve_rescorer(tenant, rescore) if rescore else self.engine.default_rescorer(tenant)
@@ -74,6 +86,10 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
         audio = await asyncio.to_thread(self._audio, config, data)
         if not config.rescore and len(audio) > RESCORE_MAX_SECONDS * 16_000:
             rescorer = None  # the tenant's default rescorer applies to short audio only
+        vad = self._vad(config)
+        if vad is not None:
+            return await transcribe_speech(self.engine.transcribe_audio, audio, options, vad, adapter, rescorer,
+                                           tenant=current_tenant())
         return await self.engine.transcribe_audio(audio, options, adapter, rescorer, tenant=current_tenant())
 
     # streaming -----------------------------------------------------------------------------------
@@ -92,6 +108,7 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
         while (request := await self._next(requests)) is not None:
             if request.WhichOneof("request") != "audio":
                 raise InvalidInput("streaming_config must be the first message, and only the first")
+            reject_unknown_fields(request)
             if len(request.audio) > limit:
                 raise TooLarge(f"audio chunk of {len(request.audio)} bytes exceeds the limit of {limit} bytes; "
                                "send smaller chunks (100 ms is typical)")
@@ -110,11 +127,9 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
                                "encoding, sample rate); audio follows")
         streaming = first.streaming_config
         config = streaming.config
-        if config.encoding not in (pb.LINEAR16, pb.AUDIO_ENCODING_UNSPECIFIED):
-            raise InvalidInput("StreamingRecognize takes LINEAR16 audio (use Recognize for whole files)")
+        reject_unknown_fields(first)
+        check_streaming_config(config)
         adapter = self._adapter(tenant, config.adapter)
-        if config.rescore not in ("", NO_RESCORER):
-            raise InvalidInput("rescore is available in Recognize, not in StreamingRecognize")
         options = self._options(config)
         decoder = Linear16Decoder(config.sample_rate_hz or 16_000)
         if self.active_streams >= self.settings.max_streams:

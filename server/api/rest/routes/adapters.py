@@ -1,4 +1,8 @@
-"""``/v1/adapters``: a tenant's own adapter files (upload, list, describe, delete)."""
+"""``/v1/adapters``: a tenant's own adapter files (upload, list, describe, delete).
+
+An upload is an adapter ``.safetensors`` file, a rescorer file, or a zipped PEFT LoRA folder
+(``adapter_config.json`` + ``adapter_model.safetensors``), converted on arrival.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 
 from ....engine.store import AdapterRecord
+from ....engine.uploads import adapter_file
 from ....errors import InvalidAdapter
 from ..deps import EngineDep, TenantDep
 
@@ -23,15 +28,18 @@ def _card(r: AdapterRecord) -> dict:
 async def upload_adapter(
     engine: EngineDep,
     tenant: TenantDep,
-    file: Annotated[UploadFile, File(description="An adapter .safetensors file")],
+    file: Annotated[UploadFile, File(
+        description="An adapter or rescorer .safetensors file, or a zipped PEFT LoRA folder "
+                    "(adapter_config.json + adapter_model.safetensors)")],
     name: Annotated[str, Form(description="Name to use as `model` in transcription requests")],
-    sha256: Annotated[str | None, Form(description="Optional: the file's sha256, checked on arrival")] = None,
+    sha256: Annotated[str | None, Form(description="Optional: the uploaded file's sha256, checked on arrival")] = None,
 ) -> dict:
     data = await file.read()
     if not data:
         raise InvalidAdapter("adapter file is empty (0 bytes)")
-    record = await asyncio.to_thread(engine.put_adapter, tenant, name, data, sha256)
-    return _card(record)
+    data, expected, converted = await asyncio.to_thread(adapter_file, data, engine.spec, engine.limits, sha256)
+    record = await asyncio.to_thread(engine.put_adapter, tenant, name, data, expected)
+    return {**_card(record), "converted_from": converted} if converted else _card(record)
 
 
 @router.get("/v1/adapters", summary="List your adapters")

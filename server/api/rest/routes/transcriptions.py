@@ -5,29 +5,38 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, UploadFile
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import Response
 
-from ....decoding import DecodingOptions
-from ....errors import BadAudio, InvalidInput
-from ....formats import render
+from ....errors import InvalidInput
+from ..audio import (
+    BEAM_HELP,
+    FILE_HELP,
+    VAD_HELP,
+    FieldsChecked,
+    ResponseFormat,
+    decoding_options,
+    read_upload,
+    respond,
+    vad_options,
+)
 from ..deps import EngineDep, SettingsDep, TenantDep
 
 router = APIRouter(tags=["audio"])
-
-ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
 
 
 @router.post(
     "/v1/audio/transcriptions",
     summary="Transcribe audio",
-    responses={400: {"description": "bad audio or parameters"}, 404: {"description": "unknown model"},
-               413: {"description": "upload too large"}, 429: {"description": "server at capacity"}},
+    responses={400: {"description": "bad audio, or a field this server does not implement"},
+               404: {"description": "unknown model"}, 413: {"description": "upload too large"},
+               429: {"description": "server at capacity"}},
 )
 async def create_transcription(
     engine: EngineDep,
     settings: SettingsDep,
     tenant: TenantDep,
-    file: Annotated[UploadFile, File(description="Audio file: wav, flac, mp3, ogg, opus, webm, m4a ...")],
+    _fields: FieldsChecked,
+    file: Annotated[UploadFile, File(description=FILE_HELP)],
     model: Annotated[str, Form(description="The backbone name, 'whisper-1', or one of your adapters")],
     language: Annotated[str | None, Form(description="ISO-639-1 language code; detected if omitted")] = None,
     prompt: Annotated[str | None, Form(description="Text to guide vocabulary and style")] = None,
@@ -41,32 +50,23 @@ async def create_transcription(
     include: Annotated[list[Literal["logprobs"]] | None, Form(
         alias="include[]", description="'logprobs': each token's log-probability (response_format json)")
     ] = None,
-    beam_size: Annotated[int | None, Form(ge=1, le=16, description="SplitASR extension: beam width")] = None,
+    beam_size: Annotated[int | None, Form(ge=1, le=16, description=BEAM_HELP)] = None,
+    vad_filter: Annotated[bool | None, Form(description=VAD_HELP)] = None,
     rescore: Annotated[str | None, Form(
         description="SplitASR extension: one of your rescorers (uploaded to /v1/adapters): rescore the N-best "
                     "list. Omitted: your rescorer named 'default', if any; 'none': no rescoring"
     )] = None,
 ) -> Response:
-    data = await file.read()
-    if not data:
-        raise BadAudio(f"uploaded file {file.filename!r} is empty (0 bytes)")
+    data = await read_upload(file)
     granularities = set(timestamp_granularities or ["segment"])
     if timestamp_granularities and response_format != "verbose_json":
-        raise InvalidInput("timestamp_granularities[] needs response_format=verbose_json")
+        raise InvalidInput("timestamp_granularities[] needs response_format=verbose_json",
+                           param="timestamp_granularities[]")
     if include and response_format != "json":
-        raise InvalidInput("include[]=logprobs needs response_format=json")
-    options = DecodingOptions(
-        beam_size=beam_size or settings.default_beam_size,
-        language=language or None,
-        temperature=temperature,
-        prompt=prompt or None,
-        word_timestamps="word" in granularities,
-        logprobs=bool(include),
-    )
-    result = await engine.transcribe(data, options, tenant=tenant, model=model, rescore=rescore)
-    body = render(result, response_format, segments="segment" in granularities,
-                  with_words="word" in granularities)
-    if isinstance(body, dict):
-        return JSONResponse(body)
-    media = {"vtt": "text/vtt", "srt": "application/x-subrip"}.get(response_format, "text/plain")
-    return PlainTextResponse(body, media_type=media)
+        raise InvalidInput("include[]=logprobs needs response_format=json", param="include[]")
+    options = decoding_options(engine, settings, beam_size=beam_size, language=language, temperature=temperature,
+                               prompt=prompt, word_timestamps="word" in granularities, logprobs=bool(include))
+    result = await engine.transcribe(data, options, tenant=tenant, model=model, rescore=rescore,
+                                     vad=vad_options(settings, vad_filter))
+    return respond(result, response_format, segments="segment" in granularities,
+                   with_words="word" in granularities)

@@ -1,0 +1,53 @@
+"""Request fields that cannot apply are INVALID_ARGUMENT naming the field, never silently dropped.
+
+That covers fields this server's version of the contract does not know (a newer client's: protobuf
+keeps them as unknown fields) and known fields that do not apply to the call they came in.
+"""
+
+from __future__ import annotations
+
+from google.protobuf.message import Message
+from google.protobuf.unknown_fields import UnknownFieldSet
+from splitasr_device._proto import recognizer_pb2 as pb
+
+from ...engine.engine import NO_RESCORER
+from ...errors import UnsupportedField
+
+
+def reject_unknown_fields(message: Message, path: str = "") -> None:
+    """Raise for any field of ``message`` (or of a message field set in it) this server does not know."""
+    unknown = UnknownFieldSet(message)
+    if len(unknown):
+        numbers = sorted({field.field_number for field in unknown})
+        where = f" in {path}" if path else ""
+        raise UnsupportedField(
+            f"unknown field number(s) {', '.join(map(str, numbers))}{where} of {message.DESCRIPTOR.full_name}: "
+            "this server does not implement them (the client's protos are newer than the server's)",
+            param=path or message.DESCRIPTOR.name)
+    for descriptor, value in message.ListFields():
+        if descriptor.message_type is None:
+            continue
+        name = f"{path}.{descriptor.name}" if path else descriptor.name
+        for item in value if descriptor.is_repeated else [value]:
+            if isinstance(item, Message):
+                reject_unknown_fields(item, name)
+
+
+def check_recognize_config(config: pb.RecognitionConfig) -> None:
+    """What does not apply to ``Recognize`` (a whole file or a LINEAR16 buffer)."""
+    if config.sample_rate_hz and config.encoding != pb.LINEAR16:
+        raise UnsupportedField("sample_rate_hz applies to LINEAR16 audio only: an encoded file carries its own "
+                               "rate. Leave it 0, or send encoding LINEAR16", param="config.sample_rate_hz")
+
+
+def check_streaming_config(config: pb.RecognitionConfig) -> None:
+    """What does not apply to ``StreamingRecognize`` (live LINEAR16 audio, endpointed by its own VAD)."""
+    if config.encoding not in (pb.LINEAR16, pb.AUDIO_ENCODING_UNSPECIFIED):
+        raise UnsupportedField("StreamingRecognize takes LINEAR16 audio (use Recognize for whole files)",
+                               param="config.encoding")
+    if config.rescore not in ("", NO_RESCORER):
+        raise UnsupportedField("rescore is available in Recognize, not in StreamingRecognize",
+                               param="config.rescore")
+    if config.HasField("vad_filter"):
+        raise UnsupportedField("vad_filter is available in Recognize, not in StreamingRecognize: a stream is "
+                               "already split into utterances by its endpointing VAD", param="config.vad_filter")
