@@ -25,7 +25,8 @@ def test_vtt():
 
 def test_text_and_json():
     assert render(T, "text") == "Hello there. General Kenobi.\n"
-    assert render(T, "json") == {"text": "Hello there. General Kenobi."}
+    assert render(T, "json") == {"text": "Hello there. General Kenobi.",
+                                 "usage": {"type": "duration", "seconds": 3725.5}}
 
 
 def test_verbose_json_shape():
