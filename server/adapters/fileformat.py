@@ -15,8 +15,9 @@ Loading never unpickles and trusts nothing before checking it, in this order: to
 header length (bounded, inside the file); the header JSON (no duplicate keys; per tensor an allowed
 dtype, a shape and offsets inside the data that match the shape); the metadata (known format version
 and kind, valid hyper-parameters, rank/expert limits, backbone fingerprint); names and shapes against
-the kind and the backbone's modules; only then the tensor bytes (safetensors) and finally every value
-finite. Each failure raises :class:`InvalidAdapter` naming what is wrong.
+the kind and the backbone's modules (only layers the backbone can adapt: never the output head, and
+on a server only its configured target layers); only then the tensor bytes (safetensors), every value
+finite, and finally magnitudes that cannot overflow at use (:mod:`splitasr.adapters.bounds`). Each failure raises :class:`InvalidAdapter` naming what is wrong.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from splitasr.adapters.adapter import (
     check_layout,
     check_limits,
 )
+from splitasr.adapters.bounds import check_magnitudes
 from splitasr.adapters.registry import get_kind
 from splitasr.errors import InvalidAdapter, TooLarge
 
@@ -266,7 +268,7 @@ def load_adapter(
         raise InvalidAdapter(f"safetensors could not parse the file: {exc}") from exc
     check_finite(tensors)
     module_names = {n for group in groups.values() for n in group.values()}
-    return Adapter(
+    adapter = Adapter(
         kind=kind.name,
         config=config,
         tensors={module: {s: tensors[n] for s, n in group.items()} for module, group in groups.items()},
@@ -276,3 +278,5 @@ def load_adapter(
         created_at=meta.get("created_at", ""),
         creator=meta.get("creator", ""),
     )
+    check_magnitudes(kind, config, adapter.tensors, adapter.global_tensors)
+    return adapter

@@ -86,9 +86,9 @@ class Engine:
                 self.settings.backbone, cache_dir=self.settings.backbone_cache_dir, device=self.settings.device,
                 quantize=self.settings.quantize,
             )
-            self.spec = BackboneSpec.from_model(backbone.name, backbone.model)
             if not bank_layers(backbone.model):  # a preloaded backbone may already carry one
                 attach_bank(backbone.model, self.settings.adapter_targets, self.settings.adapter_slots, self.limits)
+            self.spec = BackboneSpec.from_model(backbone.name, backbone.model)  # after the bank: its targets
             start = time.perf_counter()
             transcribe(backbone, [np.zeros(SAMPLE_RATE_HZ, dtype=np.float32)])  # warm-up: first call is slow
             log.info("backbone warmed up in %.2f s", time.perf_counter() - start)
