@@ -120,7 +120,7 @@ class BackboneSpec:
                 "the token embedding); adapt the attention or feed-forward layers instead"
             )
         if self.banked:
-            example = sorted(self.adaptable)[0] if self.adaptable else "none"
+            example = min(self.adaptable) if self.adaptable else "none"
             raise InvalidAdapter(
                 f"{what} attaches to {module!r}, which this server does not adapt: its adapter layers "
                 f"(SPLITASR_ADAPTER_TARGETS) cover {len(self.adaptable)} linear layers, e.g. {example!r}"

@@ -20,7 +20,12 @@ from splitasr_device._proto import recognizer_pb2 as pb
 
 from tests.adapter_factory import random_adapter
 from tests.reliability.conftest import assert_grpc_error, assert_rest_error, assert_serves_others, serve_both
-from tests.reliability.test_hostile_adapters import assert_nothing_stored, grpc_upload, rest_upload, store_files
+from tests.reliability.test_hostile_adapters import (
+    assert_nothing_stored,
+    grpc_upload,
+    rest_upload,
+    store_files,
+)
 
 
 @pytest.fixture(scope="module")
