@@ -220,7 +220,8 @@ class Engine:
         if rescorer and len(audio) > RESCORE_MAX_SECONDS * SAMPLE_RATE_HZ:
             raise InvalidInput(f"rescoring needs audio of at most {RESCORE_MAX_SECONDS} s (one N-best list); "
                                "send shorter audio or leave `rescore` out")
-        return await self.scheduler.run(Row(audio, adapter, rescorer), self.rescoring_options(options, rescorer))
+        with self.store.pinned(adapter, rescorer):  # a DELETE meanwhile keeps the blob until this row is done
+            return await self.scheduler.run(Row(audio, adapter, rescorer), self.rescoring_options(options, rescorer))
 
     def _run_batch(self, rows: list[Row], options: Hashable) -> list[Transcription]:
         assert self.backbone is not None and self.pool is not None

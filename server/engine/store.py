@@ -9,6 +9,11 @@ Every write is atomic (temp file in the same folder, fsync, rename, fsync folder
 dropped connection leaves either the old state or the new one, never a partial file; stale temp files
 are swept at start-up. A tenant sees only its own names: a hash is reachable only through a name the
 tenant owns, so knowing another tenant's hash gives nothing. Blobs no name points at are deleted.
+
+A request that uses an adapter holds its blob (:meth:`AdapterStore.pinned`, a reference count) until
+it finishes: a ``DELETE`` meanwhile removes the name at once, and the blob when the last request
+holding it is done. Pins are per process; a blob removed by another process sharing the folder reads
+as :class:`~splitasr.errors.NotFound`, never as a bare ``FileNotFoundError``.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -86,6 +92,8 @@ class AdapterStore:
         self.max_adapters = max_adapters_per_tenant
         self.max_bytes = max_bytes_per_tenant
         self._lock = threading.RLock()
+        self._pins: Counter[str] = Counter()  # sha256 -> requests holding it
+        self._doomed: set[str] = set()  # pinned blobs whose last name was deleted
         (self.root / "blobs").mkdir(parents=True, exist_ok=True)
         (self.root / "tenants").mkdir(parents=True, exist_ok=True)
         self._sweep_temp_files()
@@ -138,7 +146,37 @@ class AdapterStore:
             return next((r for r in self._read_index(tenant).values() if r.sha256 == sha256), None)
 
     def read(self, sha256: str) -> bytes:
-        return self.blob_path(check_sha256(sha256)).read_bytes()
+        try:
+            return self.blob_path(check_sha256(sha256)).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"adapter {sha256[:12]}… no longer exists (it was deleted)") from None
+
+    @contextlib.contextmanager
+    def pinned(self, *sha256s: str | None) -> Iterator[None]:
+        """Hold these blobs (None entries are skipped) for the ``with`` block: deleting their names
+        meanwhile removes the blobs only after the block. Raises :class:`NotFound` when one is already gone."""
+        held = [s for s in dict.fromkeys(sha256s) if s]
+        with self._lock:
+            for sha in held:
+                if sha not in self._pins and not self.blob_path(check_sha256(sha)).exists():
+                    raise NotFound("the adapter this request names was deleted before the request could use it")
+            self._pins.update(held)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._pins.subtract(held)
+                for sha in held:
+                    if self._pins[sha] <= 0:
+                        del self._pins[sha]
+                        if sha in self._doomed:
+                            self._doomed.discard(sha)
+                            self._collect(sha)
+
+    def pinned_count(self) -> int:
+        """Blobs held by requests in progress (for tests and metrics)."""
+        with self._lock:
+            return len(self._pins)
 
     # mutations -----------------------------------------------------------------------------------
     def put(self, tenant: str, name: str, data: bytes, validate: Validator,
@@ -193,9 +231,12 @@ class AdapterStore:
             )
 
     def _collect(self, sha256: str) -> None:
-        """Delete a blob that no tenant's name points at any more."""
+        """Delete a blob that no tenant's name points at any more (later, if a request holds it)."""
         for tenant in self._tenants():
             if any(r.sha256 == sha256 for r in self._read_index(tenant).values()):
                 return
+        if sha256 in self._pins:
+            self._doomed.add(sha256)
+            return
         self.blob_path(sha256).unlink(missing_ok=True)
 

@@ -118,10 +118,12 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
             raise Overloaded(f"the server is at its limit of {self.settings.max_streams} streams; retry later")
         self.active_streams += 1
         try:
-            session = StreamingSession(lambda audio: self.engine.transcribe_audio(audio, options, adapter),
-                                       make_vad(self.settings.stream_vad), self.policy, streaming.interim_results)
-            async for response in self._respond(request_iterator, session, decoder, streaming.time_offset_seconds):
-                yield response
+            with self.engine.store.pinned(adapter):  # the stream holds its adapter until it ends
+                session = StreamingSession(lambda audio: self.engine.transcribe_audio(audio, options, adapter),
+                                           make_vad(self.settings.stream_vad), self.policy, streaming.interim_results)
+                async for response in self._respond(request_iterator, session, decoder,
+                                                    streaming.time_offset_seconds):
+                    yield response
         finally:
             self.active_streams -= 1
 
