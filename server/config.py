@@ -1,4 +1,5 @@
-"""One settings object per process, read from ``SPLITASR_*`` environment variables (and ``.env``).
+"""One settings object per process, read from ``SPLITASR_*`` environment variables (and an env file
+only when one is named: ``Settings(_env_file=path)``, ``splitasr serve --env-file``).
 
 Every field has a default and a description; the README's configuration table and ``.env.example``
 list every one (tests/unit/test_deploy.py checks). Invalid values fail at start-up with the setting's
@@ -22,8 +23,10 @@ def _default_cache_dir() -> Path:
 
 class Settings(BaseSettings):
     # An empty variable means "the default": docker-compose passes every setting as ${VAR:-}.
+    # No .env is read unless named (`splitasr serve --env-file FILE`): the compose `.env` next to the
+    # code belongs to docker compose, and picking it up silently would change a local server's keys.
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", env_ignore_empty=True
+        env_prefix=ENV_PREFIX, env_file=None, extra="ignore", env_ignore_empty=True
     )
 
     backbone: str = Field("tiny.en", description="Backbone: tiny.en, base, a local directory or a hub id.")
@@ -55,6 +58,10 @@ class Settings(BaseSettings):
     rate_limit_per_minute: float = Field(
         0.0, ge=0, description="Requests per tenant per minute, REST and gRPC together (429 above); 0 = no limit.")
     rate_limit_burst: int = Field(20, ge=1, description="Requests a tenant may send at once before the rate applies.")
+    auth_failures_per_minute: int = Field(
+        20, ge=0, description="Failed authentications per client address per minute before it is blocked; 0 = off.")
+    auth_block_seconds: float = Field(
+        60.0, gt=0, description="How long a blocked client address gets 429 (RESOURCE_EXHAUSTED).")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["auto", "json", "text"] = Field(
         "auto", description="Log lines: json (one object per line), text, or auto (text on a terminal, else json).")

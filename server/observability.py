@@ -51,6 +51,7 @@ __all__ = [
     "exposition",
     "new_request_id",
     "observe_audio",
+    "observe_auth_failure",
     "observe_backbone_load",
     "observe_batch",
     "observe_pool_event",
@@ -104,6 +105,14 @@ POOL_EVICTIONS = Counter(
 ADAPTER_LOAD_SECONDS = Histogram(
     "splitasr_adapter_load_duration_seconds", "Time to read, validate and load an adapter into a slot.",
     buckets=_LATENCY_BUCKETS_S, registry=REGISTRY,
+)
+AUTH_FAILURES = Counter(
+    "splitasr_auth_failures", "Requests with a missing or wrong API key, by transport.", ["transport"],
+    registry=REGISTRY,
+)
+AUTH_BLOCKED = Counter(
+    "splitasr_auth_blocked", "Requests refused (429) because their client address failed authentication too often.",
+    ["transport"], registry=REGISTRY,
 )
 BACKBONE_LOAD_SECONDS = Gauge(
     "splitasr_backbone_load_seconds", "Time the backbone took to load and warm up.", registry=REGISTRY,
@@ -164,6 +173,11 @@ def observe_pool_event(event: str, seconds: float) -> None:
         ADAPTER_LOAD_SECONDS.observe(seconds)
     elif event == "eviction":
         POOL_EVICTIONS.inc()
+
+
+def observe_auth_failure(transport: str, *, blocked: bool) -> None:
+    """A failed authentication (``blocked=False``) or a request refused from a blocked address."""
+    (AUTH_BLOCKED if blocked else AUTH_FAILURES).labels(transport).inc()
 
 
 def observe_backbone_load(seconds: float) -> None:

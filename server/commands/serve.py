@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -17,6 +18,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--api-keys", dest="api_keys_file", help="file of 'TOKEN TENANT' lines (env SPLITASR_API_KEYS_FILE)")
     p.add_argument("--insecure", dest="allow_insecure_open", action="store_const", const=True,
                    help="allow a non-loopback bind with no API keys (anyone can use the server)")
+    p.add_argument("--env-file", type=Path, metavar="FILE",
+                   help="also read SPLITASR_* settings from FILE (environment variables win); no .env is read "
+                        "unless named here")
     p.set_defaults(func=run)
 
 
@@ -34,10 +38,14 @@ def run(args: argparse.Namespace) -> int:
     from ..observability import configure_logging
     from ..tenants import ApiKeys, is_loopback
 
-    settings = Settings(**overrides(args, "host", "port", "grpc_port", "backbone", "device", "quantize", "api_keys_file",
-                                    "allow_insecure_open"))
+    env_file = getattr(args, "env_file", None)
+    if env_file is not None and not env_file.is_file():
+        raise InvalidInput(f"--env-file {env_file}: no such file")
+    settings = Settings(_env_file=env_file, **overrides(
+        args, "host", "port", "grpc_port", "backbone", "device", "quantize", "api_keys_file", "allow_insecure_open"))
     configure_logging(settings.log_level, settings.log_format)
     keys = ApiKeys.load(settings.api_keys_file, settings.api_keys)
+    logging.getLogger("splitasr").info("%s%s", keys.describe(), f" (settings also from {env_file})" if env_file else "")
     if keys.open:
         if not is_loopback(settings.host) and not settings.allow_insecure_open:
             raise InvalidInput(

@@ -23,7 +23,7 @@ from ..config import Settings
 from ..errors import InvalidInput, NotFound, NotReady
 from ..rescoring.service import KIND as RESCORER_KIND
 from ..rescoring.service import RescoringService, is_rescorer_file
-from ..tenants import RateLimiter
+from ..tenants import AuthFailureLimiter, RateLimiter
 from .decoding import DecodingOptions, Transcription, transcribe
 from .pool import SlotPool
 from .scheduler import Scheduler
@@ -71,6 +71,7 @@ class Engine:
         )
         # per-tenant request budget, shared by every transport that serves this engine
         self.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+        self.auth_limiter = AuthFailureLimiter(settings.auth_failures_per_minute, settings.auth_block_seconds)
         self.pool: SlotPool | None = None
         self.rescoring = RescoringService(self.store.read, slots=settings.rescorer_slots, limits=self.limits)
         self.scheduler: Scheduler | None = None

@@ -19,10 +19,16 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def client_address(request: Request) -> str:
+    """The client's address, as the access log shows it."""
+    return request.client.host if request.client else "unknown"
+
+
 def get_tenant(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
     keys: ApiKeys = request.app.state.api_keys
-    tenant = keys.authenticate(authorization)
-    request.app.state.engine.rate_limiter.check(tenant)
+    engine = request.app.state.engine
+    tenant = engine.auth_limiter.authenticate(keys, authorization, client_address(request), "rest")
+    engine.rate_limiter.check(tenant)
     return tenant
 
 
