@@ -79,6 +79,14 @@ class Settings(BaseSettings):
     stream_vad: Literal["silero", "energy"] = Field("silero", description="Endpointing VAD: silero or energy.")
     stream_idle_timeout_s: float = Field(
         30.0, gt=0, description="A stream that sends nothing for this long is closed (INVALID_ARGUMENT).")
+    http_max_header_bytes: int = Field(
+        16 * 1024, ge=1024, le=1 << 20, description="Largest request line + headers of a REST request (431 above).")
+    http_header_timeout_s: float = Field(
+        10.0, gt=0, description="A REST request's headers must arrive within this long (408 after).")
+    http_body_timeout_s: float = Field(
+        30.0, gt=0, description="A REST request body's deadline, extended 1 s per 16 KiB received (408 after).")
+    trusted_proxies: str = Field(
+        "", description="Proxy addresses or networks (comma-separated) whose X-Forwarded-For is believed; none = no proxy.")
     tls_cert: Path | None = Field(None, description="PEM certificate chain: serve REST over HTTPS.")
     tls_key: Path | None = Field(None, description="PEM private key of TLS_CERT.")
 
