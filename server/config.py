@@ -8,6 +8,7 @@ name (``describe_invalid_settings``); an empty variable means the default.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -85,10 +86,21 @@ class Settings(BaseSettings):
         10.0, gt=0, description="A REST request's headers must arrive within this long (408 after).")
     http_body_timeout_s: float = Field(
         30.0, gt=0, description="A REST request body's deadline, extended 1 s per 16 KiB received (408 after).")
-    trusted_proxies: str = Field(
-        "", description="Proxy addresses or networks (comma-separated) whose X-Forwarded-For is believed; none = no proxy.")
+    trusted_proxies: str | None = Field(
+        None, description="Proxy addresses or networks (comma-separated) whose X-Forwarded-For is believed; none = no proxy.")
     tls_cert: Path | None = Field(None, description="PEM certificate chain: serve REST over HTTPS.")
     tls_key: Path | None = Field(None, description="PEM private key of TLS_CERT.")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str | None) -> str | None:
+        items = [item.strip() for item in (value or "").split(",") if item.strip()]
+        for item in items:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network (e.g. 10.0.0.0/8)") from None
+        return ",".join(items) or None
 
     @field_validator("cache_dir")
     @classmethod

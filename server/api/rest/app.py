@@ -60,7 +60,7 @@ def create_app(
                        per_path={"/v1/adapters": settings.max_adapter_bytes + multipart_overhead})
     app.add_middleware(AuthGuard, state=app.state)
     app.add_middleware(RequestObserver)
-    if settings.trusted_proxies.strip():
+    if settings.trusted_proxies:
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     return app
 
