@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     max_batch_wait_ms: float = Field(10.0, ge=0, description="How long a batch waits to fill up.")
     default_beam_size: int = Field(1, ge=1, le=16, description="Beam size when a request does not choose.")
     store_dir: Path | None = Field(None, description="Adapter store (default: CACHE_DIR/adapters).")
+    store_sweep_interval_s: float = Field(
+        3600.0, ge=0, description="Remove blobs no name points at and temp files this often (also at start); 0 = at start only.")
     api_keys_file: Path | None = Field(None, description="File of 'TOKEN TENANT' lines; none = one open tenant.")
     api_keys: str | None = Field(None, description="Inline keys 'token:tenant,token2:tenant2' (adds to the file).")
     allow_insecure_open: bool = Field(False, description="Allow a non-loopback bind with no API keys.")

@@ -26,14 +26,13 @@ import json
 import math
 import os
 import struct
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import safetensors.torch
-from safetensors.torch import load as safetensors_from_bytes  # safetensors only: never pickle
 import torch
+from safetensors.torch import load as safetensors_from_bytes  # safetensors only: never pickle
 from splitasr.adapters.adapter import (
     Adapter,
     AdapterLimits,
@@ -46,6 +45,7 @@ from splitasr.adapters.adapter import (
 from splitasr.adapters.bounds import check_magnitudes
 from splitasr.adapters.registry import get_kind
 from splitasr.errors import InvalidAdapter, TooLarge
+from splitasr.fileio import atomic_write_bytes
 
 FORMAT_VERSION = 1
 METADATA_KEY = "splitasr"
@@ -193,31 +193,6 @@ def adapter_to_bytes(adapter: Adapter) -> bytes:
         tensors[name] = tensor.detach().to("cpu").contiguous()
     metadata = {METADATA_KEY: json.dumps(build_metadata(adapter), sort_keys=True)}
     return safetensors.torch.save(tensors, metadata=metadata)
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename, fsync folder."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable; not every filesystem allows fsync on a folder
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-    return target
 
 
 def save_adapter(path: str | os.PathLike[str], adapter: Adapter) -> Path:

@@ -68,6 +68,7 @@ class Engine:
             settings.adapter_store_dir,
             max_adapters_per_tenant=settings.max_adapters_per_tenant,
             max_bytes_per_tenant=settings.max_adapter_bytes_per_tenant,
+            sweep_interval_s=settings.store_sweep_interval_s,
         )
         # per-tenant request budget, shared by every transport that serves this engine
         self.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
@@ -113,6 +114,7 @@ class Engine:
         self._ready.set()
 
     def close(self, timeout: float | None = None) -> None:
+        self.store.close()
         if self.scheduler:
             self.scheduler.stop(timeout)
 
