@@ -1,7 +1,8 @@
-"""HTTP abuse against a real `splitasr serve` on 127.0.0.1 (default limits), as docs/reliability.md
-reports it: 8 unfinished 32 MiB headers (server RSS, answers), one 16 MiB header, 50 bodies at
-1 byte/s for 45 s, a 20 MiB upload without a key, 10 002 parts without a key, an unknown route, a
-wrong method, and the access-log line of a failed login. Prints JSON. Takes about 2 minutes.
+"""HTTP abuse against a real `splitasr serve` on 127.0.0.1, as docs/reliability.md reports it: default
+limits, except that the failed-auth block is off so that every unauthenticated case stays a 401.
+8 unfinished 32 MiB headers (server RSS, answers), one 16 MiB header, 50 bodies at 1 byte/s for
+45 s, a 20 MiB upload without a key, 10 002 parts without a key, an unknown route, a wrong method,
+and the access-log line of a failed login. Prints JSON. Takes about 2 minutes.
 
     python scripts/measure_http_limits.py WORK_DIR PORT
 """
