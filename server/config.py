@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     grpc_max_message_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted.")
     max_streams: int = Field(64, ge=1, description="Concurrent StreamingRecognize calls (RESOURCE_EXHAUSTED above).")
     max_streams_per_tenant: int = Field(
-        16, ge=1, description="Concurrent StreamingRecognize calls of one tenant (RESOURCE_EXHAUSTED above).")
+        32, ge=1, description="Concurrent StreamingRecognize calls of one tenant (RESOURCE_EXHAUSTED above).")
     stream_max_chunk_bytes: int = Field(256 * 1024, ge=1024, description="Largest audio chunk in a stream message.")
     stream_interim_interval_ms: float = Field(500.0, ge=50, description="New audio between interim decodes.")
     stream_endpoint_silence_ms: float = Field(500.0, ge=100, description="Silence after speech that ends an utterance.")
