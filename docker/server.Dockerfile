@@ -1,10 +1,14 @@
-# syntax=docker/dockerfile:1
 # The SplitASR server (REST :8000, gRPC :50051). One file, two variants (build argument VARIANT):
 #   gpu (default)  NVIDIA CUDA runtime base + CUDA PyTorch; the host needs the NVIDIA Container Toolkit
 #   cpu            Debian python:slim base + PyTorch's CPU wheels (far smaller, runs anywhere)
 #
 #   docker build -f docker/server.Dockerfile -t splitasr-server:gpu .
 #   docker build -f docker/server.Dockerfile --build-arg VARIANT=cpu -t splitasr-server:cpu .
+#   podman build --format docker ...        (podman's default OCI format drops HEALTHCHECK)
+# Without a registry (or behind a TLS-intercepting proxy) use scripts/test-images.sh: it passes a
+# local base image as PYTHON_IMAGE (and CUDA_IMAGE, which docker's classic builder builds even for
+# cpu), a CA bundle and a reachable TORCH_INDEX_URL. No `# syntax=` line: it would make BuildKit
+# contact a registry for its frontend.
 ARG VARIANT=gpu
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -12,25 +16,37 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${CUDA_IMAGE} AS base-gpu
 # PyTorch's CUDA wheels carry their own CUDA libraries; the CUDA base image brings the driver
 # integration the NVIDIA Container Toolkit expects.
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
-ENV TORCH_INDEX_URL=${TORCH_INDEX_URL} \
+ENV SPLITASR_TORCH_DEFAULT_INDEX=https://download.pytorch.org/whl/cu128 \
     NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
+# python3 only when the base lacks it (the CUDA image does; a local Debian base standing in for it
+# when the classic builder builds this unused stage does not), so that stage costs nothing there
 # hadolint ignore=DL3008
-RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv \
- && rm -rf /var/lib/apt/lists/* \
- && python3 -m venv /opt/venv
+RUN if ! python3 -c "import venv, ensurepip" 2>/dev/null; then \
+      apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
+      && rm -rf /var/lib/apt/lists/*; fi
 
 FROM ${PYTHON_IMAGE} AS base-cpu
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-ENV TORCH_INDEX_URL=${TORCH_INDEX_URL}
-RUN python -m venv /opt/venv
+ENV SPLITASR_TORCH_DEFAULT_INDEX=https://download.pytorch.org/whl/cpu
+
+# hadolint ignore=DL3006
+FROM base-${VARIANT} AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY server ./server
+COPY device_client ./device_client
+# optional CA bundle for the build only (docker/build-ca/README.md); the final stage never sees it
+COPY docker/build-ca/ /tmp/build-ca/
+COPY docker/install.sh /usr/local/bin/splitasr-install
+# torch (the pyproject pin) from TORCH_INDEX_URL alone (default: PyTorch's index for the variant),
+# failing fast if it is unreachable; then .[server]. (An ARG read by RUN, not an ENV, so that a
+# changed URL never reuses a cached layer.)
+ARG TORCH_INDEX_URL=""
+RUN TORCH_INDEX_URL="${TORCH_INDEX_URL:-$SPLITASR_TORCH_DEFAULT_INDEX}" sh /usr/local/bin/splitasr-install server
 
 # hadolint ignore=DL3006
 FROM base-${VARIANT} AS server
 ENV PATH=/opt/venv/bin:$PATH \
-    PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1 \
-    HF_HUB_DISABLE_PROGRESS_BARS=1 \
+    PYTHONUNBUFFERED=1 HF_HUB_DISABLE_PROGRESS_BARS=1 \
     SPLITASR_HOST=0.0.0.0 SPLITASR_PORT=8000 SPLITASR_GRPC_PORT=50051 \
     SPLITASR_CACHE_DIR=/var/cache/splitasr SPLITASR_STORE_DIR=/var/lib/splitasr/adapters \
     SPLITASR_LOG_FORMAT=json
@@ -38,15 +54,9 @@ ENV PATH=/opt/venv/bin:$PATH \
 RUN useradd --create-home --uid 10001 --user-group splitasr \
  && mkdir -p /var/cache/splitasr /var/lib/splitasr/adapters /var/lib/splitasr/demo \
  && chown -R splitasr:splitasr /var/cache/splitasr /var/lib/splitasr
-WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY server ./server
-COPY device_client ./device_client
-# The project pins torch and every server dependency in pyproject.toml; the extra index picks the
-# CUDA or CPU build of that pinned version.
-# hadolint ignore=DL3013
-RUN pip install --extra-index-url "$TORCH_INDEX_URL" ".[server]"
+COPY --from=build /opt/venv /opt/venv
 USER 10001
+WORKDIR /home/splitasr
 # backbone conversions/caches, and the tenants' adapters: keep both across container upgrades
 VOLUME ["/var/cache/splitasr", "/var/lib/splitasr/adapters"]
 EXPOSE 8000 50051

@@ -1,7 +1,11 @@
 """Decode any uploaded audio to 16 kHz mono float32 samples; encode samples back to WAV.
 
-Pure functions with no server state. PyAV (FFmpeg) demuxes and decodes, channels are averaged to
-mono, and soxr resamples in streaming chunks, so memory stays bounded by ``max_seconds``.
+Pure functions with no server state. PyAV (FFmpeg) demuxes and decodes frame by frame, channels are
+averaged to mono, soxr resamples in streaming chunks, and every chunk is written straight into one
+output buffer: sized from the header's duration (never past the limit) and grown in place when a
+file runs longer than it said. Decoding stops with a clear error as soon as the decoded duration
+passes ``max_seconds``, so memory is the output itself (4 bytes per 16 kHz sample, at most the limit)
+plus a few frames, whatever the file claims or hides.
 Everything a client can get wrong surfaces as :class:`~splitasr.errors.BadAudio` with a message
 that names the cause; FFmpeg errors never escape as they are.
 """
@@ -47,6 +51,10 @@ _OPEN_OPTIONS = {"format_whitelist": _DEMUXERS}
 # overshoot is rejected before decoding; the exact count while decoding catches the rest.
 _HEADER_SLACK_FRACTION = 0.05
 _HEADER_SLACK_S = 1.0
+# Output buffer size for a file whose header gives no duration (it grows from there).
+_UNKNOWN_LENGTH_START_S = 60.0
+_FIRST_BUFFER_MAX_S = 600.0
+_GROWTH_STEP_S = 60
 # Corrupt packets are skipped (the rest of the file is still useful) up to this many.
 _MAX_BAD_PACKETS = 32
 # Integer sample formats -> scale to [-1, 1); planar variants share the entry ("s16p" -> "s16").
@@ -160,20 +168,57 @@ def _check_header(container: av.container.InputContainer, stream: av.AudioStream
     context = stream.codec_context
     if context.sample_rate:  # 0 when the header does not say; frames are checked anyway
         _check_rate_and_channels(context.sample_rate, max(context.channels, 1))
+    declared = _declared_seconds(container, stream)
+    if declared is not None and declared > max_seconds * (1 + _HEADER_SLACK_FRACTION) + _HEADER_SLACK_S:
+        raise _too_long(max_seconds)
+
+
+class _Output:
+    """16 kHz float32 samples decoded so far, in one buffer (no list of pieces, no final concatenation).
+
+    The buffer starts at the header's duration (one second more; at most 10 minutes and at most the
+    limit) and grows by a quarter, at most a minute at a time, when a file runs longer.
+    ``ndarray.resize`` grows and finally trims it in place (``realloc``, which moves pages rather than
+    copying them for large buffers), so the peak stays within a minute of samples of the output.
+    """
+
+    def __init__(self, expected_seconds: float | None, max_seconds: float):
+        self.limit = int(max_seconds * SAMPLE_RATE_HZ) + SAMPLE_RATE_HZ
+        # a header can lie: trust it up to _FIRST_BUFFER_MAX_S (even unwritten pages count against
+        # a host that does not overcommit memory), then grow as the samples really arrive
+        first = min((expected_seconds or _UNKNOWN_LENGTH_START_S) + 1.0, _FIRST_BUFFER_MAX_S)
+        self.buffer = np.empty(min(int(first * SAMPLE_RATE_HZ), self.limit), dtype=np.float32)
+        self.size = 0
+
+    def append(self, samples: np.ndarray) -> None:
+        end = self.size + len(samples)
+        if end > len(self.buffer):
+            # small steps: resize zero-fills what it adds, so every added page is resident at once
+            step = min(len(self.buffer) // 4, _GROWTH_STEP_S * SAMPLE_RATE_HZ)
+            self.buffer.resize(min(max(end, len(self.buffer) + step), max(self.limit, end)), refcheck=False)
+        self.buffer[self.size:end] = samples
+        self.size = end
+
+    def result(self) -> np.ndarray:
+        self.buffer.resize(self.size, refcheck=False)
+        return self.buffer
+
+
+def _declared_seconds(container: av.container.InputContainer, stream: av.AudioStream) -> float | None:
+    """The duration the header states (the longest of the stream's and the container's), if any."""
     declared = []
     if stream.duration is not None and stream.time_base is not None:
         declared.append(float(stream.duration * stream.time_base))
     if container.duration is not None:
         declared.append(container.duration / av.time_base)
-    if declared and max(declared) > max_seconds * (1 + _HEADER_SLACK_FRACTION) + _HEADER_SLACK_S:
-        raise _too_long(max_seconds)
+    return max(declared) if declared else None
 
 
 def _decode_stream(
     container: av.container.InputContainer, stream: av.AudioStream, max_seconds: float
 ) -> np.ndarray:
     errors: list[str] = []
-    pieces: list[np.ndarray] = []
+    output = _Output(_declared_seconds(container, stream), max_seconds)
     resampler: soxr.ResampleStream | None = None
     rate = 0
     seconds_before_run = 0.0  # duration of earlier runs at other rates (chained Ogg can switch)
@@ -182,7 +227,7 @@ def _decode_stream(
         _check_rate_and_channels(frame.sample_rate, frame.layout.nb_channels)
         if frame.sample_rate != rate:
             if resampler is not None:
-                pieces.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+                output.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
             seconds_before_run += samples_in_run / rate if rate else 0.0
             rate, samples_in_run = frame.sample_rate, 0
             resampler = None if rate == SAMPLE_RATE_HZ else soxr.ResampleStream(rate, SAMPLE_RATE_HZ, 1)
@@ -190,10 +235,10 @@ def _decode_stream(
         samples_in_run += len(mono)
         if seconds_before_run + samples_in_run / rate > max_seconds:
             raise _too_long(max_seconds)
-        pieces.append(mono if resampler is None else resampler.resample_chunk(mono))
+        output.append(mono if resampler is None else resampler.resample_chunk(mono))
     if resampler is not None:
-        pieces.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
-    samples = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+        output.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+    samples = output.result()
     if samples.size == 0:
         if errors:
             raise BadAudio(f"could not decode any audio: the stream is truncated or corrupt ({errors[0]})")

@@ -1,4 +1,5 @@
-"""One settings object per process, read from ``SPLITASR_*`` environment variables (and ``.env``).
+"""One settings object per process, read from ``SPLITASR_*`` environment variables (and an env file
+only when one is named: ``Settings(_env_file=path)``, ``splitasr serve --env-file``).
 
 Every field has a default and a description; the README's configuration table and ``.env.example``
 list every one (tests/unit/test_deploy.py checks). Invalid values fail at start-up with the setting's
@@ -7,6 +8,7 @@ name (``describe_invalid_settings``); an empty variable means the default.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -22,8 +24,10 @@ def _default_cache_dir() -> Path:
 
 class Settings(BaseSettings):
     # An empty variable means "the default": docker-compose passes every setting as ${VAR:-}.
+    # No .env is read unless named (`splitasr serve --env-file FILE`): the compose `.env` next to the
+    # code belongs to docker compose, and picking it up silently would change a local server's keys.
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", env_ignore_empty=True
+        env_prefix=ENV_PREFIX, env_file=None, extra="ignore", env_ignore_empty=True
     )
 
     backbone: str = Field("tiny.en", description="Backbone: tiny.en, base, a local directory or a hub id.")
@@ -48,6 +52,8 @@ class Settings(BaseSettings):
     vad_min_silence_ms: int = Field(
         2000, ge=100, le=60000, description="VAD filter: shortest silence that is dropped (shorter pauses stay).")
     store_dir: Path | None = Field(None, description="Adapter store (default: CACHE_DIR/adapters).")
+    store_sweep_interval_s: float = Field(
+        3600.0, ge=0, description="Remove blobs no name points at and temp files this often (also at start); 0 = at start only.")
     api_keys_file: Path | None = Field(None, description="File of 'TOKEN TENANT' lines; none = one open tenant.")
     api_keys: str | None = Field(None, description="Inline keys 'token:tenant,token2:tenant2' (adds to the file).")
     allow_insecure_open: bool = Field(False, description="Allow a non-loopback bind with no API keys.")
@@ -63,6 +69,10 @@ class Settings(BaseSettings):
     rate_limit_per_minute: float = Field(
         0.0, ge=0, description="Requests per tenant per minute, REST and gRPC together (429 above); 0 = no limit.")
     rate_limit_burst: int = Field(20, ge=1, description="Requests a tenant may send at once before the rate applies.")
+    auth_failures_per_minute: int = Field(
+        20, ge=0, description="Failed authentications per client address per minute before it is blocked; 0 = off.")
+    auth_block_seconds: float = Field(
+        60.0, gt=0, description="How long a blocked client address gets 429 (RESOURCE_EXHAUSTED).")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["auto", "json", "text"] = Field(
         "auto", description="Log lines: json (one object per line), text, or auto (text on a terminal, else json).")
@@ -74,14 +84,35 @@ class Settings(BaseSettings):
     grpc_tls_key: Path | None = Field(None, description="PEM private key of GRPC_TLS_CERT.")
     grpc_max_message_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted.")
     max_streams: int = Field(64, ge=1, description="Concurrent StreamingRecognize calls (RESOURCE_EXHAUSTED above).")
+    max_streams_per_tenant: int = Field(
+        32, ge=1, description="Concurrent StreamingRecognize calls of one tenant (RESOURCE_EXHAUSTED above).")
     stream_max_chunk_bytes: int = Field(256 * 1024, ge=1024, description="Largest audio chunk in a stream message.")
     stream_interim_interval_ms: float = Field(500.0, ge=50, description="New audio between interim decodes.")
     stream_endpoint_silence_ms: float = Field(500.0, ge=100, description="Silence after speech that ends an utterance.")
     stream_vad: Literal["silero", "energy"] = Field("silero", description="Endpointing VAD: silero or energy.")
     stream_idle_timeout_s: float = Field(
         30.0, gt=0, description="A stream that sends nothing for this long is closed (INVALID_ARGUMENT).")
+    http_max_header_bytes: int = Field(
+        16 * 1024, ge=1024, le=1 << 20, description="Largest request line + headers of a REST request (431 above).")
+    http_header_timeout_s: float = Field(
+        10.0, gt=0, description="A REST request's headers must arrive within this long (408 after).")
+    http_body_timeout_s: float = Field(
+        30.0, gt=0, description="A REST request body's deadline, extended 1 s per 16 KiB received (408 after).")
+    trusted_proxies: str | None = Field(
+        None, description="Proxy addresses or networks (comma-separated) whose X-Forwarded-For is believed; none = no proxy.")
     tls_cert: Path | None = Field(None, description="PEM certificate chain: serve REST over HTTPS.")
     tls_key: Path | None = Field(None, description="PEM private key of TLS_CERT.")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str | None) -> str | None:
+        items = [item.strip() for item in (value or "").split(",") if item.strip()]
+        for item in items:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network (e.g. 10.0.0.0/8)") from None
+        return ",".join(items) or None
 
     @field_validator("cache_dir")
     @classmethod

@@ -57,6 +57,7 @@ __all__ = [
     "exposition",
     "new_request_id",
     "observe_audio",
+    "observe_auth_failure",
     "observe_backbone_load",
     "observe_batch",
     "observe_grpc",
@@ -135,6 +136,14 @@ class _PoolMetrics:
 
 
 POOLS = {"adapter": _PoolMetrics("adapter", "Adapter"), "rescorer": _PoolMetrics("rescorer", "Rescorer")}
+AUTH_FAILURES = Counter(
+    "splitasr_auth_failures", "Requests with a missing or wrong API key, by transport.", ["transport"],
+    registry=REGISTRY,
+)
+AUTH_BLOCKED = Counter(
+    "splitasr_auth_blocked", "Requests refused (429) because their client address failed authentication too often.",
+    ["transport"], registry=REGISTRY,
+)
 BACKBONE_LOAD_SECONDS = Gauge(
     "splitasr_backbone_load_seconds", "Time the backbone took to load and warm up.", registry=REGISTRY,
 )
@@ -223,6 +232,11 @@ def observe_pool_event(event: str, seconds: float, pool: Literal["adapter", "res
 def observe_rescorer_pool_event(event: str, seconds: float) -> None:
     """The rescorers' ``SlotPool.on_event`` hook."""
     observe_pool_event(event, seconds, "rescorer")
+
+
+def observe_auth_failure(transport: str, *, blocked: bool) -> None:
+    """A failed authentication (``blocked=False``) or a request refused from a blocked address."""
+    (AUTH_BLOCKED if blocked else AUTH_FAILURES).labels(transport).inc()
 
 
 def observe_backbone_load(seconds: float) -> None:

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 
 import torch
 from splitasr.adapters.registry import AdapterKind, KindConfig, get_kind
+from splitasr.adapters.targets import EXCLUDED
 from splitasr.errors import InvalidAdapter
 from torch import nn
 
@@ -49,18 +50,25 @@ class BackboneSpec:
 
     ``linear_shapes`` maps every ``nn.Linear`` module name to (out_features, in_features);
     ``router_dim`` is the SAML router input size (2 × n_mels), None when the backbone has no mels.
+    ``adaptable`` names the linears an adapter may attach to: the layers of the model's adapter bank
+    when it carries one (a server's ``SPLITASR_ADAPTER_TARGETS``), else every linear but the output
+    head (:data:`~splitasr.adapters.targets.EXCLUDED`); ``banked`` says which of the two it is.
     """
 
     name: str
     fingerprint: str
     linear_shapes: Mapping[str, tuple[int, int]]
     router_dim: int | None = None
+    # not part of the identity: the same backbone with or without a bank compares equal
+    adaptable: frozenset[str] | None = field(default=None, compare=False)
+    banked: bool = field(default=False, compare=False)
 
     @classmethod
     def from_model(cls, name: str, model: nn.Module) -> BackboneSpec:
         """Describe ``model``; the result is the same before and after :func:`attach_bank`.
 
-        Fingerprint = sha256 over (1) the model class and the architecture fields of its config,
+        ``adaptable`` and ``banked`` reflect the bank when the model carries one (they take no part in
+        comparisons). Fingerprint = sha256 over (1) the model class and the architecture fields of its config,
         (2) every parameter name and shape (sorted; ``.base_layer`` and bank tensors are ignored, linear
         weights count with their logical (out, in) shape, buffers are ignored) and (3) a cheap weights
         digest: the first 256 values of every layer-norm and embedding tensor, rounded to float16.
@@ -70,8 +78,12 @@ class BackboneSpec:
         """
         linear: dict[str, tuple[int, int]] = {}
         named: dict[str, tuple[list[int], torch.Tensor]] = {}
+        banked: set[str] = set()
         for mod_name, module in model.named_modules():
-            if getattr(module, "is_adapter_bank", False) or getattr(module, "is_adapter_state", False):
+            if getattr(module, "is_adapter_bank", False):
+                banked.add(mod_name)
+                continue
+            if getattr(module, "is_adapter_state", False):
                 continue
             canonical = mod_name.replace(".base_layer", "")
             is_linear = isinstance(module, nn.Linear)
@@ -92,8 +104,28 @@ class BackboneSpec:
                 sample = tensor.detach().reshape(-1)[:_DIGEST_ELEMENTS].to("cpu", torch.float16)
                 hasher.update(n.encode() + sample.numpy().tobytes())
         mels = getattr(config, "num_mel_bins", None) if config is not None else None
+        adaptable = banked or {n for n in linear if n.rpartition(".")[2] not in EXCLUDED}
         return cls(name=name, fingerprint=hasher.hexdigest(), linear_shapes=linear,
-                   router_dim=2 * int(mels) if mels else None)
+                   router_dim=2 * int(mels) if mels else None, adaptable=frozenset(adaptable),
+                   banked=bool(banked))
+
+    def check_adaptable(self, module: str, what: str) -> None:
+        """Raise :class:`InvalidAdapter` when ``module`` (a linear of this backbone) cannot carry an
+        adapter here; ``what`` names the tensor or target in the message."""
+        if self.adaptable is None or module in self.adaptable:
+            return
+        if module.rpartition(".")[2] in EXCLUDED:
+            raise InvalidAdapter(
+                f"{what} attaches to {module!r}, the output head, which adapters cannot target (it is tied to "
+                "the token embedding); adapt the attention or feed-forward layers instead"
+            )
+        if self.banked:
+            example = min(self.adaptable) if self.adaptable else "none"
+            raise InvalidAdapter(
+                f"{what} attaches to {module!r}, which this server does not adapt: its adapter layers "
+                f"(SPLITASR_ADAPTER_TARGETS) cover {len(self.adaptable)} linear layers, e.g. {example!r}"
+            )
+        raise InvalidAdapter(f"{what} attaches to {module!r}, which adapters cannot target")
 
 
 @dataclass
@@ -149,6 +181,7 @@ def new_adapter(
     for target in sorted(set(targets)):
         if target not in backbone.linear_shapes:
             raise InvalidAdapter(f"target module {target!r} is not a linear layer of backbone {backbone.name!r}")
+        backbone.check_adaptable(target, "target")
         out_f, in_f = backbone.linear_shapes[target]
         tensors[target] = impl.init_module(config, in_f, out_f, generator)
     return Adapter(
@@ -218,6 +251,8 @@ def check_layout(
                 f"tensor {name!r} attaches to unknown target module {module!r}: backbone {backbone.name!r} "
                 f"has no linear layer of that name"
             )
+        if backbone is not None:
+            backbone.check_adaptable(module, f"tensor {name!r}")
         groups.setdefault(module, {})[suffix] = name
     missing_globals = sorted(set(global_shapes) - set(shapes))
     if missing_globals:

@@ -15,8 +15,9 @@ Loading never unpickles and trusts nothing before checking it, in this order: to
 header length (bounded, inside the file); the header JSON (no duplicate keys; per tensor an allowed
 dtype, a shape and offsets inside the data that match the shape); the metadata (known format version
 and kind, valid hyper-parameters, rank/expert limits, backbone fingerprint); names and shapes against
-the kind and the backbone's modules; only then the tensor bytes (safetensors) and finally every value
-finite. Each failure raises :class:`InvalidAdapter` naming what is wrong.
+the kind and the backbone's modules (only layers the backbone can adapt: never the output head, and
+on a server only its configured target layers); only then the tensor bytes (safetensors), every value
+finite, and finally magnitudes that cannot overflow at use (:mod:`splitasr.adapters.bounds`). Each failure raises :class:`InvalidAdapter` naming what is wrong.
 """
 
 from __future__ import annotations
@@ -25,14 +26,13 @@ import json
 import math
 import os
 import struct
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import safetensors.torch
-from safetensors.torch import load as safetensors_from_bytes  # safetensors only: never pickle
 import torch
+from safetensors.torch import load as safetensors_from_bytes  # safetensors only: never pickle
 from splitasr.adapters.adapter import (
     Adapter,
     AdapterLimits,
@@ -42,8 +42,10 @@ from splitasr.adapters.adapter import (
     check_layout,
     check_limits,
 )
+from splitasr.adapters.bounds import check_magnitudes
 from splitasr.adapters.registry import get_kind
 from splitasr.errors import InvalidAdapter, TooLarge
+from splitasr.fileio import atomic_write_bytes
 
 FORMAT_VERSION = 1
 METADATA_KEY = "splitasr"
@@ -193,31 +195,6 @@ def adapter_to_bytes(adapter: Adapter) -> bytes:
     return safetensors.torch.save(tensors, metadata=metadata)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename, fsync folder."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable; not every filesystem allows fsync on a folder
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-    return target
-
-
 def save_adapter(path: str | os.PathLike[str], adapter: Adapter) -> Path:
     """Write ``adapter`` to ``path`` (``.safetensors``) atomically; returns the path."""
     return atomic_write_bytes(path, adapter_to_bytes(adapter))
@@ -266,7 +243,7 @@ def load_adapter(
         raise InvalidAdapter(f"safetensors could not parse the file: {exc}") from exc
     check_finite(tensors)
     module_names = {n for group in groups.values() for n in group.values()}
-    return Adapter(
+    adapter = Adapter(
         kind=kind.name,
         config=config,
         tensors={module: {s: tensors[n] for s, n in group.items()} for module, group in groups.items()},
@@ -276,3 +253,5 @@ def load_adapter(
         created_at=meta.get("created_at", ""),
         creator=meta.get("creator", ""),
     )
+    check_magnitudes(kind, config, adapter.tensors, adapter.global_tensors)
+    return adapter

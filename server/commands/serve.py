@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -17,6 +18,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--api-keys", dest="api_keys_file", help="file of 'TOKEN TENANT' lines (env SPLITASR_API_KEYS_FILE)")
     p.add_argument("--insecure", dest="allow_insecure_open", action="store_const", const=True,
                    help="allow a non-loopback bind with no API keys (anyone can use the server)")
+    p.add_argument("--env-file", type=Path, metavar="FILE",
+                   help="also read SPLITASR_* settings from FILE (environment variables win); no .env is read "
+                        "unless named here")
     p.set_defaults(func=run)
 
 
@@ -34,10 +38,14 @@ def run(args: argparse.Namespace) -> int:
     from ..observability import configure_logging
     from ..tenants import ApiKeys, is_loopback
 
-    settings = Settings(**overrides(args, "host", "port", "grpc_port", "backbone", "device", "quantize", "api_keys_file",
-                                    "allow_insecure_open"))
+    env_file = getattr(args, "env_file", None)
+    if env_file is not None and not env_file.is_file():
+        raise UsageError(f"--env-file {env_file}: no such file")
+    settings = Settings(_env_file=env_file, **overrides(
+        args, "host", "port", "grpc_port", "backbone", "device", "quantize", "api_keys_file", "allow_insecure_open"))
     configure_logging(settings.log_level, settings.log_format)
     keys = ApiKeys.load(settings.api_keys_file, settings.api_keys)
+    logging.getLogger("splitasr").info("%s%s", keys.describe(), f" (settings also from {env_file})" if env_file else "")
     if keys.open:
         if not is_loopback(settings.host) and not settings.allow_insecure_open:
             raise UsageError(
@@ -70,15 +78,26 @@ def exit_zero_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, _exit)
 
 
-def uvicorn_config(app, settings):
-    """How ``serve`` runs the REST app under uvicorn (HTTPS when SPLITASR_TLS_CERT/_KEY are set)."""
+def uvicorn_config(app, settings, **overrides):
+    """How ``serve`` runs the REST app under uvicorn (HTTPS when SPLITASR_TLS_CERT/_KEY are set): our
+    h11 protocol with header size and header/body deadlines, no proxy headers (the app believes
+    ``X-Forwarded-For`` from SPLITASR_TRUSTED_PROXIES only)."""
     import uvicorn
 
-    return uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                          log_config=None,  # keep the handlers configure_logging installed
-                          access_log=False,  # the RequestObserver middleware logs each request, with its id
-                          timeout_graceful_shutdown=settings.shutdown_grace_seconds,
-                          ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key)
+    from ..api.rest.protocol import guarded_protocol
+
+    options = {
+        "host": settings.host, "port": settings.port, "log_level": settings.log_level,
+        "log_config": None,  # keep the handlers configure_logging installed
+        "access_log": False,  # the RequestObserver middleware logs each request, with its id
+        "timeout_graceful_shutdown": settings.shutdown_grace_seconds,
+        "ssl_certfile": settings.tls_cert, "ssl_keyfile": settings.tls_key,
+        "http": guarded_protocol(settings.http_max_header_bytes, settings.http_header_timeout_s,
+                                 settings.http_body_timeout_s),
+        "h11_max_incomplete_event_size": settings.http_max_header_bytes,
+        "proxy_headers": False, "server_header": False,
+    }
+    return uvicorn.Config(app, **{**options, **overrides})
 
 
 async def _serve(app, settings, keys) -> None:

@@ -26,7 +26,7 @@ from ..decoding import DecodingOptions, Transcription
 from ..errors import InvalidInput, NotFound, NotReady
 from ..rescoring.service import KIND as RESCORER_KIND
 from ..rescoring.service import RescoringService, is_rescorer_file
-from ..tenants import RateLimiter
+from ..tenants import AuthFailureLimiter, RateLimiter
 from ..vad_filter import VadFilterOptions
 from .pool import SlotPool
 from .silence import transcribe_speech
@@ -77,9 +77,11 @@ class Engine:
             settings.adapter_store_dir,
             max_adapters_per_tenant=settings.max_adapters_per_tenant,
             max_bytes_per_tenant=settings.max_adapter_bytes_per_tenant,
+            sweep_interval_s=settings.store_sweep_interval_s,
         )
         # per-tenant request budget, shared by every transport that serves this engine
         self.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+        self.auth_limiter = AuthFailureLimiter(settings.auth_failures_per_minute, settings.auth_block_seconds)
         self.pool: SlotPool | None = None
         self.rescoring = RescoringService(self.store.read, slots=settings.rescorer_slots, limits=self.limits)
         self.worker: DecodeWorker | None = None
@@ -95,9 +97,9 @@ class Engine:
                 self.settings.backbone, cache_dir=self.settings.backbone_cache_dir, device=self.settings.device,
                 quantize=self.settings.quantize,
             )
-            self.spec = BackboneSpec.from_model(backbone.name, backbone.model)
             if not bank_layers(backbone.model):  # a preloaded backbone may already carry one
                 attach_bank(backbone.model, self.settings.adapter_targets, self.settings.adapter_slots, self.limits)
+            self.spec = BackboneSpec.from_model(backbone.name, backbone.model)  # after the bank: its targets
             decoder = make_decoder(backbone, self.settings.max_batch_rows)
             start = time.perf_counter()
             self._warm_up(decoder)
@@ -133,6 +135,7 @@ class Engine:
             decoder.step()
 
     def close(self, timeout: float | None = None) -> None:
+        self.store.close()
         if self.worker:
             self.worker.stop(timeout)
 
@@ -262,5 +265,6 @@ class Engine:
         if self.settings.audio_ctx_seconds and options.audio_ctx_seconds is None:
             options = replace(options, audio_ctx_seconds=self.settings.audio_ctx_seconds)
         job = Job(audio, self.rescoring_options(options, rescorer), adapter, rescorer, priority, tenant, key)
-        future = self.worker.submit(job)
-        return await asyncio.wrap_future(future)
+        with self.store.pinned(adapter, rescorer):  # a DELETE meanwhile keeps the blob until this row is done
+            future = self.worker.submit(job)
+            return await asyncio.wrap_future(future)

@@ -6,27 +6,42 @@ Layout under ``root``::
     tenants/<tenant>.json                       {name: {sha256, kind, size, created_at}}
 
 Every write is atomic (temp file in the same folder, fsync, rename, fsync folder), so a crash or a
-dropped connection leaves either the old state or the new one, never a partial file; stale temp files
-are swept at start-up. A tenant sees only its own names: a hash is reachable only through a name the
-tenant owns, so knowing another tenant's hash gives nothing. Blobs no name points at are deleted.
+dropped connection leaves either the old state or the new one, never a partial file. A tenant sees
+only its own names: a hash is reachable only through a name the tenant owns, so knowing another
+tenant's hash gives nothing. Blobs no name points at are deleted.
+
+Mutations hold an exclusive ``flock`` on ``<root>/.lock`` (besides a thread lock), so processes that
+share the folder never interleave one upload's blob and index writes with another's sweep. A crash
+between the two writes (a new blob, its name not yet written; a name deleted, its blob not yet) can
+leave a blob no name points at, and a temp file: :meth:`AdapterStore.sweep` removes both, under the
+same lock (so every temp file it sees is a dead writer's). It runs at start-up and then every
+``sweep_interval_s`` seconds, and logs what it removed.
+
+A request that uses an adapter holds its blob (:meth:`AdapterStore.pinned`, a reference count) until
+it finishes: a ``DELETE`` meanwhile removes the name at once, and the blob when the last request
+holding it is done. Pins are per process; a blob removed by another process sharing the folder reads
+as :class:`~splitasr.errors.NotFound`, never as a bare ``FileNotFoundError``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import logging
+import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..adapters.fileformat import atomic_write_bytes
 from ..errors import InvalidInput, NotFound, PermissionDenied, StorageFull, TooLarge
+from ..fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +96,30 @@ Validator = Callable[[bytes], str]
 
 
 class AdapterStore:
-    def __init__(self, root: Path, *, max_adapters_per_tenant: int = 100, max_bytes_per_tenant: int = 1 << 30):
+    def __init__(self, root: Path, *, max_adapters_per_tenant: int = 100, max_bytes_per_tenant: int = 1 << 30,
+                 sweep_interval_s: float = 0.0):
+        """``sweep_interval_s``: run :meth:`sweep` this often in a daemon thread (0 = at start-up only)."""
         self.root = Path(root)
         self.max_adapters = max_adapters_per_tenant
         self.max_bytes = max_bytes_per_tenant
         self._lock = threading.RLock()
+        self._lock_depth = 0
+        self._lock_fd: int | None = None
+        self._pins: Counter[str] = Counter()  # sha256 -> requests holding it
+        self._doomed: set[str] = set()  # pinned blobs whose last name was deleted
         (self.root / "blobs").mkdir(parents=True, exist_ok=True)
         (self.root / "tenants").mkdir(parents=True, exist_ok=True)
-        self._sweep_temp_files()
+        self.sweep()
+        self._stop = threading.Event()
+        self._sweeper: threading.Thread | None = None
+        if sweep_interval_s > 0:
+            self._sweeper = threading.Thread(target=self._sweep_every, args=(sweep_interval_s,),
+                                             name="store-sweeper", daemon=True)
+            self._sweeper.start()
+
+    def close(self) -> None:
+        """Stop the periodic sweep."""
+        self._stop.set()
 
     # paths ---------------------------------------------------------------------------------------
     def blob_path(self, sha256: str) -> Path:
@@ -99,10 +130,56 @@ class AdapterStore:
             raise PermissionDenied("invalid tenant")
         return self.root / "tenants" / f"{tenant}.json"
 
-    def _sweep_temp_files(self) -> None:
-        for tmp in self.root.rglob(".*.tmp"):
-            log.warning("removing incomplete write %s (left by an interrupted upload)", tmp)
-            tmp.unlink(missing_ok=True)
+    # cross-process exclusion and the sweep ----------------------------------------------------------
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """This thread alone in this process (RLock), and this process alone on the folder (flock)."""
+        with self._lock:
+            if self._lock_depth == 0:
+                fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self._lock_fd = fd
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+                if self._lock_depth == 0 and self._lock_fd is not None:
+                    os.close(self._lock_fd)  # releases the flock
+                    self._lock_fd = None
+
+    def sweep(self) -> dict[str, int]:
+        """Remove temp files and blobs no name points at (none held by a request in progress);
+        returns and logs the counts."""
+        removed_temp = removed_blobs = kept = 0
+        with self._exclusive():
+            for tmp in self.root.rglob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+                removed_temp += 1
+            referenced = {r.sha256 for t in self._tenants() for r in self._read_index(t).values()}
+            for blob in (self.root / "blobs").glob("*/*.safetensors"):
+                sha = blob.name.removesuffix(".safetensors")
+                if sha in referenced or sha in self._pins:
+                    kept += 1
+                    continue
+                blob.unlink(missing_ok=True)
+                removed_blobs += 1
+        counts = {"removed_blobs": removed_blobs, "removed_temp_files": removed_temp, "kept_blobs": kept}
+        level = logging.WARNING if removed_blobs or removed_temp else logging.INFO
+        log.log(level, "adapter store %s: removed %d blobs no name points at and %d temp files of interrupted "
+                "writes; %d blobs in use", self.root, removed_blobs, removed_temp, kept, extra=counts)
+        return counts
+
+    def _sweep_every(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            try:
+                self.sweep()
+            except OSError as exc:  # a transient filesystem problem: try again next time
+                log.error("adapter store sweep failed: %s", exc)
 
     # index ---------------------------------------------------------------------------------------
     def _read_index(self, tenant: str) -> dict[str, AdapterRecord]:
@@ -138,7 +215,41 @@ class AdapterStore:
             return next((r for r in self._read_index(tenant).values() if r.sha256 == sha256), None)
 
     def read(self, sha256: str) -> bytes:
-        return self.blob_path(check_sha256(sha256)).read_bytes()
+        try:
+            return self.blob_path(check_sha256(sha256)).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"adapter {sha256[:12]}… no longer exists (it was deleted)") from None
+
+    @contextlib.contextmanager
+    def pinned(self, *sha256s: str | None) -> Iterator[None]:
+        """Hold these blobs (None entries are skipped) for the ``with`` block: deleting their names
+        meanwhile removes the blobs only after the block. Raises :class:`NotFound` when one is already gone."""
+        held = [s for s in dict.fromkeys(sha256s) if s]
+        with self._lock:
+            for sha in held:
+                if sha not in self._pins and not self.blob_path(check_sha256(sha)).exists():
+                    raise NotFound("the adapter this request names was deleted before the request could use it")
+            self._pins.update(held)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._pins.subtract(held)
+                released = [sha for sha in held if self._pins[sha] <= 0]
+                for sha in released:
+                    del self._pins[sha]
+                doomed = [sha for sha in released if sha in self._doomed]
+                self._doomed.difference_update(doomed)
+            if doomed:  # their last name went while they were held
+                with self._exclusive():
+                    for sha in doomed:
+                        if sha not in self._pins:
+                            self._collect(sha)
+
+    def pinned_count(self) -> int:
+        """Blobs held by requests in progress (for tests and metrics)."""
+        with self._lock:
+            return len(self._pins)
 
     # mutations -----------------------------------------------------------------------------------
     def put(self, tenant: str, name: str, data: bytes, validate: Validator,
@@ -149,7 +260,7 @@ class AdapterStore:
         if expected_sha256 and check_sha256(expected_sha256) != sha256:
             raise InvalidInput(f"upload is corrupt: sha256 is {sha256}, the client announced {expected_sha256}")
         kind = validate(data)
-        with self._lock:
+        with self._exclusive():
             index = self._read_index(tenant)
             self._check_quota(index, name, len(data))
             blob = self.blob_path(sha256)
@@ -172,7 +283,7 @@ class AdapterStore:
         return record
 
     def delete(self, tenant: str, name: str) -> AdapterRecord:
-        with self._lock:
+        with self._exclusive():
             index = self._read_index(tenant)
             record = index.pop(check_name(name), None)
             if record is None:
@@ -193,9 +304,12 @@ class AdapterStore:
             )
 
     def _collect(self, sha256: str) -> None:
-        """Delete a blob that no tenant's name points at any more."""
+        """Delete a blob that no tenant's name points at any more (later, if a request holds it)."""
         for tenant in self._tenants():
             if any(r.sha256 == sha256 for r in self._read_index(tenant).values()):
                 return
+        if sha256 in self._pins:
+            self._doomed.add(sha256)
+            return
         self.blob_path(sha256).unlink(missing_ok=True)
 

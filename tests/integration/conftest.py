@@ -37,8 +37,10 @@ class RunningServer:
 
 
 def start_server(settings: Settings, engine: Engine) -> tuple[uvicorn.Server, threading.Thread]:
-    config = uvicorn.Config(create_app(settings, engine), host=settings.host, port=settings.port,
-                            log_level="warning", lifespan="on")
+    """uvicorn as `splitasr serve` configures it (protocol limits included), in a thread."""
+    from splitasr.commands.serve import uvicorn_config
+
+    config = uvicorn_config(create_app(settings, engine), settings, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -113,6 +113,28 @@ def _lying_module_shape(data: bytes) -> bytes:
     return save(tensors, metadata=header["__metadata__"])
 
 
+def _filled(spec: BackboneSpec, value: float) -> bytes:
+    """A LoRA file whose every value is ``value``: finite, structurally valid."""
+    adapter = random_adapter(spec, "lora", seed=24)
+    tensors = {m: {k: torch.full_like(t, value) for k, t in group.items()} for m, group in adapter.tensors.items()}
+    return adapter_to_bytes(replace(adapter, tensors=tensors))
+
+
+def _huge_alpha(spec: BackboneSpec) -> bytes:
+    adapter = random_adapter(spec, "lora", seed=25)
+    return adapter_to_bytes(replace(adapter, config=replace(adapter.config, alpha=1e30)))
+
+
+def _on_output_head(spec: BackboneSpec) -> bytes:
+    """A LoRA on ``proj_out`` (a linear of the backbone, but the output head tied to the embedding)."""
+    out_features, in_features = spec.linear_shapes["proj_out"]
+    adapter = random_adapter(spec, "lora", seed=26)
+    gen = torch.Generator().manual_seed(26)
+    head = {"lora_A": torch.randn(8, in_features, generator=gen) * 0.02,
+            "lora_B": torch.randn(out_features, 8, generator=gen) * 0.02}
+    return adapter_to_bytes(replace(adapter, tensors={"proj_out": head}))
+
+
 def adapter_cases(spec: BackboneSpec) -> list[tuple[str, bytes, str]]:
     """Hostile adapter files for ``spec`` and a word of the message each must get."""
     good = adapter_bytes(spec, "lora", seed=20)
@@ -159,6 +181,12 @@ def adapter_cases(spec: BackboneSpec) -> list[tuple[str, bytes, str]]:
         ("format-version", _edit_meta(good, lambda m: m.__setitem__("format_version", 99)), "format_version"),
         ("no-metadata", join({k: v for k, v in header.items() if k != "__metadata__"}, body), "metadata"),
         ("peft-zip-bomb", _zip_bomb(), "header"),  # over gRPC; REST_WORDS has what REST says
+        # finite and well-formed, but serving them would overflow
+        ("every-weight-1e30", _filled(spec, 1e30), "magnitude 1e+30"),
+        ("every-weight-65504", _filled(spec, 65504.0), "over the limit of 16384"),
+        ("every-weight-1", _filled(spec, 1.0), "over the limit of 32"),
+        ("alpha-1e30", _huge_alpha(spec), "alpha"),
+        ("output-head-proj_out", _on_output_head(spec), "output head"),
     ]
 
 

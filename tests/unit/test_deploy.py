@@ -148,3 +148,24 @@ def test_server_image_runs_as_non_root_with_volumes_and_a_healthcheck():
     device = (ROOT / "docker" / "device.Dockerfile").read_text()
     assert re.search(r"^USER (?!root|0\b)\S+", device, re.MULTILINE)
     assert "[server]" not in device, "the device image installs the base (device) dependencies only"
+
+
+def test_images_build_without_a_registry_and_never_fall_back_to_cuda_torch():
+    """What scripts/test-images.sh relies on (it builds and smoke-tests the images for real when a
+    container engine is there; .ci/run runs it): no `# syntax=` line (BuildKit would fetch its
+    frontend from a registry), the base images as build arguments, torch from TORCH_INDEX_URL alone
+    (so an unreachable index fails instead of pulling PyPI's CUDA wheel), the CA bundle in build
+    stages only."""
+    for name in ("server.Dockerfile", "device.Dockerfile"):
+        text = (ROOT / "docker" / name).read_text()
+        assert not re.search(r"^#\s*syntax\s*=", text, re.MULTILINE | re.IGNORECASE), name
+        assert "ARG PYTHON_IMAGE=" in text and "COPY docker/build-ca/ /tmp/build-ca/" in text, name
+        final = text[text.rindex("\nFROM "):]
+        assert "build-ca" not in final and "COPY --from=build /opt/venv /opt/venv" in final, name
+    install = (ROOT / "docker" / "install.sh").read_text()
+    assert re.search(r'pip" install --no-deps --index-url "\$index/" "\$pin"', install)
+    assert "cannot be reached from the build" in install
+    for script in ("scripts/make-base-image.sh", "scripts/test-images.sh", "docker/install.sh", ".ci/run"):
+        shell = "sh" if script.endswith("install.sh") else "bash"
+        assert subprocess.run([shell, "-n", str(ROOT / script)], check=False).returncode == 0, script
+    assert "scripts/test-images.sh" in (ROOT / ".ci" / "run").read_text()

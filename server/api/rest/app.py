@@ -7,11 +7,13 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from ... import __version__
 from ...config import Settings
 from ...engine.engine import Engine
 from ...tenants import ApiKeys
+from .auth import AuthGuard
 from .errors import install_error_handlers
 from .limits import BodySizeLimit
 from .middleware import RequestObserver
@@ -51,9 +53,15 @@ def create_app(
     for module in (health, metrics, models, transcriptions, translations, adapters):
         app.include_router(module.router)
     multipart_overhead = 64 * 1024
+    # added first = innermost. From the outside in: the client address (trusted proxies only), the
+    # request id + access log + metrics (every status, 401/413 included), the key (before the body),
+    # the body size
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes,
                        per_path={"/v1/adapters": settings.max_adapter_bytes + multipart_overhead})
-    app.add_middleware(RequestObserver)  # added last = outermost: it sees every status, 413s included
+    app.add_middleware(AuthGuard, state=app.state)
+    app.add_middleware(RequestObserver)
+    if settings.trusted_proxies:
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     return app
 
 

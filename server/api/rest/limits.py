@@ -59,6 +59,8 @@ class BodySizeLimit:
         body = json.dumps(
             error_body(f"request body exceeds the upload limit of {mib:.1f} MiB", "payload_too_large")
         ).encode()
+        # close the connection: uvicorn would otherwise read (and discard) the rest of the oversized body
         await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})

@@ -1,14 +1,16 @@
-"""ASGI middleware that gives every request an id, counts it in the metrics and writes one access log line."""
+"""ASGI middleware that gives every request an id, counts it in the metrics and writes one access log line
+(client address, method, path, status, duration; the address is a trusted proxy's ``X-Forwarded-For``
+client when SPLITASR_TRUSTED_PROXIES names the peer, else the peer)."""
 
 from __future__ import annotations
 
 import logging
 import time
 
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ...observability import REQUEST_ID_HEADER, observe_http, request_scope
+from .scope import client_host, find_route
 
 log = logging.getLogger("splitasr.access")
 
@@ -50,10 +52,11 @@ class RequestObserver:
                 route = route_template(scope)
                 observe_http(scope.get("method", ""), route, status, seconds)
                 path = scope.get("path", "")
+                client = client_host(scope)
                 log.log(logging.DEBUG if path in QUIET_PATHS else logging.INFO,
-                        "%s %s %d %.1f ms", scope.get("method"), path, status, seconds * 1000,
-                        extra={"method": scope.get("method"), "path": path, "route": route, "status": status,
-                               "duration_ms": round(seconds * 1000, 1)})
+                        "%s %s %s %d %.1f ms", client, scope.get("method"), path[:200], status, seconds * 1000,
+                        extra={"client": client, "method": scope.get("method"), "path": path[:200], "route": route,
+                               "status": status, "duration_ms": round(seconds * 1000, 1)})
 
 
 def route_template(scope: Scope) -> str:
@@ -61,9 +64,5 @@ def route_template(scope: Scope) -> str:
     matched = getattr(scope.get("route"), "path", None)  # set by the router when it got that far
     if matched:
         return matched
-    app = scope.get("app")
-    for route in getattr(app, "routes", ()):
-        match, _ = route.matches(scope)
-        if match != Match.NONE:
-            return route.path
-    return UNMATCHED_ROUTE
+    _, route = find_route(scope)  # a request answered before the router (401, 413)
+    return getattr(route, "path", None) or UNMATCHED_ROUTE

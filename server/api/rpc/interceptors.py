@@ -43,7 +43,7 @@ from ...observability import (
     request_id_from_metadata,
     request_scope,
 )
-from ...tenants import ApiKeys, RateLimiter
+from ...tenants import ApiKeys, AuthFailureLimiter, RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,21 @@ def _call_type(handler: grpc.RpcMethodHandler) -> str:
     return "server_stream" if handler.response_streaming else "unary"
 
 
-def _wrap(handler: grpc.RpcMethodHandler, authenticate: Callable[[], str], method: str) -> grpc.RpcMethodHandler:
+def peer_address(context: grpc.aio.ServicerContext) -> str:
+    """The client's IP address from ``context.peer()`` (``ipv4:1.2.3.4:5678``, ``ipv6:[::1]:5678``)."""
+    peer = context.peer() or ""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv6" and rest.startswith("["):
+        return rest[1:].split("]", 1)[0]
+    if kind == "ipv4":
+        return rest.rsplit(":", 1)[0]
+    return peer or "unknown"
+
+
+Authenticate = Callable[[grpc.aio.ServicerContext], str]
+
+
+def _wrap(handler: grpc.RpcMethodHandler, authenticate: Authenticate, method: str) -> grpc.RpcMethodHandler:
     kwargs = {"request_deserializer": handler.request_deserializer,
               "response_serializer": handler.response_serializer}
     grpc_type = _call_type(handler)
@@ -128,7 +142,7 @@ def _wrap(handler: grpc.RpcMethodHandler, authenticate: Callable[[], str], metho
         async def call(request, context):
             async with _observed(context, method, grpc_type):
                 try:
-                    _TENANT.set(authenticate())
+                    _TENANT.set(authenticate(context))
                     return await inner(request, context)
                 except Exception as exc:  # noqa: BLE001 - mapped to a status code
                     await _abort(context, exc, method)
@@ -141,7 +155,7 @@ def _wrap(handler: grpc.RpcMethodHandler, authenticate: Callable[[], str], metho
     async def stream(request, context):
         async with _observed(context, method, grpc_type):
             try:
-                _TENANT.set(authenticate())
+                _TENANT.set(authenticate(context))
                 async for response in inner_stream(request, context):
                     yield response
             except Exception as exc:  # noqa: BLE001 - mapped to a status code
@@ -152,12 +166,14 @@ def _wrap(handler: grpc.RpcMethodHandler, authenticate: Callable[[], str], metho
 
 
 class ApiInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, api_keys: ApiKeys, rate_limiter: RateLimiter | None = None):
+    def __init__(self, api_keys: ApiKeys, rate_limiter: RateLimiter | None = None,
+                 auth_limiter: AuthFailureLimiter | None = None):
         self.api_keys = api_keys
         self.rate_limiter = rate_limiter
+        self.auth_limiter = auth_limiter or AuthFailureLimiter(0, 1.0)
 
-    def _tenant(self, authorization: str | None) -> str:
-        tenant = self.api_keys.authenticate(authorization)
+    def _tenant(self, authorization: str | None, context: grpc.aio.ServicerContext) -> str:
+        tenant = self.auth_limiter.authenticate(self.api_keys, authorization, peer_address(context), "grpc")
         if self.rate_limiter is not None:
             self.rate_limiter.check(tenant)
         return tenant
@@ -169,4 +185,4 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
             return handler
         metadata = dict(handler_call_details.invocation_metadata or ())
         authorization = metadata.get("authorization")
-        return _wrap(handler, lambda: self._tenant(authorization), method)
+        return _wrap(handler, lambda context: self._tenant(authorization, context), method)

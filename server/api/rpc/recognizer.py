@@ -17,10 +17,11 @@ from ...engine.engine import RESCORE_MAX_SECONDS, Engine
 from ...engine.silence import transcribe_speech
 from ...engine.streaming import Linear16Decoder, StreamingSession, StreamPolicy
 from ...engine.vad import make_vad
-from ...errors import BadAudio, InvalidInput, NotFound, Overloaded, TooLarge
+from ...errors import BadAudio, InvalidInput, NotFound, TooLarge
 from ...vad_filter import VadFilterOptions
 from . import convert
 from .interceptors import current_tenant
+from .streams import StreamSlots
 from .validate import check_recognize_config, check_streaming_config, reject_unknown_fields
 
 
@@ -30,7 +31,11 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
         self.settings = settings
         self.policy = StreamPolicy(interim_interval_s=settings.stream_interim_interval_ms / 1000,
                                    endpoint_silence_s=settings.stream_endpoint_silence_ms / 1000)
-        self.active_streams = 0
+        self.slots = StreamSlots(settings.max_streams, settings.max_streams_per_tenant)
+
+    @property
+    def active_streams(self) -> int:
+        return self.slots.active
 
     # helpers -------------------------------------------------------------------------------------
     def _adapter(self, tenant: str, ref: pb.AdapterRef) -> str | None:
@@ -132,16 +137,13 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
         adapter = self._adapter(tenant, config.adapter)
         options = self._options(config)
         decoder = Linear16Decoder(config.sample_rate_hz or 16_000)
-        if self.active_streams >= self.settings.max_streams:
-            raise Overloaded(f"the server is at its limit of {self.settings.max_streams} streams; retry later")
-        self.active_streams += 1
-        try:
-            session = StreamingSession(lambda audio: self.engine.transcribe_audio(audio, options, adapter),
-                                       make_vad(self.settings.stream_vad), self.policy, streaming.interim_results)
-            async for response in self._respond(request_iterator, session, decoder, streaming.time_offset_seconds):
-                yield response
-        finally:
-            self.active_streams -= 1
+        async with self.slots.hold(tenant, request_iterator):  # per tenant and in all (RESOURCE_EXHAUSTED)
+            with self.engine.store.pinned(adapter):  # the stream holds its adapter until it ends
+                session = StreamingSession(lambda audio: self.engine.transcribe_audio(audio, options, adapter),
+                                           make_vad(self.settings.stream_vad), self.policy, streaming.interim_results)
+                async for response in self._respond(request_iterator, session, decoder,
+                                                    streaming.time_offset_seconds):
+                    yield response
 
     async def _respond(self, requests, session: StreamingSession, decoder: Linear16Decoder, offset: float):
         reader = asyncio.create_task(self._read_audio(requests, session, decoder))

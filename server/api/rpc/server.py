@@ -79,7 +79,7 @@ def create_grpc_server(settings: Settings, engine: Engine, api_keys: ApiKeys | N
     api_keys = api_keys or ApiKeys.load(settings.api_keys_file, settings.api_keys)
     limit = settings.grpc_max_message_bytes
     server = grpc.aio.server(
-        interceptors=[ApiInterceptor(api_keys, engine.rate_limiter)],
+        interceptors=[ApiInterceptor(api_keys, engine.rate_limiter, engine.auth_limiter)],
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
                  ("grpc.so_reuseport", 0)],
     )

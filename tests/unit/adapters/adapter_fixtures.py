@@ -42,8 +42,9 @@ def tiny_whisper(seed: int = 0) -> WhisperForConditionalGeneration:
     return WhisperForConditionalGeneration(tiny_config()).eval()
 
 
-def randomize(adapter: Adapter, seed: int, std: float = 0.2) -> Adapter:
-    """Give every tensor random values so that the update is far from zero."""
+def randomize(adapter: Adapter, seed: int, std: float = 0.15) -> Adapter:
+    """Give every tensor random values so that the update is far from zero (and within the magnitude
+    bounds of :mod:`splitasr.adapters.bounds`)."""
     gen = torch.Generator().manual_seed(seed)
     for group in [*adapter.tensors.values(), adapter.global_tensors]:
         for name, tensor in group.items():
