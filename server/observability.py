@@ -55,9 +55,11 @@ __all__ = [
     "observe_batch",
     "observe_pool_event",
     "observe_request",
+    "observe_train_job",
     "request_id_from_metadata",
     "request_scope",
     "track_engine",
+    "track_jobs",
 ]
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -110,11 +112,19 @@ BACKBONE_LOAD_SECONDS = Gauge(
 )
 
 
+TRAIN_JOBS = Counter("splitasr_train_jobs", "Finished training jobs by status (succeeded|failed|cancelled).",
+                     ["status"], registry=REGISTRY)
+TRAIN_JOB_SECONDS = Histogram("splitasr_train_job_duration_seconds", "Time from start (or queueing) to the end "
+                              "of a training job.", buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600),
+                              registry=REGISTRY)
+
+
 class _EngineCollector:
-    """Gauges read from the live engines at scrape time (one per process in production)."""
+    """Gauges read from the live engines (and job managers) at scrape time (one per process in production)."""
 
     def __init__(self) -> None:
         self.engines: weakref.WeakSet = weakref.WeakSet()
+        self.job_managers: weakref.WeakSet = weakref.WeakSet()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         engines = list(self.engines)
@@ -128,6 +138,10 @@ class _EngineCollector:
                      sum(s.max_queue for s in schedulers))
         yield _gauge("splitasr_adapter_pool_occupancy", "Adapter slots in use.", sum(p.occupancy for p in pools))
         yield _gauge("splitasr_adapter_pool_capacity", "Adapter slots in all.", sum(p.capacity for p in pools))
+        counts = [m.counts() for m in list(self.job_managers)]
+        yield _gauge("splitasr_train_jobs_queued", "Training jobs waiting for a worker.",
+                     sum(c["queued"] for c in counts))
+        yield _gauge("splitasr_train_jobs_running", "Training jobs running.", sum(c["running"] for c in counts))
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
@@ -141,6 +155,16 @@ REGISTRY.register(_ENGINES)
 def track_engine(engine: Any) -> None:
     """Report ``engine``'s readiness, queue and slot pool in the scrape-time gauges."""
     _ENGINES.engines.add(engine)
+
+
+def track_jobs(manager: Any) -> None:
+    """Report a training job manager's queued and running jobs in the scrape-time gauges."""
+    _ENGINES.job_managers.add(manager)
+
+
+def observe_train_job(status: str, seconds: float) -> None:
+    TRAIN_JOBS.labels(status).inc()
+    TRAIN_JOB_SECONDS.observe(max(0.0, seconds))
 
 
 def observe_request(transport: Literal["rest", "grpc"], endpoint: str, status: str | int, seconds: float) -> None:

@@ -36,8 +36,8 @@ class RunningServer:
         return {"Authorization": f"Bearer {TOKENS[tenant]}"}
 
 
-def start_server(settings: Settings, engine: Engine) -> tuple[uvicorn.Server, threading.Thread]:
-    config = uvicorn.Config(create_app(settings, engine), host=settings.host, port=settings.port,
+def start_server(settings: Settings, engine: Engine, jobs=None) -> tuple[uvicorn.Server, threading.Thread]:
+    config = uvicorn.Config(create_app(settings, engine, jobs=jobs), host=settings.host, port=settings.port,
                             log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -71,3 +71,4 @@ def rest_server(tiny_backbone, cache_root, tmp_path_factory) -> Iterator[Running
 
 
 from .grpc_server import grpc_server  # noqa: E402,F401 - session fixture shared by the gRPC test modules
+from .jobs_server import jobs_server, speaker, trained_job  # noqa: E402,F401 - fixtures of the training job tests
