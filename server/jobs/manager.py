@@ -460,6 +460,10 @@ class JobManager:
                     out[job.status] += 1
             return out
 
+    def worker_pids(self) -> list[int]:
+        """Process ids of the training workers alive now (for operators and tests)."""
+        return [e.worker.pid for e in self._executions if e.worker is not None and e.worker.alive()]
+
     def work_dir(self, job: JobRecord) -> Path:
         assert self.files is not None
         return self.files.work_dir(job.id)
