@@ -85,6 +85,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup: float = 0.1  # fraction of the steps with a linear warm-up, then linear decay to 0
     batch_size: int = 8
+    # None: each batch in one pass; n: in passes of n utterances with the gradients summed (the same
+    # update, a fraction of the activation memory: what adapting encoder layers costs)
+    micro_batch_size: int | None = None
     max_grad_norm: float = 1.0
     seed: int = 0
     patience: int = 3  # epochs without dev improvement before stopping; <= 0: never stop early
@@ -96,6 +99,8 @@ class TrainConfig:
         for name in ("rank", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise InvalidInput(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise InvalidInput(f"micro_batch_size must be >= 1, got {self.micro_batch_size}")
         if not self.lr > 0:
             raise InvalidInput(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.warmup < 1:
@@ -231,6 +236,27 @@ def batch_loss(model: torch.nn.Module, examples: Examples, index: torch.Tensor, 
         out = model(encoder_outputs=(encoded,), decoder_input_ids=ids, use_cache=False)
     loss = F.cross_entropy(out.logits.float().flatten(0, 1), labels.flatten(), reduction=reduction)
     return loss, int((labels != -100).sum())
+
+
+def accumulate(model: torch.nn.Module, examples: Examples, index: torch.Tensor, pad_id: int,
+               micro_batch_size: int | None) -> float:
+    """Backward of the mean token loss of rows ``index``; returns that loss.
+
+    With ``micro_batch_size``, the rows go through in parts whose summed losses are divided by the
+    batch's token count before backward: the gradient is the whole batch's, the activations held at
+    once are a part's.
+    """
+    if micro_batch_size is None or micro_batch_size >= len(index):
+        loss, _ = batch_loss(model, examples, index, pad_id)
+        loss.backward()
+        return loss.item()
+    tokens = sum(len(ids) - prefix for ids, prefix in (examples.sequences[i] for i in index.tolist()))
+    total = 0.0
+    for part in index.split(micro_batch_size):
+        loss, _ = batch_loss(model, examples, part, pad_id, reduction="sum")
+        (loss / tokens).backward()
+        total += loss.item()
+    return total / tokens
 
 
 def dev_loss(model: torch.nn.Module, examples: Examples, pad_id: int, batch_size: int) -> float:
@@ -383,13 +409,12 @@ def _fit(
             began = time.perf_counter()
             epoch_losses = []
             for index in batch_order(len(train), config.batch_size, generator):
-                loss, _ = batch_loss(model, train, index, pad_id)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss = accumulate(model, train, index, pad_id, config.micro_batch_size)
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
-                epoch_losses.append(loss.item())
+                epoch_losses.append(loss)
                 reporter.step(epoch_losses[-1])
                 on_progress("step", {"epoch": epoch, "step": len(step_losses) + len(epoch_losses), "steps": steps,
                                      "loss": epoch_losses[-1]})
