@@ -103,12 +103,13 @@ class Execution:
 
     def _follow(self, job: JobRecord) -> None:
         """Relay the worker's messages until the job ends."""
-        assert self.worker is not None
+        worker = self.worker  # close() may drop self.worker from another thread; its pipe then reads as EOF
+        assert worker is not None
         deadline = time.monotonic() + self.manager.settings.train_max_job_seconds
         cancel_sent: float | None = None
         while True:
             if job.cancel_requested and cancel_sent is None:
-                self.worker.send(("cancel", job.id))
+                worker.send(("cancel", job.id))
                 cancel_sent = time.monotonic()
             if cancel_sent is not None and time.monotonic() - cancel_sent > CANCEL_GRACE_S:
                 log.info("training job %s: worker did not stop after the cancel; killing it", job.id)
@@ -121,7 +122,7 @@ class Execution:
                 message = f"the job ran longer than {limit:g} s (SPLITASR_TRAIN_MAX_JOB_SECONDS); no adapter was kept"
                 self.manager.finish(job, FAILED, error=("timeout", message))
                 return
-            message = self.worker.receive(POLL_S)
+            message = worker.receive(POLL_S)
             if message is None or message[1] != job.id:
                 continue
             kind = message[0]
