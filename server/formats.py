@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .engine.decoding import Transcription
+from .decoding import Transcription
 
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 
@@ -49,7 +49,7 @@ def to_verbose_json(t: Transcription, task: str = "transcribe") -> dict[str, Any
             for s in t.segments
         ],
     }
-    if t.nbest:
+    if len(t.nbest) > 1:
         body["nbest"] = [{"text": h.text, "logprob": h.logprob, "avg_logprob": h.avg_logprob} for h in t.nbest]
     return body
 

@@ -68,7 +68,7 @@ def attach_adapter(backbone, path: Path) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from ..audio import decode_audio
-    from ..engine.decoding import DecodingOptions, transcribe
+    from ..decoding import DecodingOptions, transcribe
     from ..formats import render, to_verbose_json
 
     backbone = load_backbone(args)

@@ -13,7 +13,7 @@ import torch
 from splitasr.adapters import BackboneSpec, adapter_to_bytes, get_kind, new_adapter, resolve_targets
 from splitasr.backbones.ctc import write_random_ctc_model
 from splitasr.config import Settings
-from splitasr.engine.decoding import DecodingOptions
+from splitasr.decoding import DecodingOptions
 from splitasr.engine.engine import Engine, Row
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 

@@ -7,7 +7,7 @@ from typing import Any
 from splitasr_device._proto import adapters_pb2, trainer_pb2
 from splitasr_device._proto import recognizer_pb2 as pb
 
-from ...engine.decoding import Segment, Transcription
+from ...decoding import Segment, Transcription
 from ...engine.store import AdapterRecord
 from ...engine.streaming import STABLE, UNSTABLE, Final, Interim
 from ...jobs import JobParameters

@@ -11,7 +11,7 @@ from splitasr_device._proto import recognizer_pb2_grpc
 
 from ...audio import decode_audio
 from ...config import Settings
-from ...engine.decoding import DecodingOptions
+from ...decoding import DecodingOptions
 from ...engine.engine import NO_RESCORER, RESCORE_MAX_SECONDS, Engine
 from ...engine.streaming import Linear16Decoder, StreamingSession, StreamPolicy
 from ...engine.vad import make_vad

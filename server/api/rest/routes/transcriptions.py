@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from ....engine.decoding import DecodingOptions
+from ....decoding import DecodingOptions
 from ....errors import BadAudio
 from ....formats import render
 from ..deps import EngineDep, SettingsDep, TenantDep
