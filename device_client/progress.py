@@ -24,7 +24,9 @@ class ProgressBar:
     def __call__(self, event: TrainingEvent) -> None:
         if self.tty:
             self._draw(event)
-        elif event.type in ("status", "epoch", "stage") or (event.type == "upload" and event.fraction >= 1):
+        elif event.type == "status":  # its message starts with the status
+            print(event.message, file=self.stream, flush=True)
+        elif event.type in ("epoch", "stage") or (event.type == "upload" and event.fraction >= 1):
             print(f"{event.status}: {event.message}", file=self.stream, flush=True)
 
     def _draw(self, event: TrainingEvent) -> None:

@@ -116,7 +116,25 @@ async def _job_request(request: Request, max_files: int, max_bytes: int) -> JobR
     return JobRequest(parameters, name, store, manifest, parts)
 
 
-@router.post("/v1/adapters/jobs", summary="Create a training job", status_code=201,
+def _form_schema() -> dict:
+    """The multipart body in the OpenAPI docs (the route reads the form itself: part names vary)."""
+    text = {"type": "string"}
+    fields: dict = {"file": {"type": "array", "items": {"type": "string", "format": "binary"},
+                             "description": "the recordings (repeat the field); each at most 30 s"},
+                    "manifest": {"type": "string", "format": "binary",
+                                 "description": "NeMo JSONL: audio_filepath (a recording's file name) and text"},
+                    "archive": {"type": "string", "format": "binary",
+                                "description": "instead of file + manifest: a zip with manifest.jsonl"},
+                    "name": {**text, "description": "store the adapter under this name"},
+                    "store": {"type": "boolean", "default": True}}
+    fields.update({f: text for f in ("kind", "targets", "gate")})
+    fields.update({f: {"type": "integer"} for f in INT_FIELDS})
+    fields.update({f: {"type": "number"} for f in FLOAT_FIELDS})
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {
+        "schema": {"type": "object", "properties": fields}}}}}
+
+
+@router.post("/v1/adapters/jobs", summary="Create a training job", status_code=201, openapi_extra=_form_schema(),
              responses={400: {"description": "invalid recordings, manifest or parameters"},
                         413: {"description": "upload too large"}, 429: {"description": "too many jobs"}})
 async def create_job(request: Request, jobs: JobsDep, settings: SettingsDep, tenant: TenantDep) -> dict:
