@@ -108,18 +108,24 @@ class JobManager:
         observability.track_jobs(self)
 
     def _take_directory(self) -> bool:
-        self.files = RecordFiles(self.root)
-        handle = open(self.root / "lock", "a+")  # noqa: SIM115 - held open for the manager's lifetime
+        """Own the jobs directory (one server process per directory: its restart recovery is ours)."""
+        try:
+            files = RecordFiles(self.root)
+            handle = open(self.root / "lock", "a+")  # noqa: SIM115 - held open for the manager's lifetime
+        except OSError as exc:
+            self.disabled_reason = f"training jobs are unavailable: the jobs directory {self.root} is not usable " \
+                                   f"({exc.strerror}; set SPLITASR_JOBS_DIR)"
+            log.error("%s", self.disabled_reason)
+            return False
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             handle.close()
-            self.files = None
             self.disabled_reason = (f"training jobs are unavailable: another server process uses the jobs "
                                     f"directory {self.root} (set SPLITASR_JOBS_DIR)")
             log.info("%s", self.disabled_reason)
             return False
-        self._lock_file = handle
+        self.files, self._lock_file = files, handle
         return True
 
     def _recover(self) -> None:

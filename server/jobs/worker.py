@@ -89,6 +89,17 @@ def _load_backbone(config: WorkerConfig):
                          quantize=config.quantize, dtype=torch.float32)
 
 
+def _release_memory() -> None:
+    """Give the job's freed memory back to the system (glibc keeps it otherwise) while the worker idles."""
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _reset_peak_rss() -> None:
     with contextlib.suppress(OSError):  # Linux: "5" resets VmHWM, so each job reports its own peak
         Path("/proc/self/clear_refs").write_text("5")
@@ -181,5 +192,6 @@ def worker_main(conn: Connection, config: WorkerConfig) -> None:
                                f"the training worker could not load the backbone ({type(exc).__name__})"))
                     continue
             run_job(conn, backbone, order)
+            _release_memory()
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
         return  # the server went away

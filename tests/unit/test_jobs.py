@@ -110,3 +110,33 @@ def test_a_dead_worker_is_described():
     assert "killed by SIGKILL (out of memory?)" in describe_exit(-signal.SIGKILL)
     assert describe_exit(-signal.SIGSEGV).endswith("SIGSEGV")
     assert describe_exit(3) == "the training worker exited with status 3"
+
+
+def test_one_server_process_per_jobs_directory(tmp_path):
+    from splitasr.config import Settings
+    from splitasr.engine.engine import Engine
+    from splitasr.errors import NotReady
+    from splitasr.jobs import JobManager
+
+    settings = Settings(cache_dir=tmp_path / "cache", jobs_dir=tmp_path / "jobs", _env_file=None)
+    engine = Engine(settings)
+    first, second = JobManager(settings, engine), JobManager(settings, engine)
+    first.start()
+    try:
+        second.start()
+        assert first.disabled_reason is None
+        with pytest.raises(NotReady, match="another server process uses the jobs directory"):
+            second.list("alice")
+        assert first.list("alice") == ([], False)
+    finally:
+        first.close()
+        second.close()
+    third = JobManager(settings, engine)  # the first let go of it
+    third.start()
+    assert third.disabled_reason is None
+    third.close()
+    (tmp_path / "file").write_text("")
+    broken = JobManager(Settings(cache_dir=tmp_path / "cache", jobs_dir=tmp_path / "file" / "jobs",
+                                 _env_file=None), engine)
+    broken.start()
+    assert "is not usable" in broken.disabled_reason
