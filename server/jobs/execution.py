@@ -175,7 +175,7 @@ class Execution:
 
     def _succeed(self, job: JobRecord, summary: dict[str, Any]) -> None:
         manager = self.manager
-        manager.progress(job, "stage", "validating and storing the adapter", {"stage": "storing"})
+        manager.progress(job, "stage", "checking the adapter against the serving backbone", {"stage": "storing"})
         metrics = {key: summary.get(key) for key in ("dev_metric", "dev_before", "dev_after", "best_epoch",
                                                      "epochs_run", "steps", "trainable_parameters",
                                                      "peak_rss_bytes")}
