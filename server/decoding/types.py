@@ -33,6 +33,7 @@ class DecodingOptions:
     max_new_tokens: int | None = None  # per 30 s window; None = half the decoder context (224)
     without_timestamps: bool = False  # no timestamp tokens: one segment per window
     word_timestamps: bool = False  # word start/end times by cross-attention alignment
+    logprobs: bool = False  # the log-probability of every text token in the result (OpenAI's include[])
     length_penalty: float | None = None  # beam ranking: None = length normalised; else Google NMT's alpha
     # A window is decoded again at the next temperature when its text compresses better than this
     # (zlib; a repetition loop such as "play, play, play, …") or its average token log-probability
@@ -87,6 +88,13 @@ class Segment:
 
 
 @dataclass
+class TokenLogprob:
+    token: str  # the token's text (may be part of a multi-byte character)
+    logprob: float
+    bytes: list[int]  # the token's UTF-8 bytes
+
+
+@dataclass
 class Hypothesis:
     text: str
     tokens: list[int]  # text tokens (no end of text)
@@ -104,6 +112,7 @@ class Transcription:
     duration: float  # seconds of audio
     segments: list[Segment] = field(default_factory=list)
     nbest: list[Hypothesis] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None  # with ``DecodingOptions.logprobs``
 
 
 def compression_ratio(text: str) -> float:

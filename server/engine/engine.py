@@ -142,6 +142,12 @@ class Engine:
         return self._ready.wait(timeout)
 
     @property
+    def word_timestamps_available(self) -> bool:
+        """Whether the backbone aligns words (a Whisper backbone with alignment heads)."""
+        decoder = self.worker.decoder if self.worker else None
+        return bool(getattr(getattr(decoder, "vocab", None), "alignment_heads", ()))
+
+    @property
     def backbone_name(self) -> str:
         return self.backbone.name if self.backbone else self.settings.backbone
 

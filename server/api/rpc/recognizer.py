@@ -39,8 +39,11 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
         return self.engine.resolve_model(tenant, ref.name if which == "name" else None)
 
     def _options(self, config: pb.RecognitionConfig) -> DecodingOptions:
+        # word times come from alignment wherever the backbone can align (Whisper; not CTC)
+        words = self.engine.word_timestamps_available
         return DecodingOptions(beam_size=config.beam_size or self.settings.default_beam_size,
-                               language=config.language or None, prompt=config.prompt or None)
+                               language=config.language or None, prompt=config.prompt or None,
+                               word_timestamps=words)
 
     def _audio(self, config: pb.RecognitionConfig, data: bytes):
         if config.encoding == pb.LINEAR16:
@@ -71,7 +74,7 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
         audio = await asyncio.to_thread(self._audio, config, data)
         if not config.rescore and len(audio) > RESCORE_MAX_SECONDS * 16_000:
             rescorer = None  # the tenant's default rescorer applies to short audio only
-        return await self.engine.transcribe_audio(audio, options, adapter, rescorer)
+        return await self.engine.transcribe_audio(audio, options, adapter, rescorer, tenant=current_tenant())
 
     # streaming -----------------------------------------------------------------------------------
     async def _next(self, requests):

@@ -117,14 +117,15 @@ class Pass:
         return sorted(self.candidates, key=self.score, reverse=True)
 
     # one step -------------------------------------------------------------------------------------
-    def advance(self, index: list[int], processed: torch.Tensor, logprobs: torch.Tensor, vocab: Vocab,
-                text_ctx: int) -> list[tuple[int, Row]]:
-        """Choose this pass's next tokens. ``index``: batch positions of ``self.rows``. Returns the
-        rows that stay live as (parent batch position, new row); sets ``done`` when it is finished."""
+    def advance(self, index: list[int], rows: list[Row], processed: torch.Tensor, logprobs: torch.Tensor,
+                vocab: Vocab, text_ctx: int) -> list[tuple[int, Row]]:
+        """Choose this pass's next tokens. ``rows`` are its live rows at batch positions ``index``.
+        Returns the rows that stay live as (parent batch position, new row); sets ``done`` when it is
+        finished."""
         if self.mode == "beam":
-            live = self._beam(index, logprobs, vocab)
+            live = self._beam(index, rows, logprobs, vocab)
         else:
-            live = self._independent(index, processed, logprobs, vocab)
+            live = self._independent(index, rows, processed, logprobs, vocab)
         limit = min(text_ctx, self.sample_begin + self.max_new_tokens)
         if live and len(live[0][1].tokens) >= limit:  # out of room: cut the live rows as they are
             for _, row in sorted(live, key=lambda item: item[1].logprob, reverse=True):
@@ -137,28 +138,28 @@ class Pass:
         self.done = not live
         return live
 
-    def _independent(self, index: list[int], processed: torch.Tensor, logprobs: torch.Tensor,
+    def _independent(self, index: list[int], rows: list[Row], processed: torch.Tensor, logprobs: torch.Tensor,
                      vocab: Vocab) -> list[tuple[int, Row]]:
         if self.mode == "greedy":
             tokens = processed[index].argmax(-1).tolist()
         else:
             probs = torch.softmax(processed[index] / self.temperature, dim=-1)
-            tokens = [int(torch.multinomial(probs[k], 1, generator=row.generator))
-                      for k, row in enumerate(self.rows)]
+            tokens = [int(torch.multinomial(probs[k], 1, generator=row.generator)) for k, row in enumerate(rows)]
         chosen = logprobs[index, tokens].tolist()
         live = []
-        for position, row, token, logprob in zip(index, self.rows, tokens, chosen):
+        for position, row, token, logprob in zip(index, rows, tokens, chosen):
             if token == vocab.eot:
                 self.candidates.append(Candidate(row.sampled, row.logprob + logprob, row.token_logprobs + [logprob]))
             else:
                 live.append((position, row.child(token, logprob, vocab.timestamp_begin)))
         return live
 
-    def _beam(self, index: list[int], logprobs: torch.Tensor, vocab: Vocab) -> list[tuple[int, Row]]:
+    def _beam(self, index: list[int], rows: list[Row], logprobs: torch.Tensor, vocab: Vocab,
+              ) -> list[tuple[int, Row]]:
         top = logprobs[index].topk(self.width + 1, dim=-1)
         scores: dict[tuple[int, ...], float] = {}
         sources: dict[tuple[int, ...], tuple[int, Row, float]] = {}
-        for position, row, values, tokens in zip(index, self.rows, top.values.tolist(), top.indices.tolist()):
+        for position, row, values, tokens in zip(index, rows, top.values.tolist(), top.indices.tolist()):
             prefix = tuple(row.sampled)
             for logprob, token in zip(values, tokens):
                 if logprob == float("-inf"):
@@ -332,7 +333,8 @@ class DecodeBatch:
                 p.done = True
                 live = []
             else:
-                live = p.advance(positions_of_p, processed, logprobs, vocab, runner.text_ctx)
+                live = p.advance(positions_of_p, [rows[k] for k in positions_of_p], processed, logprobs, vocab,
+                                 runner.text_ctx)
             p.rows = [row for _, row in live]
             next_rows += live
             if p.done:

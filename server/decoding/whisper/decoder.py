@@ -22,12 +22,12 @@ from ...adapters.context import STATE_MODULE_NAME, mixture_weights, rows_context
 from ...adapters.saml import utterance_embedding
 from ...audio import SAMPLE_RATE_HZ
 from ...errors import InvalidInput
-from ..types import DecodingOptions, Segment
+from ..types import DecodingOptions, Segment, TokenLogprob
 from .batch import DecodeBatch, Pass
 from .model import WhisperRunner
 from .request import WhisperRequest
 from .timing import add_word_timestamps, find_alignment
-from .vocab import Vocab
+from .vocab import Vocab, bytes_to_unicode
 
 NBEST_MAX_SECONDS = 30.0
 DEFAULT_MAX_ROWS = 32
@@ -47,6 +47,7 @@ class WhisperDecoder:
         self._encode = lambda text: tok.encode(text, add_special_tokens=False)
         self._decode = lambda ids: tok.decode(ids)
         self._decode_raw = lambda ids: tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        self._byte_of = {c: b for b, c in bytes_to_unicode().items()}
 
     @property
     def live_rows(self) -> int:
@@ -199,9 +200,22 @@ class WhisperDecoder:
                         self._align(request, window, segments)
                     request.accepted(segments)
                 if request.done:
+                    if request.options.logprobs and request.result is not None:
+                        request.result.logprobs = self.token_logprobs(request.result.segments)
                     done.append(request)
                     self._retire(request)
         return done
+
+    def token_logprobs(self, segments: list[Segment]) -> list[TokenLogprob]:
+        """Each text token of ``segments`` with its text, log-probability and bytes."""
+        tok, out = self.backbone.tokenizer, []
+        for segment in segments:
+            for token, logprob in zip(segment.tokens, segment.token_logprobs):
+                if token >= self.vocab.eot:
+                    continue
+                raw = bytes(self._byte_of.get(c, 0) for c in tok.convert_ids_to_tokens(token))
+                out.append(TokenLogprob(raw.decode("utf-8", errors="replace"), round(logprob, 6), list(raw)))
+        return out
 
     def _align(self, request: WhisperRequest, window, segments: list[Segment]) -> None:
         vocab = self.vocab

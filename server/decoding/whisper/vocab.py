@@ -99,3 +99,16 @@ class Vocab:
     @cached_property
     def language_of_id(self) -> dict[int, str]:
         return {v: k for k, v in self.languages.items()}
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte-level BPE alphabet (which Whisper's tokenizer uses): byte -> printable character."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = printable[:], 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars)))
