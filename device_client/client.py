@@ -1,8 +1,10 @@
-"""``SplitASRClient``: enroll this device's adapter once, then transcribe files or stream audio.
+"""``SplitASRClient``: have the server train this device's adapter from its recordings, enroll it once,
+then transcribe files or stream audio.
 
 Only grpcio, protobuf and the standard library: importing this never imports torch or numpy.
 Calls that are safe to repeat are retried with exponential backoff on UNAVAILABLE and
-DEADLINE_EXCEEDED; a stream that drops resumes from its last final result.
+DEADLINE_EXCEEDED; a stream that drops resumes from its last final result, and following a training
+job resumes after its last event. Creating a job is not retried (it would queue a second one).
 """
 
 from __future__ import annotations
