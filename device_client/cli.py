@@ -1,5 +1,6 @@
 """splitasr-device: the device side of SplitASR on the command line.
 
+    splitasr-device train --manifest me.jsonl --out me.safetensors   # the server trains it
     splitasr-device --server HOST:PORT enroll --adapter me.safetensors
     splitasr-device transcribe talk.wav
     splitasr-device stream talk.wav --realtime      # or: stream --mic
@@ -26,6 +27,7 @@ from .audio import microphone
 from .client import SplitASRClient
 from .config import DeviceConfig, load_config
 from .errors import DeviceError, UsageError
+from .progress import ProgressBar
 from .results import EnrollResult, StreamUpdate
 
 
@@ -71,6 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
     # the same options also after the command: splitasr-device transcribe talk.wav --server HOST:PORT
     common = argparse.ArgumentParser(add_help=False)
     _add_globals(common, after_command=True)
+
+    train = sub.add_parser("train", parents=[common], help="have the server train this device's adapter from "
+                                                           "recordings (then enroll it)")
+    train.add_argument("--manifest", type=Path, required=True,
+                       help="NeMo JSONL: one line per recording, audio_filepath (relative to the manifest) and text")
+    train.add_argument("--out", type=Path, help="adapter file to write (default: --adapter / SPLITASR_DEVICE_ADAPTER)")
+    train.add_argument("--kind", default="", help="lora (default), glora or saml")
+    train.add_argument("--rank", type=int, default=0, help="LoRA rank (default: the server's, 8)")
+    train.add_argument("--targets", default="", help="layers to adapt: decoder (default), all, attn, ...")
+    train.add_argument("--epochs", type=int, default=0, help="most epochs (default 10; stops early on the dev share)")
+    train.add_argument("--dev", type=float, help="share held out for early stopping (default 0.2; 0 = none)")
+    train.add_argument("--seed", type=int, help="seed of the dev draw and the initialisation (default 0)")
+    train.add_argument("--name", help="also keep the adapter on the server under this name (default: the server "
+                                      "keeps nothing)")
+    train.add_argument("--quiet", action="store_true", help="no progress display")
 
     enroll = sub.add_parser("enroll", parents=[common], help="make sure the server holds this device's adapter")
     enroll.add_argument("--name", help="adapter name on the server (default: from the file name)")
@@ -120,9 +137,29 @@ def _show_update(args: argparse.Namespace, update: StreamUpdate) -> None:
         print(f"\r\x1b[K... {update.text}", end="", file=sys.stderr, flush=True)
 
 
+def _train(client: SplitASRClient, config: DeviceConfig, args: argparse.Namespace) -> None:
+    out = args.out or config.adapter
+    if out is None:
+        raise DeviceError("train needs --out FILE (or --adapter / SPLITASR_DEVICE_ADAPTER)")
+    bar = None if args.quiet or args.json else ProgressBar()
+    try:
+        result = client.train(args.manifest, out, kind=args.kind, rank=args.rank, targets=args.targets,
+                              epochs=args.epochs, dev=args.dev, seed=args.seed, name=args.name, on_event=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    dev = (f"; dev {result.dev_metric.upper()} {result.dev_before:.3f} -> {result.dev_after:.3f}"
+           if result.dev_before is not None and result.dev_after is not None else "")
+    kept = f", stored on the server as {result.stored_as}" if result.stored_as else ""
+    _print(args, result, f"wrote {result.path} ({result.kind}, {result.size} bytes, sha256 {result.sha256}){kept}"
+                         f"{dev}; in {result.seconds:.0f} s")
+
+
 def run(args: argparse.Namespace, config: DeviceConfig) -> int:
     with SplitASRClient(config.server, config.token, config.tls, config.root_cert) as client:
-        if args.command == "enroll":
+        if args.command == "train":
+            _train(client, config, args)
+        elif args.command == "enroll":
             if config.adapter is None:
                 raise UsageError("enroll needs --adapter FILE (or SPLITASR_DEVICE_ADAPTER)")
             result = client.enroll(config.adapter, args.name)

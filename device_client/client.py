@@ -1,9 +1,11 @@
-"""``SplitASRClient``: enroll this device's adapter once, then transcribe files or stream audio.
+"""``SplitASRClient``: have the server train this device's adapter from its recordings, enroll it once,
+then transcribe files or stream audio.
 
 grpcio, protobuf and the health check's stubs: importing this never imports torch (nor numpy,
 which reading an audio file loads).
 Calls that are safe to repeat are retried with exponential backoff on UNAVAILABLE and
-DEADLINE_EXCEEDED; a stream that drops resumes from its last final result.
+DEADLINE_EXCEEDED; a stream that drops resumes from its last final result, and following a training
+job resumes after its last event. Creating a job is not retried (it would queue a second one).
 """
 
 from __future__ import annotations
@@ -11,14 +13,22 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
 
 from . import health
-from ._proto import adapters_pb2, adapters_pb2_grpc, recognizer_pb2, recognizer_pb2_grpc
+from ._proto import (
+    adapters_pb2,
+    adapters_pb2_grpc,
+    recognizer_pb2,
+    recognizer_pb2_grpc,
+    trainer_pb2,
+    trainer_pb2_grpc,
+)
 from .audio import Pcm, chunks, paced, read_pcm
 from .errors import DeviceError
 from .results import (
@@ -30,8 +40,19 @@ from .results import (
     adapter_info,
     transcript,
 )
-from .retry import RetryPolicy, call_with_retry
+from .retry import RetryPolicy, call_with_retry, retryable
 from .streaming import recognize_stream
+from .training import (
+    JobInfo,
+    TrainedAdapter,
+    TrainingEvent,
+    check_succeeded,
+    event_from,
+    job_info,
+    keep_adapter,
+    read_recordings,
+    upload_requests,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -39,6 +60,7 @@ if TYPE_CHECKING:
 UPLOAD_CHUNK_BYTES = 256 * 1024
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_TIMEOUT_S = 60.0
+TRAIN_UPLOAD_TIMEOUT_S = 600.0
 DEFAULT_RETRY = RetryPolicy()
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -88,6 +110,7 @@ class SplitASRClient:
             self._channel = grpc.insecure_channel(server, options)
         self._adapters = adapters_pb2_grpc.AdaptersStub(self._channel)
         self._recognizer = recognizer_pb2_grpc.RecognizerStub(self._channel)
+        self._trainer = trainer_pb2_grpc.TrainerStub(self._channel)
         self._lock = threading.Lock()
         self.bytes_sent = 0  # protobuf payload bytes of every request so far (audio, adapters, configs)
 
@@ -157,6 +180,80 @@ class SplitASRClient:
         data = path.read_bytes()
         info = self.upload(data, name or adapter_name_for(path), sha256)
         return EnrollResult(info.sha256, info.name, len(data))
+
+    # enrollment: the server trains the adapter -------------------------------------------------------
+    def train(self, manifest: str | Path, out: str | Path, *, kind: str = "", rank: int = 0, targets: str = "",
+              epochs: int = 0, dev: float | None = None, name: str | None = None,
+              learning_rate: float | None = None, seed: int | None = None,
+              on_event: Callable[[TrainingEvent], None] | None = None,
+              upload_timeout: float = TRAIN_UPLOAD_TIMEOUT_S) -> TrainedAdapter:
+        """Upload the recordings a manifest names, have the server train an adapter, write it to ``out``.
+
+        Unset parameters take the server's defaults (LoRA, rank 8, decoder targets, 10 epochs with early
+        stopping on a 20 % dev share). ``name``: also store the adapter on the server under that name
+        (then ``enroll`` finds it there by sha256); without it the server keeps nothing once the file is
+        downloaded. ``on_event`` hears the upload's and the job's progress. Ctrl-C cancels the job.
+        Raises TrainingFailed when the job fails; ``out`` is only ever replaced whole.
+        """
+        data, recordings = read_recordings(Path(manifest))
+        params = trainer_pb2.JobParameters(kind=kind, rank=rank, targets=targets, epochs=epochs)
+        for field, value in (("dev", dev), ("learning_rate", learning_rate), ("seed", seed)):
+            if value is not None:
+                setattr(params, field, value)
+        config = trainer_pb2.JobConfig(parameters=params, name=name or "", store=name is not None, manifest=data)
+
+        counted = 0
+
+        def uploaded(sent: int, total: int) -> None:
+            nonlocal counted
+            self._count(sent - counted)
+            counted = sent
+            if on_event is not None:
+                on_event(TrainingEvent("", "upload", f"{sent / 1e6:.1f} of {total / 1e6:.1f} MB", "uploading",
+                                       "upload", sent / max(total, 1)))
+
+        job = self._trainer.CreateJob(upload_requests(config, recordings, uploaded), timeout=upload_timeout,
+                                      metadata=self._metadata)
+        try:
+            return self.follow_job(job.id, out, on_event)
+        except KeyboardInterrupt:
+            self.cancel_job(job.id)
+            raise
+
+    def follow_job(self, job_id: str, out: str | Path,
+                   on_event: Callable[[TrainingEvent], None] | None = None) -> TrainedAdapter:
+        """Follow a job to its end (resuming a dropped stream) and write its adapter to ``out``."""
+        after, attempt, payload = 0, 0, b""
+        while True:
+            parts: list[bytes] = []
+            try:
+                request = trainer_pb2.WatchRequest(job_id=job_id, after_event=after, download=True)
+                for response in self._trainer.Watch(request, metadata=self._metadata):
+                    if response.HasField("event"):
+                        after = response.event.id
+                        if on_event is not None:
+                            on_event(event_from(response.event))
+                    else:
+                        parts.append(response.adapter_chunk)
+                payload = b"".join(parts)
+                break
+            except grpc.RpcError as exc:
+                attempt += 1
+                if not retryable(exc) or attempt >= self.retry.attempts:
+                    raise
+                time.sleep(self.retry.delay(attempt))
+        job = self._unary(self._trainer.GetJob, trainer_pb2.GetJobRequest(job_id=job_id), "GetJob")
+        check_succeeded(job)
+        return keep_adapter(Path(out), job, payload)
+
+    def job(self, job_id: str) -> JobInfo:
+        """A training job's state on the server."""
+        return job_info(self._unary(self._trainer.GetJob, trainer_pb2.GetJobRequest(job_id=job_id), "GetJob"))
+
+    def cancel_job(self, job_id: str) -> JobInfo:
+        """Stop a queued or running job (the server deletes its recordings)."""
+        request = trainer_pb2.CancelJobRequest(job_id=job_id)
+        return job_info(self._unary(self._trainer.CancelJob, request, "CancelJob"))
 
     # recognition ---------------------------------------------------------------------------------
     def _config(self, adapter: str | EnrollResult | None, language: str | None,

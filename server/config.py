@@ -102,6 +102,28 @@ class Settings(BaseSettings):
         None, description="Proxy addresses or networks (comma-separated) whose X-Forwarded-For is believed; none = no proxy.")
     tls_cert: Path | None = Field(None, description="PEM certificate chain: serve REST over HTTPS.")
     tls_key: Path | None = Field(None, description="PEM private key of TLS_CERT.")
+    # training jobs: the server trains a tenant's adapter from uploaded recordings (server/jobs/)
+    jobs_dir: Path | None = Field(None, description="Training job records and recordings (default: CACHE_DIR/jobs).")
+    train_workers: int = Field(
+        1, ge=0, le=16, description="Training jobs run at once, each in its own worker process; 0 = jobs off.")
+    train_threads: int = Field(1, ge=1, le=256, description="CPU threads of each training worker process.")
+    train_gpu_memory_fraction: float = Field(
+        0.25, gt=0, le=1, description="On a GPU: the share of its memory a training worker may use.")
+    train_max_queued_jobs: int = Field(16, ge=1, description="Jobs queued or running, all tenants (429 above).")
+    train_max_jobs_per_tenant: int = Field(2, ge=1, description="Jobs one tenant may have queued or running (429 above).")
+    train_max_upload_bytes: int = Field(
+        128 * 1024 * 1024, ge=1024, description="Largest job upload, recordings and manifest (413 above).")
+    train_min_utterances: int = Field(10, ge=1, description="Fewest utterances a job accepts (400 below).")
+    train_max_utterances: int = Field(500, ge=1, description="Most utterances a job accepts (400 above).")
+    train_min_audio_seconds: float = Field(20.0, ge=0, description="Least audio in all a job accepts (400 below).")
+    train_max_audio_seconds: float = Field(1800.0, gt=0, description="Most audio in all a job accepts (400 above).")
+    train_max_epochs: int = Field(20, ge=1, le=1000, description="Largest `epochs` a job may ask for.")
+    train_max_job_seconds: float = Field(
+        3600.0, gt=0, description="A job running longer than this is stopped and fails.")
+    train_worker_idle_seconds: float = Field(
+        300.0, ge=0, description="An idle training worker exits after this long (its memory is freed).")
+    train_result_ttl_seconds: float = Field(
+        3600.0, gt=0, description="A store=false job's adapter is deleted after this long if never downloaded.")
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -125,6 +147,12 @@ class Settings(BaseSettings):
             raise ValueError("set both SPLITASR_GRPC_TLS_CERT and SPLITASR_GRPC_TLS_KEY, or neither")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("set both SPLITASR_TLS_CERT and SPLITASR_TLS_KEY, or neither")
+        if self.train_min_utterances > self.train_max_utterances:
+            raise ValueError("SPLITASR_TRAIN_MIN_UTTERANCES is above SPLITASR_TRAIN_MAX_UTTERANCES")
+        if self.train_min_audio_seconds > self.train_max_audio_seconds:
+            raise ValueError("SPLITASR_TRAIN_MIN_AUDIO_SECONDS is above SPLITASR_TRAIN_MAX_AUDIO_SECONDS")
+        if self.train_max_jobs_per_tenant > self.train_max_queued_jobs:
+            raise ValueError("SPLITASR_TRAIN_MAX_JOBS_PER_TENANT is above SPLITASR_TRAIN_MAX_QUEUED_JOBS")
         return self
 
     @property
@@ -134,6 +162,10 @@ class Settings(BaseSettings):
     @property
     def adapter_store_dir(self) -> Path:
         return (self.store_dir or self.cache_dir / "adapters").expanduser()
+
+    @property
+    def training_jobs_dir(self) -> Path:
+        return (self.jobs_dir or self.cache_dir / "jobs").expanduser()
 
 
 def describe_invalid_settings(exc: ValidationError) -> str:

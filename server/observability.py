@@ -65,9 +65,11 @@ __all__ = [
     "observe_http",
     "observe_pool_event",
     "observe_rescorer_pool_event",
+    "observe_train_job",
     "request_id_from_metadata",
     "request_scope",
     "track_engine",
+    "track_jobs",
 ]
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -149,11 +151,19 @@ BACKBONE_LOAD_SECONDS = Gauge(
 )
 
 
+TRAIN_JOBS = Counter("splitasr_train_jobs", "Finished training jobs by status (succeeded|failed|cancelled).",
+                     ["status"], registry=REGISTRY)
+TRAIN_JOB_SECONDS = Histogram("splitasr_train_job_duration_seconds", "Time from start (or queueing) to the end "
+                              "of a training job.", buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600),
+                              registry=REGISTRY)
+
+
 class _EngineCollector:
-    """Gauges read from the live engines at scrape time (one per process in production)."""
+    """Gauges read from the live engines (and job managers) at scrape time (one per process in production)."""
 
     def __init__(self) -> None:
         self.engines: weakref.WeakSet = weakref.WeakSet()
+        self.job_managers: weakref.WeakSet = weakref.WeakSet()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         engines = list(self.engines)
@@ -173,6 +183,10 @@ class _EngineCollector:
         yield _gauge("splitasr_rescorer_pool_occupancy", "Rescorer slots in use.",
                      sum(r.occupancy for r in rescorers))
         yield _gauge("splitasr_rescorer_pool_capacity", "Rescorer slots in all.", sum(r.capacity for r in rescorers))
+        counts = [m.counts() for m in list(self.job_managers)]
+        yield _gauge("splitasr_train_jobs_queued", "Training jobs waiting for a worker.",
+                     sum(c["queued"] for c in counts))
+        yield _gauge("splitasr_train_jobs_running", "Training jobs running.", sum(c["running"] for c in counts))
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
@@ -209,6 +223,16 @@ def observe_grpc(full_method: str, grpc_type: str, code: str, seconds: float) ->
     labels = (*grpc_labels(full_method, grpc_type), code)
     GRPC_HANDLED.labels(*labels).inc()
     GRPC_SECONDS.labels(*labels).observe(seconds)
+
+
+def track_jobs(manager: Any) -> None:
+    """Report a training job manager's queued and running jobs in the scrape-time gauges."""
+    _ENGINES.job_managers.add(manager)
+
+
+def observe_train_job(status: str, seconds: float) -> None:
+    TRAIN_JOBS.labels(status).inc()
+    TRAIN_JOB_SECONDS.observe(max(0.0, seconds))
 
 
 def observe_batch(size: int, seconds: float) -> None:

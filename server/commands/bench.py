@@ -49,6 +49,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     vad.add_argument("--threads", type=int, help="CPU threads for the backbone (default: torch's)")
     vad.add_argument("--json", action="store_true", help="print only the JSON object")
     vad.set_defaults(func=run_vad)
+    enroll = sub.add_parser("enroll", help="a training job from a synthetic speaker's recordings: time, WER, "
+                                           "worker memory, serving latency meanwhile")
+    enroll.add_argument("--speaker", default="cardio_nurse", help="built-in synthetic speaker (splitasr synth --list)")
+    enroll.add_argument("--utterances", type=int, default=40, help="utterances uploaded to the job (default 40)")
+    enroll.add_argument("--test", type=int, default=35, help="held-out sentences scored (default 35)")
+    enroll.add_argument("--targets", action="append", help="target preset per job (repeatable; default decoder, all)")
+    enroll.add_argument("--epochs", type=int, default=10, help="most epochs per job (default 10, early stopping)")
+    enroll.add_argument("--threads", type=int, default=1, help="SPLITASR_TRAIN_THREADS of the worker (default 1)")
+    enroll.add_argument("--backbone", default="tiny.en")
+    enroll.add_argument("--json", action="store_true", help="print only the JSON object")
+    enroll.set_defaults(func=run_enroll)
     q = sub.add_parser("quant", help="WER, memory and speed of fp32 vs int8 vs NF4 backbones, with an adapter")
     q.add_argument("--backbone", action="append", dest="backbones",
                    help="backbone to measure (repeatable; default tiny.en)")
@@ -126,6 +137,17 @@ def run_vad(args: argparse.Namespace) -> int:
 
     result = vad.run(backbone=args.backbone, cache_dir=Settings().backbone_cache_dir, hours=args.hours,
                      pad_seconds=args.pad_seconds, noise_dbfs=args.noise_dbfs, threads=args.threads, quiet=args.json)
+    _emit(result, args.json)
+    return 0
+
+
+def run_enroll(args: argparse.Namespace) -> int:
+    from ..bench import enroll
+    from ..config import Settings
+
+    result = enroll.run(speaker=args.speaker, utterances=args.utterances, test=args.test, targets=args.targets,
+                        epochs=args.epochs, threads=args.threads, backbone=args.backbone,
+                        cache_dir=Settings().cache_dir)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     return 0
 

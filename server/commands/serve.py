@@ -108,7 +108,8 @@ async def _serve(app, settings, keys) -> None:
 
     from ..api.rpc.server import create_grpc_server
 
-    grpc_server = create_grpc_server(settings, app.state.engine, keys) if settings.grpc_port else None
+    grpc_server = (create_grpc_server(settings, app.state.engine, keys, jobs=app.state.jobs)
+                   if settings.grpc_port else None)
 
     class Server(uvicorn.Server):
         async def shutdown(self, sockets=None) -> None:

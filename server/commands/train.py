@@ -51,6 +51,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW; default 2e-3)")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--batch-size", type=int, default=8, help="utterances per step (default 8)")
+    p.add_argument("--micro-batch-size", type=int,
+                   help="run each step in parts of this many utterances (same update, less memory; for encoder targets)")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation and shuffling (default 0)")
     p.add_argument("--patience", type=int, default=3,
                    help="stop after this many epochs without dev improvement (default 3; 0 = never)")
@@ -85,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         kind=args.kind, rank=args.rank, alpha=args.alpha, targets=args.targets, gate=args.gate,
         experts=args.experts, top_k=args.top_k, stage=args.stage, adapt_experts=args.adapt_experts,
         init=args.init, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
-        batch_size=args.batch_size, seed=args.seed, patience=args.patience, casing=args.casing,
+        batch_size=args.batch_size, micro_batch_size=args.micro_batch_size, seed=args.seed,
+        patience=args.patience, casing=args.casing,
         quiet=args.quiet or args.json,
     )
     train, dev = _utterances(args.manifest), _utterances(args.dev_manifest)

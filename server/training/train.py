@@ -23,7 +23,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -60,6 +60,11 @@ log = logging.getLogger(__name__)
 SLOT = 1  # the one real slot of the training bank
 CREATOR = "splitasr train"
 
+# on_progress(event, fields): "prepared" {train_utterances, dev_utterances, dev_metric, epochs, steps}, then "epoch"
+# (an EpochLog as a dict; epoch 0 is the untouched backbone) and "step" {epoch, step, steps, loss}. An
+# exception it raises (e.g. a cancelled job) ends training, with the backbone left as it was.
+ProgressCallback = Callable[[str, dict], None]
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -80,6 +85,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup: float = 0.1  # fraction of the steps with a linear warm-up, then linear decay to 0
     batch_size: int = 8
+    # None: each batch in one pass; n: in passes of n utterances with the gradients summed (the same
+    # update, a fraction of the activation memory: what adapting encoder layers costs)
+    micro_batch_size: int | None = None
     max_grad_norm: float = 1.0
     seed: int = 0
     patience: int = 3  # epochs without dev improvement before stopping; <= 0: never stop early
@@ -91,6 +99,8 @@ class TrainConfig:
         for name in ("rank", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise InvalidInput(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise InvalidInput(f"micro_batch_size must be >= 1, got {self.micro_batch_size}")
         if not self.lr > 0:
             raise InvalidInput(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.warmup < 1:
@@ -230,6 +240,27 @@ def batch_loss(model: torch.nn.Module, examples: Examples, index: torch.Tensor, 
     return loss, int((labels != -100).sum())
 
 
+def accumulate(model: torch.nn.Module, examples: Examples, index: torch.Tensor, pad_id: int,
+               micro_batch_size: int | None) -> float:
+    """Backward of the mean token loss of rows ``index``; returns that loss.
+
+    With ``micro_batch_size``, the rows go through in parts whose summed losses are divided by the
+    batch's token count before backward: the gradient is the whole batch's, the activations held at
+    once are a part's.
+    """
+    if micro_batch_size is None or micro_batch_size >= len(index):
+        loss, _ = batch_loss(model, examples, index, pad_id)
+        loss.backward()
+        return loss.item()
+    tokens = sum(len(ids) - prefix for ids, prefix in (examples.sequences[i] for i in index.tolist()))
+    total = 0.0
+    for part in index.split(micro_batch_size):
+        loss, _ = batch_loss(model, examples, part, pad_id, reduction="sum")
+        (loss / tokens).backward()
+        total += loss.item()
+    return total / tokens
+
+
 def dev_loss(model: torch.nn.Module, examples: Examples, pad_id: int, batch_size: int) -> float:
     total, tokens = 0.0, 0
     with torch.no_grad():
@@ -275,10 +306,12 @@ def train_adapter(
     train_utts: Sequence[Utterance],
     dev_utts: Sequence[Utterance],
     config: TrainConfig,
+    on_progress: ProgressCallback | None = None,
 ) -> TrainResult:
     """Train an adapter for ``backbone`` on ``train_utts``, early-stopping on ``dev_utts`` (may be empty).
 
-    The backbone is left as it was (its bank is detached at the end, also on errors).
+    The backbone is left as it was (its bank is detached at the end, also on errors). ``on_progress``
+    hears about each step and epoch (see :data:`ProgressCallback`).
     """
     start, cpu_start = time.perf_counter(), time.process_time()
     model = backbone.model
@@ -292,12 +325,16 @@ def train_adapter(
     dev = (prepare(backbone, dev_utts, casing=config.casing, targets=adapter.targets, batch_size=config.batch_size)
            if dev_utts else None)
     prepare_seconds = time.perf_counter() - start
+    if on_progress is not None:
+        on_progress("prepared", {"train_utterances": len(train), "dev_utterances": len(dev) if dev else 0,
+                                 "dev_metric": metric_name(dev.langs) if dev else None, "epochs": config.epochs,
+                                 "steps": math.ceil(len(train) / config.batch_size) * config.epochs})
     limits = AdapterLimits(max_rank=adapter.config.r, max_experts=adapter.config.num_experts)
     attach_bank(model, adapter.targets, num_slots=1, limits=limits, kinds=[adapter.kind])
     try:
         load_into_slot(model, SLOT, adapter)
         params = set_trainable(model, stage_families(adapter.kind, stage))
-        result = _fit(backbone, train, dev, params, config)
+        result = _fit(backbone, train, dev, params, config, on_progress or _silent)
         trained = _export(model, adapter)
     finally:
         detach_bank(model)
@@ -329,6 +366,10 @@ def train_adapter(
     )
 
 
+def _silent(event: str, fields: dict) -> None:
+    pass
+
+
 def _export(model: torch.nn.Module, template: Adapter) -> Adapter:
     trained = export_slot(model, SLOT)
     trained.created_at, trained.creator = template.created_at, template.creator
@@ -341,6 +382,7 @@ def _fit(
     dev: Examples | None,
     params: list[torch.nn.Parameter],
     config: TrainConfig,
+    on_progress: ProgressCallback,
 ) -> tuple[list[EpochLog], list[float], int]:
     """The epoch loop; leaves the best epoch's weights in the bank. Returns (history, step losses, best)."""
     model = backbone.model
@@ -358,26 +400,30 @@ def _fit(
         error = score(dev.texts, decode(backbone, dev, SLOT, config.batch_size), dev.langs)[1]
         return EpochLog(epoch, train_loss, loss, error, time.perf_counter() - began)
 
+    steps = steps_per_epoch * config.epochs
     history = [evaluate(0, None, time.perf_counter())]
     best, best_key, best_state = 0, _key(history[0]), _snapshot(params)
     reporter.say(_line(history[0]))
+    on_progress("epoch", asdict(history[0]))
     step_losses: list[float] = []
     try:
         for epoch in range(1, config.epochs + 1):
             began = time.perf_counter()
             epoch_losses = []
             for index in batch_order(len(train), config.batch_size, generator):
-                loss, _ = batch_loss(model, train, index, pad_id)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss = accumulate(model, train, index, pad_id, config.micro_batch_size)
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
-                epoch_losses.append(loss.item())
+                epoch_losses.append(loss)
                 reporter.step(epoch_losses[-1])
+                on_progress("step", {"epoch": epoch, "step": len(step_losses) + len(epoch_losses), "steps": steps,
+                                     "loss": epoch_losses[-1]})
             step_losses += epoch_losses
             history.append(evaluate(epoch, sum(epoch_losses) / len(epoch_losses), began))
             reporter.say(_line(history[-1]))
+            on_progress("epoch", asdict(history[-1]))
             if dev is None or _key(history[-1]) < best_key:
                 best, best_key, best_state = epoch, _key(history[-1]), _snapshot(params)
             elif config.patience > 0 and epoch - best >= config.patience:

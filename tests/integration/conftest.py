@@ -36,11 +36,11 @@ class RunningServer:
         return {"Authorization": f"Bearer {TOKENS[tenant]}"}
 
 
-def start_server(settings: Settings, engine: Engine) -> tuple[uvicorn.Server, threading.Thread]:
+def start_server(settings: Settings, engine: Engine, jobs=None) -> tuple[uvicorn.Server, threading.Thread]:
     """uvicorn as `splitasr serve` configures it (protocol limits included), in a thread."""
     from splitasr.commands.serve import uvicorn_config
 
-    config = uvicorn_config(create_app(settings, engine), settings, log_level="warning", lifespan="on")
+    config = uvicorn_config(create_app(settings, engine, jobs=jobs), settings, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -73,3 +73,4 @@ def rest_server(tiny_backbone, cache_root, tmp_path_factory) -> Iterator[Running
 
 
 from .grpc_server import grpc_server  # noqa: E402,F401 - session fixture shared by the gRPC test modules
+from .jobs_server import jobs_server, speaker, trained_job  # noqa: E402,F401 - fixtures of the training job tests

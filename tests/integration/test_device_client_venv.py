@@ -82,3 +82,21 @@ def test_server_commands_on_a_device_install_say_what_to_install(device_venv):
     version = subprocess.run([str(device_venv / "bin" / "splitasr-device"), "--version"], capture_output=True,
                              text=True, check=True)
     assert version.stdout.startswith("splitasr-device ")
+
+
+def test_device_cli_trains_its_adapter_without_torch(device_venv, jobs_server, speaker, tmp_path):
+    """Enrollment from recordings on the base install: the server trains, the file comes back, enroll works."""
+    out = tmp_path / "trained.safetensors"
+    cli = [str(device_venv / "bin" / "splitasr-device"), "--server", jobs_server.grpc_address, "--adapter", str(out)]
+    env = {"SPLITASR_DEVICE_TOKEN": TOKENS["bob"], "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([*cli, "train", "--manifest", str(speaker.train), "--epochs", "1", "--dev", "0"],
+                          check=False, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "wrote " + str(out) in done.stdout
+    progress = done.stderr.splitlines()  # not a terminal: one line per stage, epoch and status, no bar
+    assert any(line.startswith("uploading:") for line in progress)
+    assert any("epoch 1/1" in line for line in progress) and progress[-1].startswith("succeeded:")
+    enrolled = subprocess.run([*cli, "--json", "enroll", "--name", "bob-trained"], check=False, capture_output=True,
+                              text=True, env=env, timeout=120)
+    assert enrolled.returncode == 0, enrolled.stderr
+    assert json.loads(enrolled.stdout)["uploaded_bytes"] == out.stat().st_size

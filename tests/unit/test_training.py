@@ -195,3 +195,61 @@ def test_saml_pretrain_then_adapt_trains_only_the_router(random_backbone: Whispe
     assert full == "adapt_full"
     with pytest.raises(InvalidInput, match="no training stage"):
         resolve_stage(replace(FAST, stage="adapt"), "lora")
+
+
+def test_micro_batches_give_the_same_gradient(random_backbone: WhisperBackbone, utterances) -> None:
+    from splitasr.adapters import set_trainable, stage_families
+    from splitasr.training.train import SLOT, accumulate, initial_adapter
+
+    train, _ = utterances
+    model = random_backbone.model
+    spec = BackboneSpec.from_model(random_backbone.name, model)
+    adapter = initial_adapter(replace(FAST, targets="all"), spec)
+    for tensors in adapter.tensors.values():  # B starts at zero: make every gradient non-trivial
+        tensors["lora_B"].normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
+    examples = prepare(random_backbone, train, targets=adapter.targets)
+    attach_bank(model, adapter.targets, num_slots=1, limits=AdapterLimits(max_rank=4), kinds=["lora"])
+    try:
+        load_into_slot(model, SLOT, adapter)
+        params = set_trainable(model, stage_families("lora", "train"))
+        pad = model.generation_config.eos_token_id
+        grads = []
+        for micro in (None, 1, 3):
+            for param in params:
+                param.grad = None
+            loss = accumulate(model, examples, torch.arange(4), pad, micro)
+            grads.append(([p.grad.clone() for p in params], loss))
+    finally:
+        detach_bank(model)
+        model.requires_grad_(False)
+    (whole, whole_loss), *others = grads
+    for parts, loss in others:
+        assert loss == pytest.approx(whole_loss, rel=1e-6)
+        assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-8) for a, b in zip(whole, parts))
+    with pytest.raises(InvalidInput, match="micro_batch_size"):
+        TrainConfig(micro_batch_size=0)
+
+
+def test_progress_is_reported_per_step_and_epoch(random_backbone: WhisperBackbone, utterances) -> None:
+    train, dev = utterances
+    events: list[tuple[str, dict]] = []
+    train_adapter(random_backbone, train, dev, replace(FAST, epochs=1, batch_size=4),
+                  on_progress=lambda e, f: events.append((e, f)))
+    assert [e for e, _ in events] == ["prepared", "epoch", "step", "epoch"]
+    assert events[0][1] == {"train_utterances": 4, "dev_utterances": 2, "dev_metric": "wer", "epochs": 1, "steps": 1}
+    assert events[1][1]["epoch"] == 0 and events[1][1]["dev_error"] is not None
+    assert events[2][1]["step"] == events[2][1]["steps"] == 1 and events[3][1]["epoch"] == 1
+
+
+def test_an_exception_from_the_progress_callback_stops_training_cleanly(random_backbone: WhisperBackbone,
+                                                                         utterances) -> None:
+    train, dev = utterances
+
+    def stop(event: str, fields: dict) -> None:
+        if event == "step":
+            raise KeyboardInterrupt  # what a cancelled job raises, in spirit
+
+    with pytest.raises(KeyboardInterrupt):
+        train_adapter(random_backbone, train, dev, replace(FAST, targets="all"), on_progress=stop)
+    assert not hasattr(random_backbone.model, "splitasr_adapters")
+    assert not any(p.requires_grad for p in random_backbone.model.parameters())

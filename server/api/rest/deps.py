@@ -8,11 +8,16 @@ from fastapi import Depends, Header, Request
 
 from ...config import Settings
 from ...engine.engine import Engine
+from ...jobs import JobManager
 from .auth import TENANT_STATE
 
 
 def get_engine(request: Request) -> Engine:
     return request.app.state.engine
+
+
+def get_jobs(request: Request) -> JobManager:
+    return request.app.state.jobs
 
 
 def get_settings(request: Request) -> Settings:
@@ -29,5 +34,6 @@ def get_tenant(request: Request, authorization: Annotated[str | None, Header()] 
 
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
+JobsDep = Annotated[JobManager, Depends(get_jobs)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 TenantDep = Annotated[str, Depends(get_tenant)]

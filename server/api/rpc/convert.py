@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from splitasr_device._proto import adapters_pb2
+from typing import Any
+
+from splitasr_device._proto import adapters_pb2, trainer_pb2
 from splitasr_device._proto import recognizer_pb2 as pb
 
 from ...decoding import Segment, Transcription
 from ...engine.store import AdapterRecord
 from ...engine.streaming import STABLE, UNSTABLE, Final, Interim
+from ...jobs import JobParameters
 
 _EOU = pb.StreamingRecognizeResponse.END_OF_UTTERANCE
 
@@ -58,3 +61,58 @@ def stream_response(event: Interim | Final, offset: float) -> pb.StreamingRecogn
         pb.StreamingRecognitionResult(transcript=text, stability=stability, start_seconds=start,
                                       result_end_seconds=end, utterance=event.utterance)
         for text, stability in parts if text])
+
+
+# training jobs -----------------------------------------------------------------------------------
+def job_parameters(msg: trainer_pb2.JobParameters) -> JobParameters:
+    """Proto parameters to the job's; an unset (zero) field takes the default."""
+    given: dict[str, Any] = {}
+    for field in ("kind", "targets", "gate"):
+        if getattr(msg, field):
+            given[field] = getattr(msg, field)
+    for field in ("rank", "experts", "epochs", "batch_size"):
+        if getattr(msg, field):
+            given[field] = getattr(msg, field)
+    for field in ("alpha", "learning_rate", "seed", "dev"):
+        if msg.HasField(field):
+            given[field] = getattr(msg, field)
+    return JobParameters(**given)
+
+
+def _parameters_message(params: dict[str, Any]) -> trainer_pb2.JobParameters:
+    return trainer_pb2.JobParameters(
+        kind=params["kind"], rank=params["rank"], alpha=params["alpha"], targets=params["targets"],
+        gate=params["gate"] or "", experts=params["experts"] or 0, epochs=params["epochs"],
+        batch_size=params["batch_size"], learning_rate=params["learning_rate"], seed=params["seed"],
+        dev=params["dev"])
+
+
+def training_job(view: dict[str, Any]) -> trainer_pb2.TrainingJob:
+    """A job's API view (``splitasr.jobs.views.job_view``) as a TrainingJob message."""
+    progress, metrics, data = view["progress"], view["metrics"], view["training_data"]
+    job = trainer_pb2.TrainingJob(
+        id=view["id"], status=trainer_pb2.JobStatus.Value(view["status"].upper()),
+        created_at=view["created_at"] or 0, started_at=view["started_at"] or 0,
+        finished_at=view["finished_at"] or 0, name=view["name"] or "", store=view["store"],
+        parameters=_parameters_message(view["hyperparameters"]), utterances=data["utterances"],
+        audio_seconds=data["audio_seconds"], train_utterances=data["train_utterances"],
+        dev_utterances=data["dev_utterances"],
+        progress=trainer_pb2.JobProgress(**{k: progress[k] for k in ("stage", "epoch", "epochs", "step", "steps",
+                                                                        "fraction") if k in progress}),
+        metrics=trainer_pb2.JobMetrics(**{k: metrics[k] for k in ("dev_metric", "dev_before", "dev_after",
+                                                                     "best_epoch", "epochs_run", "wall_seconds",
+                                                                     "peak_rss_bytes") if metrics.get(k) is not None}))
+    if view["result"]:
+        result = view["result"]
+        job.result.CopyFrom(trainer_pb2.JobResult(name=result["name"] or "", sha256=result["sha256"],
+                                                  size=result["bytes"], kind=result["kind"], stored=result["stored"]))
+    if view["error"]:
+        job.error.CopyFrom(trainer_pb2.JobError(code=view["error"]["code"], message=view["error"]["message"]))
+    return job
+
+
+def job_event(event: dict[str, Any], view: dict[str, Any]) -> trainer_pb2.JobEvent:
+    return trainer_pb2.JobEvent(id=event["id"], created_at=event["created_at"], type=event["type"],
+                                level=event["level"], message=event["message"], job=training_job(view),
+                                status=trainer_pb2.JobStatus.Value(event["status"].upper()),
+                                fraction=event["fraction"])

@@ -10,11 +10,13 @@ import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.responses import Response
 
 from ....engine.store import AdapterRecord
 from ....engine.uploads import adapter_file
 from ....errors import InvalidAdapter
 from ..deps import EngineDep, TenantDep
+from .jobs import adapter_download
 
 router = APIRouter(tags=["adapters"])
 
@@ -50,6 +52,13 @@ async def list_adapters(engine: EngineDep, tenant: TenantDep) -> dict:
 @router.get("/v1/adapters/{name}", summary="Describe one adapter")
 async def get_adapter(name: str, engine: EngineDep, tenant: TenantDep) -> dict:
     return _card(engine.store.get(tenant, name))
+
+
+@router.get("/v1/adapters/{name}/content", summary="Download an adapter file", response_class=Response)
+async def get_adapter_content(name: str, engine: EngineDep, tenant: TenantDep) -> Response:
+    record = engine.store.get(tenant, name)
+    data = await asyncio.to_thread(engine.store.read, record.sha256)
+    return adapter_download(data, f"{record.name}.safetensors", record.sha256)
 
 
 @router.delete("/v1/adapters/{name}", summary="Delete an adapter")
