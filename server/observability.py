@@ -76,7 +76,7 @@ _BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 BUILD_INFO = Info("splitasr_build", "SplitASR version.", registry=REGISTRY)
 BUILD_INFO.info({"version": __version__})
 REQUESTS = Counter(
-    "splitasr_requests", "Finished requests by transport (rest|grpc), endpoint and status.",
+    "splitasr_requests", "Finished requests by transport (rest|grpc|realtime), endpoint and status.",
     ["transport", "endpoint", "status"], registry=REGISTRY,
 )
 REQUEST_SECONDS = Histogram(
@@ -143,8 +143,10 @@ def track_engine(engine: Any) -> None:
     _ENGINES.engines.add(engine)
 
 
-def observe_request(transport: Literal["rest", "grpc"], endpoint: str, status: str | int, seconds: float) -> None:
-    """Count one finished request. ``endpoint``: a route template or gRPC method, never a raw path."""
+def observe_request(transport: Literal["rest", "grpc", "realtime"], endpoint: str, status: str | int,
+                    seconds: float) -> None:
+    """Count one finished request (a Realtime session: its close code). ``endpoint``: a route template
+    or gRPC method, never a raw path."""
     REQUESTS.labels(transport, endpoint, str(status)).inc()
     REQUEST_SECONDS.labels(transport, endpoint, str(status)).observe(seconds)
 

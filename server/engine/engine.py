@@ -28,6 +28,7 @@ from .decoding import DecodingOptions, Transcription, transcribe
 from .pool import SlotPool
 from .scheduler import Scheduler
 from .store import AdapterRecord, AdapterStore
+from .streams import StreamSlots
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class Engine:
         )
         # per-tenant request budget, shared by every transport that serves this engine
         self.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+        self.streams = StreamSlots(settings.max_streams)  # live streams of every transport together
         self.pool: SlotPool | None = None
         self.rescoring = RescoringService(self.store.read, slots=settings.rescorer_slots, limits=self.limits)
         self.scheduler: Scheduler | None = None

@@ -7,15 +7,20 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
 
 from ... import __version__
 from ...config import Settings
 from ...engine.engine import Engine
 from ...tenants import ApiKeys
+from ...ui import STATIC_DIR
+from ..realtime import route as realtime
 from .errors import install_error_handlers
 from .limits import BodySizeLimit
 from .middleware import RequestObserver
-from .routes import adapters, health, metrics, models, transcriptions
+from .routes import adapters, health, metrics, models, status, transcriptions
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +53,17 @@ def create_app(
     app.state.engine = engine
     app.state.api_keys = api_keys or ApiKeys.load(settings.api_keys_file, settings.api_keys)
     install_error_handlers(app)
-    for module in (health, metrics, models, transcriptions, adapters):
+    for module in (health, metrics, status, models, transcriptions, adapters, realtime):
         app.include_router(module.router)
+    app.mount("/ui", StaticFiles(directory=STATIC_DIR, html=True), name="ui")
+    app.add_api_route("/ui", lambda: RedirectResponse("/ui/"), include_in_schema=False)
     multipart_overhead = 64 * 1024
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes,
                        per_path={"/v1/adapters": settings.max_adapter_bytes + multipart_overhead})
+    origins = [o.strip() for o in (settings.cors_origins or "").split(",") if o.strip()]
+    if origins:  # bearer tokens, no cookies: credentials stay off
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"],
+                           expose_headers=["X-Request-ID", "Retry-After"])
     app.add_middleware(RequestObserver)  # added last = outermost: it sees every status, 413s included
     return app
 

@@ -15,7 +15,7 @@ from ...engine.decoding import DecodingOptions
 from ...engine.engine import NO_RESCORER, RESCORE_MAX_SECONDS, Engine
 from ...engine.streaming import Linear16Decoder, StreamingSession, StreamPolicy
 from ...engine.vad import make_vad
-from ...errors import BadAudio, InvalidInput, NotFound, Overloaded, TooLarge
+from ...errors import BadAudio, InvalidInput, NotFound, TooLarge
 from . import convert
 from .interceptors import current_tenant
 
@@ -26,7 +26,6 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
         self.settings = settings
         self.policy = StreamPolicy(interim_interval_s=settings.stream_interim_interval_ms / 1000,
                                    endpoint_silence_s=settings.stream_endpoint_silence_ms / 1000)
-        self.active_streams = 0
 
     # helpers -------------------------------------------------------------------------------------
     def _adapter(self, tenant: str, ref: pb.AdapterRef) -> str | None:
@@ -114,16 +113,11 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
             raise InvalidInput("rescore is available in Recognize, not in StreamingRecognize")
         options = self._options(config)
         decoder = Linear16Decoder(config.sample_rate_hz or 16_000)
-        if self.active_streams >= self.settings.max_streams:
-            raise Overloaded(f"the server is at its limit of {self.settings.max_streams} streams; retry later")
-        self.active_streams += 1
-        try:
+        with self.engine.streams.hold():  # shared with the Realtime API's sessions
             session = StreamingSession(lambda audio: self.engine.transcribe_audio(audio, options, adapter),
                                        make_vad(self.settings.stream_vad), self.policy, streaming.interim_results)
             async for response in self._respond(request_iterator, session, decoder, streaming.time_offset_seconds):
                 yield response
-        finally:
-            self.active_streams -= 1
 
     async def _respond(self, requests, session: StreamingSession, decoder: Linear16Decoder, offset: float):
         reader = asyncio.create_task(self._read_audio(requests, session, decoder))

@@ -8,9 +8,11 @@ from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from ....engine.decoding import DecodingOptions
-from ....errors import BadAudio
+from ....engine.file_stream import open_file_transcript
+from ....errors import BadAudio, InvalidInput
 from ....formats import render
 from ..deps import EngineDep, SettingsDep, TenantDep
+from ..streaming import STREAM_FORMATS, event_stream
 
 router = APIRouter(tags=["audio"])
 
@@ -41,6 +43,9 @@ async def create_transcription(
         description="SplitASR extension: one of your rescorers (uploaded to /v1/adapters): rescore the N-best "
                     "list. Omitted: your rescorer named 'default', if any; 'none': no rescoring"
     )] = None,
+    stream: Annotated[bool, Form(
+        description="Send the transcript as server-sent events while it is decoded (response_format json or text)"
+    )] = False,
 ) -> Response:
     data = await file.read()
     if not data:
@@ -51,6 +56,12 @@ async def create_transcription(
         temperature=temperature,
         prompt=prompt or None,
     )
+    if stream:
+        if response_format not in STREAM_FORMATS:
+            raise InvalidInput(f"stream=true sends plain text events: use response_format json or text, "
+                               f"not {response_format!r}")
+        return event_stream(await open_file_transcript(engine, data, options, tenant=tenant, model=model,
+                                                       rescore=rescore))
     result = await engine.transcribe(data, options, tenant=tenant, model=model, rescore=rescore)
     body = render(result, response_format)
     if isinstance(body, dict):
