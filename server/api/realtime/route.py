@@ -117,19 +117,20 @@ async def _session(websocket: WebSocket) -> int:
 async def _serve(websocket: WebSocket, session: RealtimeSession, idle_s: float) -> None:
     """Read client events until the client leaves; the stream's events go out meanwhile."""
     pump = asyncio.create_task(session.pump())
+    receive = None
     try:
         while True:
-            receive = asyncio.ensure_future(websocket.receive())
+            receive = receive or asyncio.ensure_future(websocket.receive())
             done, _ = await asyncio.wait({receive, pump}, timeout=idle_s, return_when=asyncio.FIRST_COMPLETED)
             if pump in done:  # the stream ended on an error (pump re-raises it)
-                receive.cancel()
                 pump.result()
                 return
             if receive not in done:
-                receive.cancel()
+                if session.busy:  # waiting for transcripts is not idling
+                    continue
                 raise EventError(f"no event for {idle_s:g} s: a session must keep sending audio (silence too) "
                                  "or close", "idle_timeout", fatal=True)
-            message = receive.result()
+            message, receive = receive.result(), None
             if message["type"] == "websocket.disconnect":
                 raise WebSocketDisconnect(message.get("code", CLOSE_NORMAL))
             if message.get("text") is not None:
@@ -137,9 +138,11 @@ async def _serve(websocket: WebSocket, session: RealtimeSession, idle_s: float) 
             else:
                 session.reject(EventError("send events as JSON text messages, not binary ones", "invalid_json"))
     finally:
-        pump.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await pump
+        for task in (pump, receive):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
 
 async def _write(websocket: WebSocket, outbound: asyncio.Queue) -> None:

@@ -11,6 +11,8 @@ is spoken ``conversation.item.input_audio_transcription.delta`` events carrying 
 interim decodes agree, then ``speech_stopped`` (server VAD), ``input_audio_buffer.committed``, a delta
 with the rest of the final text and ``...transcription.completed`` with the whole ``transcript``.
 A delta never takes text back: ``completed`` is the authority when a final changed earlier words.
+A decode refused because the engine's queue is full is retried for about 15 s before its item
+fails (``...transcription.failed``); the session itself goes on.
 """
 
 from __future__ import annotations
@@ -31,14 +33,15 @@ from ...engine.decoding import DecodingOptions, Transcription
 from ...engine.engine import Engine
 from ...engine.streaming import Final, Interim, Linear16Decoder, SpeechEvent, StreamingSession, StreamPolicy
 from ...engine.vad import make_vad
-from ...errors import SplitASRError
+from ...errors import Overloaded, RateLimited, SplitASRError
 from . import events as ev
 from .config import SessionConfig, apply_update
 from .errors import EventError
 
 log = logging.getLogger(__name__)
 
-PCM_BYTES_PER_SAMPLE = 2
+# waits before retrying a decode that the full queue refused (about 15 s in all)
+OVERLOAD_RETRY_S = (0.05, 0.1, 0.2, 0.4, 0.8, *([1.0] * 13))
 
 
 class AlwaysSpeech:
@@ -84,6 +87,7 @@ class RealtimeSession:
         self._pcm = Linear16Decoder(self.config.rate_hz)
         self._items: dict[int, _Item] = {}
         self._previous_item: str | None = None
+        self._awaiting: set[int] = set()  # committed utterances whose transcript is still to come
         self._worker = asyncio.create_task(self.stream.run())
         self.send(ev.server_event("session.created", session=self.config.session_object(self.id)))
 
@@ -153,6 +157,11 @@ class RealtimeSession:
                              "input_audio_buffer_commit_empty", None, event.event_id)
         self._item(committed).manual = True  # before its SpeechEvent is pumped: handle() does not yield
 
+    @property
+    def busy(self) -> bool:
+        """Transcripts are still to come: a client waiting for them is not idle."""
+        return bool(self._awaiting) or not self.stream.events.empty()
+
     # server events -------------------------------------------------------------------------------
     async def pump(self) -> None:
         """Turn the stream's events into server events until it ends (raises what ended it)."""
@@ -178,6 +187,7 @@ class RealtimeSession:
         self.send(ev.server_event("input_audio_buffer.committed", previous_item_id=self._previous_item,
                                   item_id=item.id))
         self._previous_item = item.id
+        self._awaiting.add(event.utterance)
 
     def _on_interim(self, event: Interim) -> None:
         item = self._item(event.utterance)
@@ -186,6 +196,7 @@ class RealtimeSession:
 
     def _on_final(self, event: Final) -> None:
         item = self._items.pop(event.utterance, None) or _Item(ev.new_id("item"))
+        self._awaiting.discard(event.utterance)
         result = event.result
         if isinstance(result, FailedDecode):
             error = EventError.from_error(result.error)
@@ -214,11 +225,20 @@ class RealtimeSession:
         config = self.config
         options = DecodingOptions(beam_size=self.settings.default_beam_size, language=config.language,
                                   prompt=config.prompt)
-        try:
-            return await self.engine.transcribe_audio(audio, options, config.adapter)
-        except SplitASRError as exc:  # this utterance fails; the session goes on
-            log.warning("realtime decode failed: %s", exc)
-            return FailedDecode("", config.language or "en", len(audio) / SAMPLE_RATE_HZ, error=exc)
+        for wait_s in (*OVERLOAD_RETRY_S, None):
+            try:
+                return await self.engine.transcribe_audio(audio, options, config.adapter)
+            except Overloaded as exc:  # a full queue drains in moments: a live stream waits, not fails
+                if wait_s is None or isinstance(exc, RateLimited):
+                    return self._failed(audio, exc)
+                await asyncio.sleep(wait_s)
+            except SplitASRError as exc:  # this utterance fails; the session goes on
+                return self._failed(audio, exc)
+        raise AssertionError("unreachable")
+
+    def _failed(self, audio: np.ndarray, exc: SplitASRError) -> FailedDecode:
+        log.warning("realtime decode failed: %s", exc)
+        return FailedDecode("", self.config.language or "en", len(audio) / SAMPLE_RATE_HZ, error=exc)
 
     def _vad(self, config: SessionConfig | None = None):
         return make_vad(self.settings.stream_vad) if (config or self.config).vad else AlwaysSpeech()
