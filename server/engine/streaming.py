@@ -215,14 +215,16 @@ class StreamingSession:
         self._wake.set()
         return index
 
-    def discard_utterance(self) -> None:
-        """Drop the audio of the utterance in progress (a client's clear); utterances already cut
-        still get their finals. The next utterance has a new index."""
+    def discard_utterance(self) -> int:
+        """Drop the audio of the utterance in progress (a client's clear) and return its index;
+        utterances already cut still get their finals. The next utterance has a new index."""
+        index = self._utterances
         self._pending_vad = np.zeros(0, np.float32)
         self._buffer, self._buffer_len, self._buffer_start = [], 0, self._position
         self._last_speech_end, self._speech_run, self._decoded_len = None, 0, 0
         self._utterances += 1
         self._agreement = LocalAgreement()
+        return index
 
     def _speech_event(self, started: bool, at: int) -> None:
         if self.speech_events:

@@ -104,7 +104,7 @@ class RealtimeSession:
             elif isinstance(event, ev.CommitEvent):
                 self._commit(event)
             else:
-                self.stream.discard_utterance()
+                self._items.pop(self.stream.discard_utterance(), None)
                 self.send(ev.server_event("input_audio_buffer.cleared"))
         except EventError as exc:
             self.reject(exc)

@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from ... import __version__
@@ -55,8 +54,7 @@ def create_app(
     install_error_handlers(app)
     for module in (health, metrics, status, models, transcriptions, adapters, realtime):
         app.include_router(module.router)
-    app.mount("/ui", StaticFiles(directory=STATIC_DIR, html=True), name="ui")
-    app.add_api_route("/ui", lambda: RedirectResponse("/ui/"), include_in_schema=False)
+    app.mount("/ui", StaticFiles(directory=STATIC_DIR, html=True), name="ui")  # /ui redirects to /ui/
     multipart_overhead = 64 * 1024
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes,
                        per_path={"/v1/adapters": settings.max_adapter_bytes + multipart_overhead})
