@@ -202,7 +202,10 @@ def test_an_adapter_by_name_and_another_tenants_is_not_found(rest_server, real_s
             ok = await rt.update(audio={"input": {"transcription": {"model": "tiny.en"}}})
             assert ok["type"] == "session.updated"
 
-    run(scenario())
+    try:
+        run(scenario())
+    finally:
+        httpx.delete(f"{rest_server.url}/v1/adapters/rt-voice", headers=rest_server.headers("alice"), timeout=30)
 
 
 BAD_EVENTS = [
