@@ -54,9 +54,11 @@ def browser(microphone_wav):
 
 
 def _console(driver) -> str:
+    from selenium.common.exceptions import WebDriverException
+
     try:
         return "\n".join(entry["message"] for entry in driver.get_log("browser"))
-    except Exception:  # a driver without the log endpoint
+    except WebDriverException:  # a driver without the log endpoint
         return ""
 
 
@@ -69,14 +71,15 @@ def _open_page(browser, rest_server):
     key = browser.find_element(By.CSS_SELECTOR, "[data-testid=api-key]")
     key.clear()
     key.send_keys(TOKENS["alice"], Keys.TAB)  # "change" fires: models and adapters load with the key
-    WebDriverWait(browser, WAIT_S).until(
-        lambda d: "tiny.en" in [o.text for o in d.find_elements(By.CSS_SELECTOR, "[data-testid=model] option")])
+    # read in one script: the page may replace the options (a refresh) while they are read
+    models = "return [...document.querySelectorAll('[data-testid=model] option')].map(o => o.value)"
+    WebDriverWait(browser, WAIT_S).until(lambda d: "tiny.en" in d.execute_script(models))
     WebDriverWait(browser, WAIT_S).until(
         lambda d: d.find_element(By.CSS_SELECTOR, "[data-testid=status]").get_attribute("data-state") == "ready")
 
 
 def _wait_for_line(browser, selector: str, words: str) -> str:
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -86,8 +89,8 @@ def _wait_for_line(browser, selector: str, words: str) -> str:
                 return line.text
         return False
 
-    try:
-        return WebDriverWait(browser, WAIT_S).until(found)
+    try:  # a line that turns final while being read is stale for a moment
+        return WebDriverWait(browser, WAIT_S, ignored_exceptions=[StaleElementReferenceException]).until(found)
     except TimeoutException:
         transcript = browser.find_element(By.CSS_SELECTOR, "[data-testid=transcript]").text
         error = browser.find_element(By.CSS_SELECTOR, "[data-testid=error]").text

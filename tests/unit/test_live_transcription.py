@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -20,7 +21,7 @@ def test_long_audio_is_cut_in_the_quiet_gap_near_each_window_end():
         audio[int(quiet_s * RATE): int((quiet_s + 0.3) * RATE)] = 0
     spans = split_at_pauses(audio)
     assert [round(s / RATE, 1) for s, _ in spans] == [0.0, pytest.approx(27.1, abs=0.2), pytest.approx(55.6, abs=0.2)]
-    assert spans[-1][1] == len(audio) and all(end == nxt for (_, end), (nxt, _) in zip(spans, spans[1:]))
+    assert spans[-1][1] == len(audio) and all(end == nxt for (_, end), (nxt, _) in itertools.pairwise(spans))
     assert all(end - start <= 30 * RATE for start, end in spans)
 
 
@@ -44,8 +45,8 @@ def test_client_events_parse_strictly():
     ('{"type": 7}', "invalid_value", "type"),
     ('{"type": "conversation.item.create"}', "invalid_value", "type"),
     ('{"type": "input_audio_buffer.commit", "extra": 1}', "invalid_value", "extra"),
-    ('{"type": "session.update", "session": {"type": "transcription", "audio": {"input": {"format": {"type": '
-     '"audio/pcm", "sample_rate": 8000}}}}}', "invalid_value", "session.audio.input.format.sample_rate"),
+    (json.dumps({"type": "session.update", "session": {"type": "transcription", "audio": {"input": {"format": {
+        "type": "audio/pcm", "sample_rate": 8000}}}}}), "invalid_value", "session.audio.input.format.sample_rate"),
 ])
 def test_bad_client_events_name_what_is_wrong(message, code, param):
     with pytest.raises(EventError) as caught:

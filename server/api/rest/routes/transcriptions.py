@@ -12,7 +12,7 @@ from ....engine.file_stream import open_file_transcript
 from ....errors import BadAudio, InvalidInput
 from ....formats import render
 from ..deps import EngineDep, SettingsDep, TenantDep
-from ..streaming import STREAM_FORMATS, event_stream
+from ..sse import STREAM_FORMATS, event_stream
 
 router = APIRouter(tags=["audio"])
 
