@@ -4,12 +4,14 @@ One engine (the real backbone) serves REST (uvicorn, loopback) and gRPC in this 
 run in a child process. ``sessions`` clients stream at once, in real time (100 ms chunks, sent when a microphone would have recorded them):
 each streams ``rounds`` real-speech clips, each followed by 1.5 s of silence, so the server's VAD ends
 every utterance. The Realtime pass sends 24 kHz PCM16 over ``/v1/realtime`` (server VAD); the gRPC
-pass sends the same audio at 16 kHz to ``StreamingRecognize`` (interim results on in both). Passes
-alternate ``repeats`` times. Reported per transport:
+pass sends the same audio at 16 kHz to ``StreamingRecognize`` (interim results on in both). Each
+repeat runs both passes, in alternating order. Reported per transport:
 
 - ``final_after_speech_end_s``: from the moment the chunk holding a clip's last speech frame (found
   by Silero VAD, as the server does) was actually sent to the clip's final transcript (p50, p95, max);
-- ``failed``: clips that got no final.
+- ``failed``: clips that got no final;
+- the decoding work the pass caused: seconds of audio decoded (interim re-decodes included), batches
+  and mean rows per batch.
 
 Also the web page's load size: the bytes of what ``/ui/`` loads (HTML, JS, CSS, the audio worklet),
 as served and as gzip would send them.
@@ -170,6 +172,23 @@ def _grpc_session(address: str, script: Script) -> list[float | None]:
     return [finals[i] - ends[i] if i in finals else None for i in range(len(script.clips))]
 
 
+def _decoded() -> tuple[float, float, float]:
+    """Seconds of audio decoded, batches and rows so far (the engine's own counters)."""
+    from ..observability import REGISTRY
+
+    def value(name: str) -> float:
+        return REGISTRY.get_sample_value(name) or 0.0
+
+    return (value("splitasr_audio_seconds_total"), value("splitasr_batch_size_count"),
+            value("splitasr_batch_size_sum"))
+
+
+def _work(totals: list[float]) -> dict:
+    audio_s, batches, rows = totals
+    return {"decoded_audio_s": round(audio_s, 1), "batches": int(batches),
+            "mean_batch_rows": round(rows / batches, 2) if batches else None}
+
+
 def _summary(per_session: list[list[float | None]]) -> dict:
     values = [v for session in per_session for v in session]
     return {"final_after_speech_end_s": _percentiles([v for v in values if v is not None]),
@@ -253,12 +272,22 @@ def run(*, backbone: str = "tiny.en", sessions: int = 8, rounds: int = 2, repeat
             while not server.started:
                 time.sleep(0.05)
             runs: dict[str, list] = {"realtime": [], "grpc": []}
+            passes: dict[str, list] = {"realtime": [], "grpc": []}
+            work = {"realtime": [0.0, 0.0, 0.0], "grpc": [0.0, 0.0, 0.0]}  # audio s, batches, rows decoded
             # the clients run in another process: in this one they would wait for the GIL behind the
             # server's threads, and their timestamps with them
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as clients:
-                for _ in range(repeats):
-                    runs["realtime"] += clients.submit(_realtime_pass, settings.port, scripts).result()
-                    runs["grpc"] += clients.submit(_grpc_pass, grpc.address, scripts).result()
+                for repeat in range(repeats):
+                    order = ("realtime", "grpc") if repeat % 2 == 0 else ("grpc", "realtime")  # alternate
+                    for transport in order:
+                        target = (_realtime_pass, settings.port) if transport == "realtime" else (_grpc_pass,
+                                                                                                grpc.address)
+                        before = _decoded()
+                        got = clients.submit(*target, scripts).result()
+                        after = _decoded()
+                        runs[transport] += got
+                        passes[transport].append(_summary(got)["final_after_speech_end_s"].get("p50"))
+                        work[transport] = [w + a - b for w, a, b in zip(work[transport], after, before)]
             page = page_size(url)
         finally:
             grpc.stop()
@@ -273,7 +302,8 @@ def run(*, backbone: str = "tiny.en", sessions: int = 8, rounds: int = 2, repeat
         "backbone": backbone, "device": "cpu", "cpu": _cpu_model(), "threads": torch.get_num_threads(),
         "concurrent_sessions": sessions, "clips_per_session": rounds, "repeats": repeats,
         "pacing": f"real time, {int(CHUNK_S * 1000)} ms chunks, {SILENCE_S:g} s of silence after each clip",
-        "realtime_websocket": realtime, "grpc_streaming": grpc_summary,
+        "realtime_websocket": {**realtime, "p50_per_pass": passes["realtime"], **_work(work["realtime"])},
+        "grpc_streaming": {**grpc_summary, "p50_per_pass": passes["grpc"], **_work(work["grpc"])},
         "realtime_over_grpc_p50": ratio,
         "page": page,
     }
