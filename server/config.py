@@ -36,8 +36,10 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="Largest accepted audio upload (413 above).")
     max_audio_seconds: float = Field(3 * 3600.0, gt=0, description="Longest accepted audio (400 above).")
     max_queued_requests: int = Field(64, ge=1, description="Requests in progress or queued before 429.")
-    max_batch_size: int = Field(8, ge=1, le=256, description="Most utterances decoded in one forward pass.")
-    max_batch_wait_ms: float = Field(10.0, ge=0, description="How long a batch waits to fill up.")
+    max_batch_rows: int = Field(
+        32, ge=1, le=1024, description="Rows (greedy decodes, beams, samples) in the running batch at once.")
+    max_admissions_per_step: int = Field(
+        4, ge=1, le=256, description="New windows (encoder passes) admitted into the running batch per step.")
     default_beam_size: int = Field(1, ge=1, le=16, description="Beam size when a request does not choose.")
     store_dir: Path | None = Field(None, description="Adapter store (default: CACHE_DIR/adapters).")
     api_keys_file: Path | None = Field(None, description="File of 'TOKEN TENANT' lines; none = one open tenant.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .engine.decoding import Transcription
+from .decoding import Transcription
 
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 
@@ -36,28 +36,52 @@ def to_vtt(t: Transcription) -> str:
     return "WEBVTT\n\n" + "\n".join(cues)
 
 
-def to_verbose_json(t: Transcription, task: str = "transcribe") -> dict[str, Any]:
-    """The shape of OpenAI's ``verbose_json`` response (segments with start/end in seconds)."""
+def usage(t: Transcription) -> dict[str, Any]:
+    """OpenAI's duration usage object."""
+    return {"type": "duration", "seconds": round(t.duration, 3)}
+
+
+def words(t: Transcription) -> list[dict[str, Any]]:
+    """Every word with its times, OpenAI's ``words`` (needs ``word_timestamps``)."""
+    return [{"word": w.word.strip(), "start": w.start, "end": w.end} for s in t.segments for w in s.words or []]
+
+
+def to_verbose_json(t: Transcription, task: str = "transcribe", *, segments: bool = True,
+                    with_words: bool = False) -> dict[str, Any]:
+    """The shape of OpenAI's ``verbose_json`` response (``TranscriptionVerbose``)."""
     body: dict[str, Any] = {
         "task": task,
         "language": language_name(t.language),
         "duration": round(t.duration, 3),
         "text": t.text,
-        "segments": [
-            {"id": s.id, "seek": 0, "start": s.start, "end": s.end, "text": s.text, "tokens": s.tokens,
-             "temperature": 0.0}
-            for s in t.segments
-        ],
     }
-    if t.nbest:
+    if segments:
+        body["segments"] = [
+            {"id": s.id, "seek": s.seek, "start": s.start, "end": s.end, "text": s.text, "tokens": s.tokens,
+             "temperature": s.temperature, "avg_logprob": round(s.avg_logprob, 6),
+             "compression_ratio": round(s.compression_ratio, 6), "no_speech_prob": round(s.no_speech_prob, 6)}
+            for s in t.segments
+        ]
+    if with_words:
+        body["words"] = words(t)
+    body["usage"] = usage(t)
+    if len(t.nbest) > 1:
         body["nbest"] = [{"text": h.text, "logprob": h.logprob, "avg_logprob": h.avg_logprob} for h in t.nbest]
     return body
 
 
-def render(t: Transcription, fmt: str) -> str | dict[str, Any]:
-    """Render as a string (text, srt, vtt) or a JSON-able dict (json, verbose_json)."""
+def render(t: Transcription, fmt: str, *, task: str = "transcribe", segments: bool = True,
+           with_words: bool = False) -> str | dict[str, Any]:
+    """Render as a string (text, srt, vtt) or a JSON-able dict (json, verbose_json).
+
+    ``segments`` / ``with_words``: what ``verbose_json`` lists (OpenAI's timestamp granularities).
+    Token log-probabilities appear in ``json`` when the transcription carries them.
+    """
     if fmt == "json":
-        return {"text": t.text}
+        body: dict[str, Any] = {"text": t.text, "usage": usage(t)}
+        if t.logprobs is not None:
+            body["logprobs"] = [{"token": p.token, "logprob": p.logprob, "bytes": p.bytes} for p in t.logprobs]
+        return body
     if fmt == "text":
         return t.text + "\n"
     if fmt == "srt":
@@ -65,5 +89,5 @@ def render(t: Transcription, fmt: str) -> str | dict[str, Any]:
     if fmt == "vtt":
         return to_vtt(t)
     if fmt == "verbose_json":
-        return to_verbose_json(t)
+        return to_verbose_json(t, task, segments=segments, with_words=with_words)
     raise ValueError(f"unknown format {fmt!r}")

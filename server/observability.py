@@ -84,11 +84,12 @@ REQUEST_SECONDS = Histogram(
     ["transport", "endpoint", "status"], buckets=_LATENCY_BUCKETS_S, registry=REGISTRY,
 )
 BATCH_SIZE = Histogram(
-    "splitasr_batch_size", "Utterances decoded together in one batch.", buckets=_BATCH_SIZE_BUCKETS,
+    "splitasr_batch_size", "Rows decoded together in one decoder step.", buckets=_BATCH_SIZE_BUCKETS,
     registry=REGISTRY,
 )
 BATCH_SECONDS = Histogram(
-    "splitasr_batch_duration_seconds", "Time to decode one batch.", buckets=_LATENCY_BUCKETS_S, registry=REGISTRY,
+    "splitasr_batch_duration_seconds", "Time of one decoder step.",
+    buckets=_LATENCY_BUCKETS_S, registry=REGISTRY,
 )
 AUDIO_SECONDS = Counter(
     "splitasr_audio_seconds", "Seconds of audio decoded by the backbone (streams' interim re-decodes included).",
@@ -118,14 +119,16 @@ class _EngineCollector:
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         engines = list(self.engines)
-        schedulers = [e.scheduler for e in engines if e.scheduler is not None]
+        workers = [e.worker for e in engines if e.worker is not None]
         pools = [e.pool for e in engines if e.pool is not None]
         yield _gauge("splitasr_ready", "1 when the backbone is loaded and warmed up.",
                      float(bool(engines) and all(e.ready for e in engines)))
         yield _gauge("splitasr_queue_depth", "Requests queued or being decoded.",
-                     sum(s.pending for s in schedulers))
+                     sum(w.pending for w in workers))
         yield _gauge("splitasr_queue_capacity", "Requests queued or being decoded before 429.",
-                     sum(s.max_queue for s in schedulers))
+                     sum(w.max_queue for w in workers))
+        yield _gauge("splitasr_batch_rows", "Rows in the running batch (greedy decodes, beams, samples).",
+                     sum(w.live_rows for w in workers))
         yield _gauge("splitasr_adapter_pool_occupancy", "Adapter slots in use.", sum(p.occupancy for p in pools))
         yield _gauge("splitasr_adapter_pool_capacity", "Adapter slots in all.", sum(p.capacity for p in pools))
 
@@ -152,7 +155,7 @@ def observe_request(transport: Literal["rest", "grpc", "realtime"], endpoint: st
 
 
 def observe_batch(size: int, seconds: float) -> None:
-    """``Scheduler(on_batch=...)`` hook."""
+    """``DecodeWorker(on_step=...)`` hook: rows in one decoder step and its duration."""
     BATCH_SIZE.observe(size)
     BATCH_SECONDS.observe(seconds)
 

@@ -1,19 +1,20 @@
 """Per-forward slot selection: which adapter slot each batch row uses.
 
-The engine wraps every forward pass (encoder, and each decoder step of ``generate``) in::
+Training and single forward passes wrap the model call in::
 
     emb = utterance_embedding(input_features, num_frames)        # [B, 2·n_mels], once per batch
     with bank_context(model, slots=slot_per_utterance, utterance_embedding=emb):
-        out = model.generate(input_features=input_features, ...)  # or model(...)
+        logits = model(input_features=input_features, decoder_input_ids=ids).logits
 
 ``slots`` [B] holds one slot index per utterance (0 = backbone only). Layers that see more rows than
-utterances (beam search expands rows with ``repeat_interleave(num_beams)``) expand the slot indices the
-same way. Mixture (SAML) router weights are computed once on entry, from ``utterance_embedding``.
-Without an active context every bank layer returns exactly its base output.
+utterances (rows repeated ``k`` times each) expand the slot indices the same way. Mixture (SAML) router
+weights are computed once on entry, from ``utterance_embedding``. The decode loop computes each
+utterance's mixture once (:func:`mixture_weights`) and selects rows with :func:`rows_context` for every
+forward over its changing set of rows. Without an active context every bank layer returns exactly its
+base output.
 
-One context per model at a time: a second ``bank_context`` on the same model raises, because the
-layers read the active selection from the model's shared :class:`BankState`.
-"""
+One context per model at a time: a second context on the same model raises, because the layers read
+the active selection from the model's shared :class:`BankState`."""
 
 from __future__ import annotations
 
@@ -180,14 +181,35 @@ def bank_context(
     ``utterance_embedding``: [B, 2·n_mels] router input; required when a selected slot is a mixture.
     """
     state = get_state(model)
-    if state.active is not None:
-        raise RuntimeError("a bank_context is already active on this model; forwards must not overlap")
     # One int without an embedding applies to any row count; with one it means "every utterance".
     broadcast = isinstance(slots, int) and utterance_embedding is None
     if isinstance(slots, int):
         slot_list = [int(slots)] * (utterance_embedding.shape[0] if utterance_embedding is not None else 1)
     else:
         slot_list = [int(s) for s in (slots.tolist() if isinstance(slots, torch.Tensor) else slots)]
+    _check_slots(state, slot_list)
+    with _activate(state, slot_list, mixture_weights(state, slot_list, utterance_embedding), broadcast) as context:
+        yield context
+
+
+@contextmanager
+def rows_context(model: nn.Module, slots: Sequence[int],
+                 router_weights: torch.Tensor | None = None) -> Iterator[SlotContext | None]:
+    """Like :func:`bank_context` with the mixture weights already computed (:func:`mixture_weights`),
+    one row per entry of ``slots``: the form a decode loop uses, which computes each utterance's
+    mixture once and then runs many forward passes over changing sets of rows. A model without a
+    bank, or rows that all use slot 0, run the plain backbone."""
+    state = getattr(model, STATE_MODULE_NAME, None)
+    if not isinstance(state, BankState) or not any(slots):
+        yield None
+        return
+    slot_list = [int(s) for s in slots]
+    _check_slots(state, slot_list)
+    with _activate(state, slot_list, router_weights, False) as context:
+        yield context
+
+
+def _check_slots(state: BankState, slot_list: list[int]) -> None:
     if not slot_list:
         raise ValueError("slots must not be empty")
     for s in slot_list:
@@ -195,13 +217,15 @@ def bank_context(
             raise ValueError(f"slot {s} out of range 0..{state.num_slots}")
         if s != 0 and state.headers[s] is None:
             raise ValueError(f"slot {s} is empty; load an adapter into it first")
-    context = SlotContext(
-        slots=torch.tensor(slot_list, dtype=torch.long),
-        router_weights=mixture_weights(state, slot_list, utterance_embedding),
-        state=state,
-        slot_list=slot_list,
-        broadcast=broadcast,
-    )
+
+
+@contextmanager
+def _activate(state: BankState, slot_list: list[int], router_weights: torch.Tensor | None,
+              broadcast: bool) -> Iterator[SlotContext]:
+    if state.active is not None:
+        raise RuntimeError("a bank_context is already active on this model; forwards must not overlap")
+    context = SlotContext(slots=torch.tensor(slot_list, dtype=torch.long), router_weights=router_weights,
+                          state=state, slot_list=slot_list, broadcast=broadcast)
     state.active = context
     try:
         yield context

@@ -1,7 +1,7 @@
 """Pick and load a backbone: Whisper (encoder-decoder) or an encoder-only CTC model.
 
 What the engine, the CLI and training need from a backbone is the small :class:`Backbone` protocol;
-decoding is chosen by type in :func:`splitasr.engine.decoding.transcribe`.
+decoding is chosen by type in :func:`splitasr.decoding.transcribe`.
 """
 
 from __future__ import annotations

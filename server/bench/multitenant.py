@@ -23,7 +23,7 @@ from ..adapters import BackboneSpec, adapter_to_bytes, bank_layers, export_peft,
 from ..audio import SAMPLE_RATE_HZ, decode_audio
 from ..backbones.whisper import WhisperBackbone
 from ..config import Settings
-from ..engine.decoding import transcribe
+from ..decoding import transcribe
 from ..engine.engine import Engine
 
 DEFAULT_AUDIO_DIR = Path(__file__).resolve().parents[2] / "tests" / "data" / "real-speech"

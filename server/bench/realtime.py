@@ -10,8 +10,8 @@ repeat runs both passes, in alternating order. Reported per transport:
 - ``final_after_speech_end_s``: from the moment the chunk holding a clip's last speech frame (found
   by Silero VAD, as the server does) was actually sent to the clip's final transcript (p50, p95, max);
 - ``failed``: clips that got no final;
-- the decoding work the pass caused: seconds of audio decoded (interim re-decodes included), batches
-  and mean rows per batch.
+- the decoding work the pass caused: seconds of audio decoded (interim re-decodes included), decoder
+  steps and mean rows per step of the running batch.
 
 Also the web page's load size: the bytes of what ``/ui/`` loads (HTML, JS, CSS, the audio worklet),
 as served and as gzip would send them.
@@ -173,7 +173,7 @@ def _grpc_session(address: str, script: Script) -> list[float | None]:
 
 
 def _decoded() -> tuple[float, float, float]:
-    """Seconds of audio decoded, batches and rows so far (the engine's own counters)."""
+    """Seconds of audio decoded, decoder steps and rows stepped so far (the engine's own counters)."""
     from ..observability import REGISTRY
 
     def value(name: str) -> float:
@@ -184,9 +184,9 @@ def _decoded() -> tuple[float, float, float]:
 
 
 def _work(totals: list[float]) -> dict:
-    audio_s, batches, rows = totals
-    return {"decoded_audio_s": round(audio_s, 1), "batches": int(batches),
-            "mean_batch_rows": round(rows / batches, 2) if batches else None}
+    audio_s, steps, rows = totals
+    return {"decoded_audio_s": round(audio_s, 1), "decoder_steps": int(steps),
+            "mean_rows_per_step": round(rows / steps, 2) if steps else None}
 
 
 def _summary(per_session: list[list[float | None]]) -> dict:
@@ -273,7 +273,7 @@ def run(*, backbone: str = "tiny.en", sessions: int = 8, rounds: int = 2, repeat
                 time.sleep(0.05)
             runs: dict[str, list] = {"realtime": [], "grpc": []}
             passes: dict[str, list] = {"realtime": [], "grpc": []}
-            work = {"realtime": [0.0, 0.0, 0.0], "grpc": [0.0, 0.0, 0.0]}  # audio s, batches, rows decoded
+            work = {"realtime": [0.0, 0.0, 0.0], "grpc": [0.0, 0.0, 0.0]}  # audio s, decoder steps, rows
             # the clients run in another process: in this one they would wait for the GIL behind the
             # server's threads, and their timestamps with them
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as clients:

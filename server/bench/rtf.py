@@ -16,7 +16,7 @@ import torch
 from ..audio import SAMPLE_RATE_HZ, decode_audio
 from ..backbones.sources import KNOWN_BACKBONES, package_dir
 from ..backbones.whisper import WhisperBackbone
-from ..engine.decoding import transcribe
+from ..decoding import transcribe
 
 DEFAULT_AUDIO_DIR = Path(__file__).resolve().parents[2] / "tests" / "data" / "real-speech"
 

@@ -35,7 +35,7 @@ def evaluate(backbone, utterances, *, beam: int = 1, language: str | None = None
     ``slot``: the adapter slot every utterance uses (0 = the backbone alone).
     """
     from ..audio import SAMPLE_RATE_HZ, decode_audio
-    from ..engine.decoding import DecodingOptions, transcribe
+    from ..decoding import DecodingOptions, transcribe
     from ..metrics import score_all
 
     options = DecodingOptions(beam_size=beam, language=language)

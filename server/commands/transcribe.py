@@ -68,7 +68,7 @@ def attach_adapter(backbone, path: Path) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from ..audio import decode_audio
-    from ..engine.decoding import DecodingOptions, transcribe
+    from ..decoding import DecodingOptions, transcribe
     from ..formats import render, to_verbose_json
 
     backbone = load_backbone(args)
@@ -79,7 +79,10 @@ def run(args: argparse.Namespace) -> int:
 
         rescoring = open_rescorer(args.rescorer)
         args.nbest = max(args.nbest, DEFAULT_NBEST)
-    options = DecodingOptions(beam_size=args.beam, language=args.language, nbest=args.nbest)
+    # json lists every word with its aligned times (Whisper backbones that have alignment heads)
+    words = args.format == "json" and bool(getattr(backbone.model.generation_config, "alignment_heads", None))
+    options = DecodingOptions(beam_size=args.beam, language=args.language, nbest=args.nbest,
+                              word_timestamps=words)
     for start in range(0, len(args.files), args.batch_size):
         files = args.files[start : start + args.batch_size]
         slots = [slot] * len(files) if slot else None
@@ -89,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
             rescore(model, [(r, 1, rescorer.fusion) for r in results])
         for path, result in zip(files, results):
             if args.format == "json":
-                print(json.dumps({"file": str(path), **to_verbose_json(result)}, ensure_ascii=False))
+                body = to_verbose_json(result, with_words=options.word_timestamps)
+                print(json.dumps({"file": str(path), **body}, ensure_ascii=False))
             else:
                 if len(args.files) > 1 and args.format == "text":
                     sys.stdout.write(f"{path}: ")

@@ -1,7 +1,8 @@
-"""The serving engine: one frozen backbone, an adapter store, a slot pool and a batching scheduler.
+"""The serving engine: one frozen backbone, an adapter store, a slot pool and the decode worker.
 
 Transports (REST, gRPC) call only this. Every request names a tenant; ``model`` is the backbone
-(or ``whisper-1``) or one of that tenant's adapters. Rows with different adapters share a batch.
+(or ``whisper-1``) or one of that tenant's adapters. Requests with different adapters, options and
+lengths decode in one running batch (:mod:`splitasr.engine.worker`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Hashable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
@@ -19,16 +20,17 @@ from .. import observability
 from ..adapters import Adapter, AdapterLimits, BackboneSpec, attach_bank, bank_layers, load_adapter
 from ..audio import SAMPLE_RATE_HZ, decode_audio
 from ..backbones.loader import Backbone, load_backbone
+from ..backbones.whisper import WhisperBackbone
 from ..config import Settings
+from ..decoding import DecodingOptions, Transcription
 from ..errors import InvalidInput, NotFound, NotReady
 from ..rescoring.service import KIND as RESCORER_KIND
 from ..rescoring.service import RescoringService, is_rescorer_file
 from ..tenants import RateLimiter
-from .decoding import DecodingOptions, Transcription, transcribe
 from .pool import SlotPool
-from .scheduler import Scheduler
 from .store import AdapterRecord, AdapterStore
 from .streams import StreamSlots
+from .worker import PRIORITY_FILE, DecodeWorker, Job
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ OPENAI_DEFAULT_MODEL = "whisper-1"
 RESCORE_MAX_SECONDS = 30  # an N-best list covers one 30 s window
 DEFAULT_RESCORER = "default"  # a tenant's rescorer of this name applies when a request names none
 NO_RESCORER = "none"  # `rescore` value that turns the default off
+WARMUP_SECONDS = 1.0
 
 
 def _shown(value: str, limit: int = 80) -> str:
@@ -44,11 +47,15 @@ def _shown(value: str, limit: int = 80) -> str:
     return repr(value) if len(value) <= limit else repr(value[:limit]) + f"... ({len(value)} characters)"
 
 
-@dataclass(frozen=True)
-class Row:
-    audio: np.ndarray
-    adapter: str | None  # sha256, None = plain backbone
-    rescorer: str | None = None  # sha256 of an N-best rescorer (kind "lorb"), None = first pass only
+def make_decoder(backbone: Backbone, max_rows: int):
+    """The decode loop for ``backbone``: our Whisper decoder, or CTC best path."""
+    if isinstance(backbone, WhisperBackbone):
+        from ..decoding.whisper.decoder import WhisperDecoder
+
+        return WhisperDecoder(backbone, max_rows=max_rows)
+    from ..decoding.ctc import CTCDecoder
+
+    return CTCDecoder(backbone, max_rows=max_rows)
 
 
 class Engine:
@@ -75,7 +82,7 @@ class Engine:
         self.streams = StreamSlots(settings.max_streams)  # live streams of every transport together
         self.pool: SlotPool | None = None
         self.rescoring = RescoringService(self.store.read, slots=settings.rescorer_slots, limits=self.limits)
-        self.scheduler: Scheduler | None = None
+        self.worker: DecodeWorker | None = None
         self.load_error: str | None = None
         self._ready = threading.Event()
 
@@ -91,8 +98,9 @@ class Engine:
             self.spec = BackboneSpec.from_model(backbone.name, backbone.model)
             if not bank_layers(backbone.model):  # a preloaded backbone may already carry one
                 attach_bank(backbone.model, self.settings.adapter_targets, self.settings.adapter_slots, self.limits)
+            decoder = make_decoder(backbone, self.settings.max_batch_rows)
             start = time.perf_counter()
-            transcribe(backbone, [np.zeros(SAMPLE_RATE_HZ, dtype=np.float32)])  # warm-up: first call is slow
+            self._warm_up(decoder)
             log.info("backbone warmed up in %.2f s", time.perf_counter() - start)
             observability.observe_backbone_load(time.perf_counter() - loading)
         except Exception as exc:
@@ -102,20 +110,31 @@ class Engine:
         self.backbone = backbone
         self.pool = SlotPool(backbone.model, self.settings.adapter_slots, self._load_adapter)
         self.pool.on_event = observability.observe_pool_event
-        self.scheduler = Scheduler(
-            self._run_batch,
-            max_batch_size=self.settings.max_batch_size,
-            max_wait_ms=self.settings.max_batch_wait_ms,
+        self.worker = DecodeWorker(
+            decoder, self.pool,
             max_queue=self.settings.max_queued_requests,
-            on_batch=observability.observe_batch,
+            max_admissions=self.settings.max_admissions_per_step,
+            rescore=self.rescoring.apply,
+            on_step=observability.observe_batch,
+            on_done=lambda job: observability.observe_audio(len(job.audio) / SAMPLE_RATE_HZ),
         )
-        self.scheduler.start()
+        self.worker.start()
         observability.track_engine(self)
         self._ready.set()
 
+    @staticmethod
+    def _warm_up(decoder) -> None:
+        """Decode a second of quiet noise once: the first forward passes are slow (allocation, kernels)."""
+        noise = np.random.default_rng(0).normal(0, 0.01, int(WARMUP_SECONDS * SAMPLE_RATE_HZ)).astype(np.float32)
+        request = decoder.start(noise, DecodingOptions(max_new_tokens=8, compression_ratio_threshold=None,
+                                                       logprob_threshold=None))
+        while not request.done:
+            decoder.admit(decoder.waiting())
+            decoder.step()
+
     def close(self, timeout: float | None = None) -> None:
-        if self.scheduler:
-            self.scheduler.stop(timeout)
+        if self.worker:
+            self.worker.stop(timeout)
 
     @property
     def ready(self) -> bool:
@@ -123,6 +142,12 @@ class Engine:
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         return self._ready.wait(timeout)
+
+    @property
+    def word_timestamps_available(self) -> bool:
+        """Whether the backbone aligns words (a Whisper backbone with alignment heads)."""
+        decoder = self.worker.decoder if self.worker else None
+        return bool(getattr(getattr(decoder, "vocab", None), "alignment_heads", ()))
 
     @property
     def backbone_name(self) -> str:
@@ -205,7 +230,7 @@ class Engine:
         audio = await asyncio.to_thread(decode_audio, data, max_seconds=self.settings.max_audio_seconds)
         if default and len(audio) > RESCORE_MAX_SECONDS * SAMPLE_RATE_HZ:
             rescorer = None
-        return await self.transcribe_audio(audio, options, adapter, rescorer)
+        return await self.transcribe_audio(audio, options, adapter, rescorer, tenant=tenant)
 
     def default_rescorer(self, tenant: str) -> str | None:
         """The sha256 of the tenant's rescorer named ``default``, if it has one."""
@@ -216,31 +241,20 @@ class Engine:
         return record.sha256 if record.kind == RESCORER_KIND else None
 
     async def transcribe_audio(self, audio: np.ndarray, options: DecodingOptions,
-                               adapter: str | None = None, rescorer: str | None = None) -> Transcription:
+                               adapter: str | None = None, rescorer: str | None = None, *,
+                               priority: int = PRIORITY_FILE, tenant: str = "",
+                               key: Hashable | None = None) -> Transcription:
+        """Decode 16 kHz audio with the adapter and rescorer of these sha256 (None: none).
+
+        ``priority``: :data:`~splitasr.engine.worker.PRIORITY_FINAL` / ``_INTERIM`` for streams, files
+        otherwise; ``tenant``: whose turn it is in the queue; ``key``: a newer decode with the same key
+        (a stream's next interim) supersedes this one. Cancelling the awaiting task withdraws it.
+        """
         self._require_ready()
-        assert self.scheduler is not None
+        assert self.worker is not None
         if rescorer and len(audio) > RESCORE_MAX_SECONDS * SAMPLE_RATE_HZ:
             raise InvalidInput(f"rescoring needs audio of at most {RESCORE_MAX_SECONDS} s (one N-best list); "
                                "send shorter audio or leave `rescore` out")
-        return await self.scheduler.run(Row(audio, adapter, rescorer), self.rescoring_options(options, rescorer))
-
-    def _run_batch(self, rows: list[Row], options: Hashable) -> list[Transcription]:
-        assert self.backbone is not None and self.pool is not None
-        assert isinstance(options, DecodingOptions)
-        results: list[Transcription] = []
-        # a batch never needs more distinct adapters than the pool has slots
-        start = 0
-        while start < len(rows):
-            end, distinct = start, set()
-            while end < len(rows) and len(distinct | {rows[end].adapter} - {None}) <= self.pool.capacity:
-                distinct |= {rows[end].adapter} - {None}
-                end += 1
-            chunk = rows[start:end]
-            slots = self.pool.acquire([r.adapter for r in chunk])
-            out = transcribe(self.backbone, [r.audio for r in chunk], options, slots)
-            if any(r.rescorer for r in chunk):
-                out = self.rescoring.apply([r.rescorer for r in chunk], out)
-            results += out
-            observability.observe_audio(sum(r.audio.size for r in chunk) / SAMPLE_RATE_HZ)
-            start = end
-        return results
+        job = Job(audio, self.rescoring_options(options, rescorer), adapter, rescorer, priority, tenant, key)
+        future = self.worker.submit(job)
+        return await asyncio.wrap_future(future)

@@ -17,8 +17,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..audio import SAMPLE_RATE_HZ, decode_audio
+from ..decoding import DecodingOptions, Segment, TokenLogprob, Transcription
 from ..errors import InvalidInput, NotReady
-from .decoding import DecodingOptions, Segment, Transcription
 from .engine import RESCORE_MAX_SECONDS, Engine
 
 WINDOW_S = 30.0  # Whisper's window
@@ -31,7 +31,8 @@ class TextDelta:
     """New text: ``text`` continues what came before (a leading space between segments)."""
 
     text: str
-    segment: Segment  # with times in the whole file
+    segments: list[Segment]  # what the text covers, with times in the whole file
+    logprobs: list[TokenLogprob] | None = None  # its tokens', with ``DecodingOptions.logprobs``
 
 
 def split_at_pauses(audio: np.ndarray, window_s: float = WINDOW_S, search_s: float = PAUSE_SEARCH_S,
@@ -55,28 +56,48 @@ class FileTranscript:
     """``async for item in transcript``: :class:`TextDelta` items, then the :class:`Transcription`."""
 
     def __init__(self, engine: Engine, audio: np.ndarray, options: DecodingOptions,
-                 adapter: str | None = None, rescorer: str | None = None):
+                 adapter: str | None = None, rescorer: str | None = None, tenant: str = ""):
         self.engine, self.audio, self.options = engine, audio, options
-        self.adapter, self.rescorer = adapter, rescorer
+        self.adapter, self.rescorer, self.tenant = adapter, rescorer, tenant
 
     async def __aiter__(self) -> AsyncIterator[TextDelta | Transcription]:
         segments: list[Segment] = []
+        logprobs: list[TokenLogprob] | None = [] if self.options.logprobs else None
         language, nbest = None, []
         spans = split_at_pauses(self.audio)
         for index, (start, end) in enumerate(spans):
-            # the prompt conditions the first window only, as in a whole-file decode
-            options = self.options if index == 0 else replace(self.options, prompt=None)
-            result = await self.engine.transcribe_audio(self.audio[start:end], options, self.adapter, self.rescorer)
+            options = self.options if index == 0 else replace(self.options, prefix=None)  # the first window's
+            result = await self.engine.transcribe_audio(self.audio[start:end], options, self.adapter,
+                                                        self.rescorer, tenant=self.tenant)
             language = language or result.language
             nbest = result.nbest if len(spans) == 1 else []  # an N-best list covers one window
-            offset = start / SAMPLE_RATE_HZ
-            for seg in result.segments:
-                moved = Segment(len(segments), round(seg.start + offset, 2), round(seg.end + offset, 2), seg.text,
-                                seg.tokens)
-                yield TextDelta((" " if segments else "") + seg.text, moved)
-                segments.append(moved)
+            moved = [_shifted(seg, len(segments) + i, start / SAMPLE_RATE_HZ) for i, seg in enumerate(result.segments)]
+            for delta in _deltas(moved, result.logprobs, first=not segments):
+                yield delta
+            segments += moved
+            if logprobs is not None:
+                logprobs += result.logprobs or []
         text = " ".join(s.text for s in segments)
-        yield Transcription(text, language or "en", len(self.audio) / SAMPLE_RATE_HZ, segments, nbest)
+        yield Transcription(text, language or "en", len(self.audio) / SAMPLE_RATE_HZ, segments, nbest, logprobs)
+
+
+def _shifted(segment: Segment, index: int, offset_s: float) -> Segment:
+    """A window's segment with its times in the whole file."""
+    words = [replace(w, start=round(w.start + offset_s, 2), end=round(w.end + offset_s, 2))
+             for w in segment.words] if segment.words is not None else None
+    return replace(segment, id=index, start=round(segment.start + offset_s, 2), end=round(segment.end + offset_s, 2),
+                   seek=segment.seek + round(offset_s * 100), words=words)
+
+
+def _deltas(segments: list[Segment], logprobs: list[TokenLogprob] | None, first: bool) -> list[TextDelta]:
+    """One delta per segment; with log-probabilities (a flat list per window), one per window so that
+    each delta carries exactly its own tokens'."""
+    if not segments:
+        return []
+    lead = "" if first else " "
+    if logprobs is not None:
+        return [TextDelta(lead + " ".join(s.text for s in segments), segments, logprobs)]
+    return [TextDelta(("" if first and i == 0 else " ") + s.text, [s]) for i, s in enumerate(segments)]
 
 
 async def open_file_transcript(engine: Engine, data: bytes, options: DecodingOptions, *, tenant: str,
@@ -94,4 +115,4 @@ async def open_file_transcript(engine: Engine, data: bytes, options: DecodingOpt
             raise InvalidInput(f"rescoring needs audio of at most {RESCORE_MAX_SECONDS} s (one N-best list); "
                                "send shorter audio or leave `rescore` out")
         rescorer = None
-    return FileTranscript(engine, audio, options, adapter, rescorer)
+    return FileTranscript(engine, audio, options, adapter, rescorer, tenant)

@@ -1,15 +1,17 @@
 """SlotPool: which adapters are resident in the backbone's AdapterBank slots, with LRU eviction.
 
-Used only from the scheduler's worker thread (the one thread that runs the model), so loading an
+Used only from the decode worker's thread (the one thread that runs the model), so loading an
 adapter into a slot never races a forward pass. Adapters are keyed by sha256, so two tenants who
-upload the same bytes share one slot.
+upload the same bytes share one slot. A request pins its adapter's slot for its whole life (its rows
+read the slot at every decoder step); pinned slots are never evicted, so when every slot is pinned a
+new adapter waits (:class:`NoFreeSlot`) until a request finishes.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -18,6 +20,10 @@ from torch import nn
 from ..adapters import Adapter, load_into_slot
 
 log = logging.getLogger(__name__)
+
+
+class NoFreeSlot(Exception):
+    """Every slot holds an adapter that a running request uses; try again when one finishes."""
 
 
 @dataclass
@@ -36,6 +42,7 @@ class SlotPool:
         self._loader = loader
         self._resident: OrderedDict[str, int] = OrderedDict()  # sha256 -> slot, least recent first
         self._free = list(range(capacity, 0, -1))
+        self._pins: Counter[str] = Counter()
         self.stats = PoolStats()
         self.on_event: Callable[[str, float], None] | None = None  # ("hit"|"miss"|"eviction", seconds)
 
@@ -46,8 +53,24 @@ class SlotPool:
     def resident(self, sha256: str) -> bool:
         return sha256 in self._resident
 
+    def pin(self, sha256: str | None) -> int:
+        """The slot of ``sha256`` (0 for None), loaded if needed and kept until :meth:`unpin`."""
+        if not sha256:
+            return 0
+        slot = self.acquire([sha256])[0]
+        self._pins[sha256] += 1
+        return slot
+
+    def unpin(self, sha256: str | None) -> None:
+        if sha256:
+            self._pins[sha256] -= 1
+            if self._pins[sha256] <= 0:
+                del self._pins[sha256]
+
     def acquire(self, adapters: Sequence[str | None]) -> list[int]:
-        """Slot of each row's adapter (0 for none), loading missing ones; at most ``capacity`` distinct."""
+        """Slot of each row's adapter (0 for none), loading missing ones; at most ``capacity`` distinct.
+
+        Raises :class:`NoFreeSlot` when a missing adapter finds only pinned slots."""
         wanted = list(dict.fromkeys(a for a in adapters if a))
         if len(wanted) > self.capacity:
             raise ValueError(f"{len(wanted)} distinct adapters in one batch; the pool holds {self.capacity}")
@@ -66,7 +89,9 @@ class SlotPool:
         if self._free:
             slot = self._free.pop()
         else:
-            victim = next(s for s in self._resident if s not in keep)  # least recently used idle slot
+            victim = next((s for s in self._resident if s not in keep and s not in self._pins), None)
+            if victim is None:
+                raise NoFreeSlot(f"all {self.capacity} adapter slots are in use by running requests")
             slot = self._resident.pop(victim)
             self.stats.evictions += 1
             self._emit("eviction", 0.0)

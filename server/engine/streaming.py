@@ -27,7 +27,7 @@ import soxr
 
 from ..audio import SAMPLE_RATE_HZ
 from ..errors import BadAudio
-from .decoding import Transcription
+from ..decoding import Transcription
 from .vad import FRAME_SAMPLES, Vad
 
 STABLE = 0.9  # stability of words two consecutive hypotheses agree on

@@ -1,7 +1,7 @@
 """N-best lists for rescorer training and evaluation: decode once, score every hypothesis, cache as JSON.
 
 A list holds the backbone's k best distinct hypotheses of one utterance
-(:func:`splitasr.engine.decoding.nbest`), their ASR log-probabilities and token counts, and each one's
+(:func:`splitasr.decoding.nbest`), their ASR log-probabilities and token counts, and each one's
 word errors against the reference after Whisper's English normalizer. The cache is a JSON file keyed
 by what produced it (backbone, adapter, k, beam and the manifest's rows), so a rerun with the same
 inputs does not decode again and a changed input decodes afresh.
@@ -85,7 +85,7 @@ def decode_lists(backbone, utterances: Sequence[Utterance], k: int, *, slot: int
                  quiet: bool = False) -> list[NBestList]:
     """Decode the k-best list of every utterance (adapter ``slot``; 0 = the backbone alone)."""
     from ..audio import decode_audio
-    from ..engine.decoding import DecodingOptions, nbest
+    from ..decoding import DecodingOptions, nbest
 
     options = DecodingOptions(beam_size=k, nbest=k)
     lists: list[NBestList] = []

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from ..adapters import AdapterLimits
-from ..engine.decoding import Transcription
+from ..decoding import Transcription
 from ..engine.pool import SlotPool
 from .encoder import DEFAULT_ENCODER, TextEncoder, load_encoder
 from .fileformat import KIND, is_rescorer_file, load_rescorer

@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..engine.decoding import Segment, Transcription
+from ..decoding import Segment, Transcription
 from .data import rescorer_text
 from .encoder import DEFAULT_ENCODER, load_encoder
 from .fileformat import load_rescorer

@@ -50,7 +50,7 @@ from ..adapters import (
 )
 from ..adapters.context import STATE_MODULE_NAME
 from ..backbones.whisper import WhisperBackbone
-from ..engine.decoding import DecodingOptions, nbest
+from ..decoding import DecodingOptions, transcribe
 from ..errors import InvalidInput
 from .data import CASINGS, Examples, batch_order, encoder_output, pad_labels, prepare
 from .manifest import Utterance
@@ -208,10 +208,12 @@ def decode(backbone: WhisperBackbone, examples: Examples, slot: int, batch_size:
         # A hallucination loop would run to the decoder's limit (448 tokens) and dominate the cost of
         # an epoch; twice the reference length scores almost the same (extra words are all errors).
         longest = max(len(ids) for ids, _ in examples.sequences[start : start + batch_size])
-        options = DecodingOptions(language=language, max_new_tokens=2 * longest + 8)
+        # as trained: no timestamps; plain greedy decoding (no temperature fallback) keeps epochs comparable
+        options = DecodingOptions(language=language, max_new_tokens=2 * longest + 8, without_timestamps=True,
+                                  compression_ratio_threshold=None, logprob_threshold=None,
+                                  no_speech_threshold=None)
         slots = [slot] * len(audios) if slot else None
-        languages = [language] * len(audios) if backbone.multilingual else None
-        hyps += [h[0].text for h in nbest(backbone, audios, options, languages, slots)]
+        hyps += [t.text for t in transcribe(backbone, audios, options, slots)]
     return hyps
 
 

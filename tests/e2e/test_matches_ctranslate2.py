@@ -11,7 +11,7 @@ import torch
 
 from splitasr.audio import decode_audio
 from splitasr.backbones.sources import KNOWN_BACKBONES, package_dir
-from splitasr.engine.decoding import DecodingOptions, nbest
+from splitasr.decoding import DecodingOptions, nbest
 
 ctranslate2 = pytest.importorskip("ctranslate2")
 

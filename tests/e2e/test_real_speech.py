@@ -7,7 +7,7 @@ import pytest
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
 from splitasr.audio import SAMPLE_RATE_HZ, decode_audio
-from splitasr.engine.decoding import DecodingOptions, nbest, transcribe
+from splitasr.decoding import DecodingOptions, nbest, transcribe
 from splitasr.errors import InvalidInput
 from splitasr.metrics import wer
 
@@ -76,7 +76,7 @@ def test_english_only_backbone_rejects_other_languages(tiny_backbone, audios):
 
 
 def test_compression_ratio_flags_repetition_loops():
-    from splitasr.engine.decoding import compression_ratio
+    from splitasr.decoding import compression_ratio
 
     loop = "Play, " * 60
     speech = "Replace the sacrificial zinc on the prop shaft before she goes back in."

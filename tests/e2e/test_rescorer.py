@@ -17,7 +17,7 @@ import torch
 import uvicorn
 from splitasr.adapters import KindConfig, new_adapter
 from splitasr.audio import decode_audio
-from splitasr.engine.decoding import DecodingOptions, nbest
+from splitasr.decoding import DecodingOptions, nbest
 from splitasr.rescoring.data import decode_lists, normalize, word_errors
 from splitasr.rescoring.encoder import load_encoder
 from splitasr.rescoring.fileformat import save_rescorer

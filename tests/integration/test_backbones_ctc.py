@@ -4,6 +4,7 @@ over HTTP; a Whisper adapter is refused with a message that names both backbones
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
@@ -13,8 +14,8 @@ import torch
 from splitasr.adapters import BackboneSpec, adapter_to_bytes, get_kind, new_adapter, resolve_targets
 from splitasr.backbones.ctc import write_random_ctc_model
 from splitasr.config import Settings
-from splitasr.engine.decoding import DecodingOptions
-from splitasr.engine.engine import Engine, Row
+from splitasr.decoding import DecodingOptions
+from splitasr.engine.engine import Engine
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 from tests.adapter_factory import KINDS, adapter_bytes
@@ -72,16 +73,26 @@ def shas(server):
             for i, kind in enumerate(("lora", "glora", "saml"))}
 
 
+def decode_together(engine, rows):
+    """Transcribe ``rows`` [(audio, sha)] concurrently through the engine's decode worker."""
+
+    async def main():
+        return await asyncio.gather(*(engine.transcribe_audio(a, DecodingOptions(), sha) for a, sha in rows))
+
+    return asyncio.run(main())
+
+
 def test_mixed_adapter_batch_equals_each_row_alone(server, shas):
     _, engine = server
     plan = [None, shas["lora"], shas["glora"], shas["saml"]]
-    rows = [Row(speech_like(i), sha) for i, sha in enumerate(plan)]
-    options = DecodingOptions()
-    batched = engine._run_batch(rows, options)
-    alone = [engine._run_batch([row], options)[0] for row in rows]
+    rows = [(speech_like(i), sha) for i, sha in enumerate(plan)]
+    engine.worker.stats.max_rows = 0
+    batched = decode_together(engine, rows)
+    assert engine.worker.stats.max_rows >= 2, "concurrent requests should share one forward pass"
+    alone = [decode_together(engine, [row])[0] for row in rows]
     assert [b.segments[0].tokens if b.segments else [] for b in batched] == \
            [a.segments[0].tokens if a.segments else [] for a in alone]
-    plain = engine._run_batch([Row(r.audio, None) for r in rows], options)
+    plain = decode_together(engine, [(audio, None) for audio, _ in rows])
     assert sum(p.text != b.text for p, b in zip(plain[1:], batched[1:])) >= 2  # the adapters change the output
 
 

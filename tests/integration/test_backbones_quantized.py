@@ -9,7 +9,7 @@ from splitasr.adapters import BackboneSpec, load_adapter
 from splitasr.audio import decode_audio
 from splitasr.backbones.loader import load_backbone
 from splitasr.backbones.quantize import weight_bytes
-from splitasr.engine.decoding import DecodingOptions, transcribe
+from splitasr.decoding import DecodingOptions, transcribe
 from splitasr.metrics import wer
 
 from tests.adapter_factory import adapter_bytes

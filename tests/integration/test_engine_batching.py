@@ -1,8 +1,12 @@
-"""Rows with different adapters (none, LoRA, GLoRA, SAML) share one forward pass and get exactly
-what each would get alone."""
+"""Rows with different adapters (none, LoRA, GLoRA, SAML), options and arrival times share the engine's
+running batch and get exactly what each would get alone."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
+import numpy as np
 import pytest
 import torch
 
@@ -10,8 +14,8 @@ from splitasr.adapters import bank_context, utterance_embedding
 from splitasr.audio import decode_audio
 from splitasr.backbones.whisper import WhisperBackbone
 from splitasr.config import Settings
-from splitasr.engine.decoding import DecodingOptions
-from splitasr.engine.engine import Engine, Row
+from splitasr.decoding import DecodingOptions
+from splitasr.engine.engine import Engine
 from tests.adapter_factory import adapter_bytes
 
 
@@ -46,24 +50,89 @@ def cards(real_speech):
     return [decode_audio(r["path"]) for r in real_speech[5:10]]
 
 
+@pytest.fixture(scope="module")
+def long_clip(real_speech):
+    """~20 s of real speech: many decoder steps, so later requests join a running batch."""
+    parts = [decode_audio(real_speech[i]["path"]) for i in (0, 3, 2)]
+    return np.concatenate(parts)
+
+
+def run(engine, jobs, delay_after_first: float = 0.0):
+    """Submit ``jobs`` [(audio, sha, options)] concurrently; the first one ``delay`` s ahead."""
+
+    def submit(audio, sha, options):
+        return asyncio.create_task(engine.transcribe_audio(audio, options, sha))
+
+    async def main():
+        first = submit(*jobs[0])
+        if delay_after_first:
+            steps = engine.worker.stats.steps
+            deadline = time.monotonic() + 60
+            while engine.worker.stats.steps < steps + 3 and time.monotonic() < deadline:
+                await asyncio.sleep(delay_after_first)
+        rest = [submit(*job) for job in jobs[1:]]
+        return await asyncio.gather(first, *rest, return_exceptions=True)
+
+    return asyncio.run(main())
+
+
+def tokens(result):
+    return [s.tokens for s in result.segments]
+
+
+def alone(engine, job):
+    return run(engine, [job])[0]
+
+
 def test_mixed_batch_equals_each_row_alone(engine, adapters, cards):
     plan = [None, adapters["lora"], adapters["glora"], adapters["saml"]]
-    rows = [Row(a, s) for a, s in zip(cards, plan)]
-    batched = engine._run_batch(rows, GREEDY)
-    alone = [engine._run_batch([row], GREEDY)[0] for row in rows]
-    for b, a in zip(batched, alone):
-        assert [s.tokens for s in b.segments] == [s.tokens for s in a.segments]
+    jobs = [(a, s, GREEDY) for a, s in zip(cards, plan)]
+    before = engine.worker.stats.max_rows
+    engine.worker.stats.max_rows = 0
+    batched = run(engine, jobs)
+    assert engine.worker.stats.max_rows >= 2, "concurrent requests should share decoder steps"
+    engine.worker.stats.max_rows = max(before, engine.worker.stats.max_rows)
+    for b, job in zip(batched, jobs):
+        assert tokens(b) == tokens(alone(engine, job))
     # the adapters really change the output: not every adapted row equals the plain backbone
-    plain = engine._run_batch([Row(a, None) for a in cards[:4]], GREEDY)
+    plain = run(engine, [(a, None, GREEDY) for a in cards[:4]])
     assert any(p.text != q.text for p, q in zip(plain[1:], batched[1:]))
 
 
-def test_mixed_batch_equals_each_row_alone_with_beams(engine, adapters, cards):
-    rows = [Row(cards[0], adapters["lora"]), Row(cards[1], None), Row(cards[2], adapters["saml"])]
-    batched = engine._run_batch(rows, BEAM)
-    alone = [engine._run_batch([row], BEAM)[0] for row in rows]
-    for b, a in zip(batched, alone):
-        assert [s.tokens for s in b.segments] == [s.tokens for s in a.segments]
+def test_rows_admitted_mid_flight_equal_each_row_alone(engine, adapters, cards, long_clip):
+    """A long file decodes; requests with other adapters join its running batch at a step boundary."""
+    jobs = [(long_clip, adapters["saml"], DecodingOptions()), (cards[0], adapters["lora"], GREEDY),
+            (cards[1], None, BEAM), (cards[2], adapters["glora"], GREEDY)]
+    joined = engine.worker.stats.admitted_mid_flight
+    together = run(engine, jobs, delay_after_first=0.05)
+    assert engine.worker.stats.admitted_mid_flight >= joined + 3
+    for got, job in zip(together, jobs):
+        assert tokens(got) == tokens(alone(engine, job))
+
+
+def test_a_short_request_finishes_before_a_long_one(engine, cards, long_clip):
+    """No head-of-line blocking: the short clip does not wait for the long file's batch."""
+    finished: list[str] = []
+
+    async def main():
+        async def timed(name, audio):
+            await engine.transcribe_audio(audio, DecodingOptions())
+            finished.append(name)
+
+        long = asyncio.create_task(timed("long", np.concatenate([long_clip, long_clip])))
+        steps = engine.worker.stats.steps
+        while engine.worker.stats.steps < steps + 2:
+            await asyncio.sleep(0.02)
+        await asyncio.gather(long, timed("short", cards[0]))
+
+    asyncio.run(main())
+    assert finished == ["short", "long"]
+
+
+def test_mixed_batch_with_beams_equals_each_row_alone(engine, adapters, cards):
+    jobs = [(cards[0], adapters["lora"], BEAM), (cards[1], None, BEAM), (cards[2], adapters["saml"], BEAM)]
+    for b, job in zip(run(engine, jobs), jobs):
+        assert tokens(b) == tokens(alone(engine, job))
 
 
 def test_mixed_batch_logits_match_single_rows(engine, adapters, cards):
@@ -88,42 +157,54 @@ def test_pool_evicts_least_recently_used(engine, cards):
             for i in range(engine.pool.capacity + 2)]
     before = engine.pool.stats.evictions
     for sha in shas:
-        engine._run_batch([Row(audio, sha)], GREEDY)
+        alone(engine, (audio, sha, GREEDY))
     assert engine.pool.stats.evictions >= before + 2
     assert engine.pool.occupancy == engine.pool.capacity
     assert engine.pool.resident(shas[-1]) and not engine.pool.resident(shas[0])
 
 
-def test_more_distinct_adapters_than_slots_in_one_batch(engine, cards):
+def test_more_distinct_adapters_than_slots_at_once(engine, cards):
+    """More concurrent adapters than slots: the extra ones wait for a slot; each row is its own."""
     shas = [engine.put_adapter("carol", f"b{i}", adapter_bytes(engine.spec, "lora", seed=200 + i)).sha256
             for i in range(engine.pool.capacity + 1)]
-    rows = [Row(cards[i % len(cards)], s) for i, s in enumerate(shas)]
-    results = engine._run_batch(rows, GREEDY)
-    assert len(results) == len(rows)
-    for i in (0, len(rows) - 1):  # the batch was split across slot loads, yet each row is its own
-        assert results[i].text == engine._run_batch([rows[i]], GREEDY)[0].text
+    jobs = [(cards[i % len(cards)], s, GREEDY) for i, s in enumerate(shas)]
+    results = run(engine, jobs)
+    assert not any(isinstance(r, Exception) for r in results), results
+    for i in (0, len(jobs) - 1):
+        assert results[i].text == alone(engine, jobs[i]).text
 
 
 def test_one_failing_row_does_not_fail_its_neighbours(engine, cards):
     """A stored adapter whose file was damaged on disk fails only its own request."""
-    import asyncio
-
     from splitasr.errors import InvalidAdapter
 
     bad = engine.put_adapter("dave", "broken", adapter_bytes(engine.spec, "lora", seed=300))
     good = engine.put_adapter("dave", "fine", adapter_bytes(engine.spec, "lora", seed=301))
     blob = engine.store.blob_path(bad.sha256)
     blob.write_bytes(blob.read_bytes()[:1000])  # truncated behind the store's back
-
-    async def run_together():
-        return await asyncio.gather(
-            engine.transcribe_audio(cards[0], GREEDY, good.sha256),
-            engine.transcribe_audio(cards[1], GREEDY, bad.sha256),
-            engine.transcribe_audio(cards[2], GREEDY, None),
-            return_exceptions=True,
-        )
-
-    ok, failed, plain = asyncio.run(run_together())
+    ok, failed, plain = run(engine, [(cards[0], good.sha256, GREEDY), (cards[1], bad.sha256, GREEDY),
+                                     (cards[2], None, GREEDY)])
     assert isinstance(failed, InvalidAdapter)
     assert not isinstance(ok, Exception) and not isinstance(plain, Exception)
-    assert plain.text == engine._run_batch([Row(cards[2], None)], GREEDY)[0].text
+    assert plain.text == alone(engine, (cards[2], None, GREEDY)).text
+
+
+def test_a_cancelled_request_leaves_the_batch(engine, long_clip, cards):
+    """A client that goes away: its rows are retired at the next step boundary, others continue."""
+
+    async def main():
+        doomed = asyncio.create_task(engine.transcribe_audio(np.concatenate([long_clip] * 3), DecodingOptions()))
+        steps = engine.worker.stats.steps
+        while engine.worker.stats.steps < steps + 3:
+            await asyncio.sleep(0.02)
+        cancelled = engine.worker.stats.cancelled
+        doomed.cancel()
+        other = await engine.transcribe_audio(cards[0], GREEDY)
+        while engine.worker.pending:
+            await asyncio.sleep(0.02)
+        return cancelled, other
+
+    cancelled, other = asyncio.run(main())
+    assert engine.worker.stats.cancelled == cancelled + 1
+    assert engine.worker.pending == 0 and engine.worker.live_rows == 0
+    assert other.text

@@ -42,6 +42,19 @@ def test_openai_sdk_streams_a_transcription(client, real_speech):
     assert usage.output_tokens > 10 and usage.total_tokens == usage.input_tokens + usage.output_tokens
 
 
+def test_streamed_logprobs_cover_each_deltas_tokens(rest_server, real_speech):
+    row = _clip(real_speech, "misc/goforward.flac")
+    response = httpx.post(f"{rest_server.url}/v1/audio/transcriptions", files={"file": ("a.flac", row["path"].read_bytes())},
+                          data={"model": "tiny.en", "stream": "true", "include[]": "logprobs"},
+                          headers=rest_server.headers(), timeout=120)
+    events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
+    *deltas, done = events
+    for delta in deltas:
+        assert "".join(p["token"] for p in delta["logprobs"]).strip() == delta["delta"].strip()
+        assert all(p["logprob"] <= 0 for p in delta["logprobs"])
+    assert done["logprobs"] == [p for d in deltas for p in d["logprobs"]]
+
+
 @pytest.fixture(scope="module")
 def long_wav(real_speech) -> tuple[bytes, str]:
     """About 35 s of real speech with short pauses: two Whisper windows."""

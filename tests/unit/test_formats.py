@@ -1,4 +1,4 @@
-from splitasr.engine.decoding import Segment, Transcription
+from splitasr.decoding import Segment, Transcription
 from splitasr.formats import render, to_verbose_json
 
 T = Transcription(

@@ -7,7 +7,7 @@ import itertools
 
 import numpy as np
 import pytest
-from splitasr.engine.decoding import Segment, Transcription
+from splitasr.decoding import Segment, Transcription
 from splitasr.engine.streaming import (
     Final,
     Interim,

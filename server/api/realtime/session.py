@@ -29,7 +29,7 @@ import numpy as np
 
 from ...audio import SAMPLE_RATE_HZ
 from ...config import Settings
-from ...engine.decoding import DecodingOptions, Transcription
+from ...decoding import DecodingOptions, Transcription
 from ...engine.engine import Engine
 from ...engine.streaming import Final, Interim, Linear16Decoder, SpeechEvent, StreamingSession, StreamPolicy
 from ...engine.vad import make_vad
@@ -227,7 +227,7 @@ class RealtimeSession:
                                   prompt=config.prompt)
         for wait_s in (*OVERLOAD_RETRY_S, None):
             try:
-                return await self.engine.transcribe_audio(audio, options, config.adapter)
+                return await self.engine.transcribe_audio(audio, options, config.adapter, tenant=self.tenant)
             except Overloaded as exc:  # a full queue drains in moments: a live stream waits, not fails
                 if wait_s is None or isinstance(exc, RateLimited):
                     return self._failed(audio, exc)

@@ -1,8 +1,9 @@
 """``stream=true`` transcriptions: OpenAI's server-sent events over a :class:`FileTranscript`.
 
 Each event is one ``data: {json}`` line: ``transcript.text.delta`` (``delta``) as text is decoded,
-then ``transcript.text.done`` (``text``, ``usage``). An error after the stream began arrives as
-``data: {"error": {...}}`` (what the ``openai`` SDK raises as ``APIError``) and ends the stream.
+then ``transcript.text.done`` (``text``, ``usage``); with ``include[]=logprobs`` both carry
+``logprobs``. An error after the stream began arrives as ``data: {"error": {...}}`` (what the
+``openai`` SDK raises as ``APIError``) and ends the stream.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import AsyncIterator
 
 from fastapi.responses import StreamingResponse
 
-from ...engine.decoding import Transcription
+from ...decoding import TokenLogprob, Transcription
 from ...engine.file_stream import FileTranscript, TextDelta
 from ...errors import SplitASRError
 from .errors import error_body
@@ -33,6 +34,13 @@ def usage(result: Transcription) -> dict:
                                                                            "text_tokens": 0}}
 
 
+def _logprobs(logprobs: list[TokenLogprob] | None) -> dict:
+    """``include[]=logprobs``: each token's text, log-probability and bytes, as OpenAI sends them."""
+    if logprobs is None:
+        return {}
+    return {"logprobs": [{"token": p.token, "logprob": p.logprob, "bytes": p.bytes} for p in logprobs]}
+
+
 def _sse(event: dict) -> bytes:
     return f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
 
@@ -41,9 +49,10 @@ async def _events(transcript: FileTranscript) -> AsyncIterator[bytes]:
     try:
         async for item in transcript:
             if isinstance(item, TextDelta):
-                yield _sse({"type": "transcript.text.delta", "delta": item.text})
+                yield _sse({"type": "transcript.text.delta", "delta": item.text, **_logprobs(item.logprobs)})
             else:
-                yield _sse({"type": "transcript.text.done", "text": item.text, "usage": usage(item)})
+                yield _sse({"type": "transcript.text.done", "text": item.text, "usage": usage(item),
+                            **_logprobs(item.logprobs)})
     except SplitASRError as exc:  # e.g. the queue filled up between two windows
         yield _sse(error_body(str(exc), exc.code))
     except Exception:  # the status line is gone: report it in the stream, log the trace

@@ -5,7 +5,7 @@ from __future__ import annotations
 from splitasr_device._proto import adapters_pb2
 from splitasr_device._proto import recognizer_pb2 as pb
 
-from ...engine.decoding import Segment, Transcription
+from ...decoding import Segment, Transcription
 from ...engine.store import AdapterRecord
 from ...engine.streaming import STABLE, UNSTABLE, Final, Interim
 
@@ -18,7 +18,11 @@ def adapter_info(record: AdapterRecord) -> adapters_pb2.AdapterInfo:
 
 
 def words(segment: Segment, offset: float = 0.0) -> list[pb.WordInfo]:
-    """Whisper gives segment times: spread them over the words by character count."""
+    """The segment's words with their aligned times; without alignment (a CTC backbone, or an interim),
+    the segment's span spread over its words by character count."""
+    if segment.words:
+        return [pb.WordInfo(word=w.word.strip(), start_seconds=round(offset + w.start, 3),
+                            end_seconds=round(offset + w.end, 3)) for w in segment.words]
     tokens = segment.text.split()
     total = sum(len(w) for w in tokens) or 1
     span = max(0.0, segment.end - segment.start)

@@ -11,7 +11,7 @@ from splitasr_device._proto import recognizer_pb2_grpc
 
 from ...audio import decode_audio
 from ...config import Settings
-from ...engine.decoding import DecodingOptions
+from ...decoding import DecodingOptions
 from ...engine.engine import NO_RESCORER, RESCORE_MAX_SECONDS, Engine
 from ...engine.streaming import Linear16Decoder, StreamingSession, StreamPolicy
 from ...engine.vad import make_vad
@@ -38,8 +38,11 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
         return self.engine.resolve_model(tenant, ref.name if which == "name" else None)
 
     def _options(self, config: pb.RecognitionConfig) -> DecodingOptions:
+        # word times come from alignment wherever the backbone can align (Whisper; not CTC)
+        words = self.engine.word_timestamps_available
         return DecodingOptions(beam_size=config.beam_size or self.settings.default_beam_size,
-                               language=config.language or None, prompt=config.prompt or None)
+                               language=config.language or None, prompt=config.prompt or None,
+                               word_timestamps=words)
 
     def _audio(self, config: pb.RecognitionConfig, data: bytes):
         if config.encoding == pb.LINEAR16:
@@ -70,7 +73,7 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
         audio = await asyncio.to_thread(self._audio, config, data)
         if not config.rescore and len(audio) > RESCORE_MAX_SECONDS * 16_000:
             rescorer = None  # the tenant's default rescorer applies to short audio only
-        return await self.engine.transcribe_audio(audio, options, adapter, rescorer)
+        return await self.engine.transcribe_audio(audio, options, adapter, rescorer, tenant=current_tenant())
 
     # streaming -----------------------------------------------------------------------------------
     async def _next(self, requests):

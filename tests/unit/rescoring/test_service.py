@@ -7,7 +7,7 @@ import hashlib
 import pytest
 import torch
 from splitasr.adapters import KindConfig, new_adapter
-from splitasr.engine.decoding import Hypothesis, Segment, Transcription
+from splitasr.decoding import Hypothesis, Segment, Transcription
 from splitasr.errors import InvalidAdapter
 from splitasr.rescoring.fileformat import rescorer_to_bytes
 from splitasr.rescoring.model import Fusion, Rescorer, encoder_targets

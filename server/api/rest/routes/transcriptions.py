@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from ....engine.decoding import DecodingOptions
+from ....decoding import DecodingOptions
 from ....engine.file_stream import open_file_transcript
 from ....errors import BadAudio, InvalidInput
 from ....formats import render
@@ -36,7 +36,12 @@ async def create_transcription(
     response_format: Annotated[ResponseFormat, Form()] = "json",
     temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
     timestamp_granularities: Annotated[
-        list[Literal["segment", "word"]] | None, Form(alias="timestamp_granularities[]")
+        list[Literal["segment", "word"]] | None, Form(
+            alias="timestamp_granularities[]",
+            description="verbose_json: 'segment' (the default) and/or 'word' (word times by alignment)")
+    ] = None,
+    include: Annotated[list[Literal["logprobs"]] | None, Form(
+        alias="include[]", description="'logprobs': each token's log-probability (response_format json)")
     ] = None,
     beam_size: Annotated[int | None, Form(ge=1, le=16, description="SplitASR extension: beam width")] = None,
     rescore: Annotated[str | None, Form(
@@ -50,11 +55,18 @@ async def create_transcription(
     data = await file.read()
     if not data:
         raise BadAudio(f"uploaded file {file.filename!r} is empty (0 bytes)")
+    granularities = set(timestamp_granularities or ["segment"])
+    if timestamp_granularities and response_format != "verbose_json":
+        raise InvalidInput("timestamp_granularities[] needs response_format=verbose_json")
+    if include and response_format != "json":
+        raise InvalidInput("include[]=logprobs needs response_format=json")
     options = DecodingOptions(
         beam_size=beam_size or settings.default_beam_size,
         language=language or None,
         temperature=temperature,
         prompt=prompt or None,
+        word_timestamps="word" in granularities,
+        logprobs=bool(include),
     )
     if stream:
         if response_format not in STREAM_FORMATS:
@@ -63,7 +75,8 @@ async def create_transcription(
         return event_stream(await open_file_transcript(engine, data, options, tenant=tenant, model=model,
                                                        rescore=rescore))
     result = await engine.transcribe(data, options, tenant=tenant, model=model, rescore=rescore)
-    body = render(result, response_format)
+    body = render(result, response_format, segments="segment" in granularities,
+                  with_words="word" in granularities)
     if isinstance(body, dict):
         return JSONResponse(body)
     media = {"vtt": "text/vtt", "srt": "application/x-subrip"}.get(response_format, "text/plain")

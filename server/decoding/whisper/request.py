@@ -1,0 +1,267 @@
+"""One utterance of any length: Whisper's sequential 30 s windows, each with its temperature fallback.
+
+A request walks its audio with a ``seek`` pointer (openai/whisper's long-form algorithm, with the window
+bounds transformers uses, so short clips decode exactly as before): it cuts the window at ``seek``,
+computes its log-mel, and hands the batch one *pass* at a time (:class:`~.batch.Pass`). When a pass
+finishes, the window's result is checked against Whisper's thresholds (compression ratio, average
+log-probability; a likely <|nospeech|> means silence, not failure); a failed window is decoded again
+at the next temperature, reusing its encoder output; an accepted one becomes segments, and ``seek``
+moves to the last complete segment (or the window's end). Windows whose audio is digitally silent
+(peak below ``SILENCE_PEAK``) are skipped without running the encoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ...audio import SAMPLE_RATE_HZ
+from ..types import FALLBACK_TEMPERATURES, DecodingOptions, Hypothesis, Segment, Transcription, compression_ratio
+from .batch import Candidate, Pass
+from .vocab import FRAME_S, INPUT_STRIDE, TIME_PRECISION_S, Vocab
+
+HOP_SAMPLES = 160  # audio samples per mel frame
+WINDOW_FRAMES = 3000  # mel frames in a 30 s window
+SILENCE_PEAK = 1e-3  # -60 dBFS: a window whose loudest sample is quieter holds nothing to transcribe
+MAX_NBEST_WIDTH = 32  # beams (or samples) searched for an N-best list
+
+
+@dataclass(eq=False)
+class Window:
+    request: WhisperRequest
+    seek: int  # first mel frame
+    frames: int  # mel frames of audio in it (at most 3000)
+    features: torch.Tensor  # [n_mels, 3000] (or fewer with a short audio_ctx)
+    encoder_out: torch.Tensor | None = None  # [1, S, d] once encoded; kept for fallback passes
+    attempts: list[tuple[Pass, Candidate, float, float]] = field(default_factory=list)
+
+
+class WhisperRequest:
+    """Drives one utterance through windows and passes; ``result`` is set when ``done``."""
+
+    def __init__(self, audio: np.ndarray, options: DecodingOptions, *, vocab: Vocab, features, encode, decode,
+                 language: str | None, slot: int = 0, mixture: torch.Tensor | None = None, seed: int = 0):
+        """``features(audio, frames)``: log-mel [n_mels, frames] of up to 30 s of audio; ``encode(text)``
+        and ``decode(tokens)``: the tokenizer; ``language``: None to detect (multilingual backbones)."""
+        self.audio = audio
+        self.options = options
+        self.vocab = vocab
+        self._features = features
+        self._encode = encode
+        self._decode = decode
+        self.language = language
+        self.slot = slot
+        self.mixture = mixture
+        self.seed = seed
+        self.duration = len(audio) / SAMPLE_RATE_HZ
+        # transformers' window bounds: short audio is one padded 30 s window, long audio its own length
+        self.content_frames = max(WINDOW_FRAMES, len(audio) // HOP_SAMPLES)
+        self.seek = 0
+        self.segments: list[Segment] = []
+        self.nbest: list[Hypothesis] = []
+        self.window: Window | None = None
+        self.pending: Pass | None = None  # the pass waiting for admission
+        self.done = False
+        self.cancelled = False
+        self.result: Transcription | None = None
+        self.windows_decoded = 0
+        self.last_speech = 0.0  # end of the last word so far (word timestamps' heuristics)
+        if options.temperature > 0:
+            self.temperatures: tuple[float, ...] = (options.temperature,)
+        elif options.compression_ratio_threshold is None and options.logprob_threshold is None:
+            self.temperatures = (0.0,)
+        else:
+            self.temperatures = (0.0, *FALLBACK_TEMPERATURES)
+        self.pending = self._next_window()
+
+    @property
+    def nbest_mode(self) -> bool:
+        return self.options.nbest > 1
+
+    @property
+    def timestamps(self) -> bool:
+        return not (self.options.without_timestamps or self.nbest_mode)
+
+    @property
+    def needs_language(self) -> bool:
+        return self.vocab.multilingual and self.language is None
+
+    # windows and passes ---------------------------------------------------------------------------
+    def _next_window(self) -> Pass | None:
+        while not self.cancelled and self.seek < self.content_frames:
+            frames = min(WINDOW_FRAMES, self.content_frames - self.seek)
+            start = self.seek * HOP_SAMPLES
+            chunk = self.audio[start: start + frames * HOP_SAMPLES]
+            if not len(chunk) or float(np.abs(chunk).max()) < SILENCE_PEAK:
+                self.seek += frames
+                continue
+            self.window = Window(self, self.seek, frames, self._features(chunk, self._feature_frames(chunk)))
+            return self._make_pass(0)
+        self._finish()
+        return None
+
+    def _feature_frames(self, chunk: np.ndarray) -> int:
+        """Mel frames the encoder reads: the whole window, or (audio_ctx) as few as hold the clip."""
+        ctx = self.options.audio_ctx_seconds
+        if ctx is None or self.content_frames > WINDOW_FRAMES:
+            return WINDOW_FRAMES
+        wanted = max(len(chunk) // HOP_SAMPLES + 1, int(ctx * 100))
+        return min(WINDOW_FRAMES, wanted + wanted % 2)
+
+    def _make_pass(self, attempt: int) -> Pass:
+        options, temperature = self.options, self.temperatures[attempt]
+        if self.nbest_mode:
+            width = min(MAX_NBEST_WIDTH, max(options.beam_size if temperature == 0 else options.best_of,
+                                             2 * options.nbest))
+        else:
+            width = options.beam_size if temperature == 0 else options.best_of
+        prompt, sot_index = self.prompt()
+        budget = options.max_new_tokens or self.vocab.text_ctx // 2
+        return Pass(self.window, prompt, sot_index, self.timestamps, temperature, width,
+                    max_new_tokens=min(budget, self.vocab.text_ctx - len(prompt)),
+                    seed=self.seed * 100_003 + self.windows_decoded * 101 + attempt,
+                    length_penalty=options.length_penalty)
+
+    def prompt(self) -> tuple[list[int], int]:
+        """The window's decoder prompt and the index of <|startoftranscript|> in it."""
+        vocab, options = self.vocab, self.options
+        tokens: list[int] = []
+        if options.prompt:
+            text = self._encode(" " + options.prompt.strip())
+            tokens = [vocab.sot_prev, *text[-(vocab.text_ctx // 2 - 1):]]
+        sot_index = len(tokens)
+        tokens += vocab.sot_sequence(self.language, options.task)
+        if not self.timestamps:
+            tokens.append(vocab.no_timestamps)
+        if options.prefix and self.seek == 0:
+            if self.timestamps:
+                tokens.append(vocab.timestamp_begin)
+            tokens += self._encode(" " + options.prefix.strip())[: vocab.text_ctx // 2 - 1]
+        return tokens, sot_index
+
+    # results ----------------------------------------------------------------------------------------
+    def on_pass_done(self, p: Pass) -> Window | None:
+        """Judge a finished pass. Returns the window when it is accepted (for word timestamps, then
+        :meth:`accepted`); otherwise sets ``pending`` to its next pass (fallback) or finishes."""
+        window = self.window
+        assert window is not None and p.window is window
+        if self.cancelled:
+            self._finish()
+            return None
+        best = p.ranked()[0] if p.candidates else Candidate([], 0.0, [])
+        text = self._decode([t for t in best.tokens if t < self.vocab.eot])
+        ratio = compression_ratio(text)
+        avg = best.logprob / (len(best.tokens) + 1)
+        window.attempts.append((p, best, ratio, avg))
+        options = self.options
+        failed = (options.compression_ratio_threshold is not None and ratio > options.compression_ratio_threshold) or (
+            options.logprob_threshold is not None and avg < options.logprob_threshold)
+        if self._silent(p, avg):
+            failed = False
+        attempt = len(window.attempts)
+        if failed and attempt < len(self.temperatures):
+            self.pending = self._make_pass(attempt)
+            return None
+        if failed:  # every temperature failed: faster-whisper's choice among the attempts
+            fine = [a for a in window.attempts if options.compression_ratio_threshold is None
+                    or a[2] <= options.compression_ratio_threshold]
+            p, best, ratio, avg = max(fine or window.attempts, key=lambda a: a[3])
+        window.attempts = [(p, best, ratio, avg)]
+        return window
+
+    def _silent(self, p: Pass, avg: float) -> bool:
+        threshold, floor = self.options.no_speech_threshold, self.options.logprob_threshold
+        return threshold is not None and p.no_speech_prob > threshold and (floor is None or avg < floor)
+
+    def window_segments(self) -> list[Segment]:
+        """The accepted window's segments (before word timestamps)."""
+        window = self.window
+        assert window is not None
+        p, best, ratio, avg = window.attempts[0]
+        if self._silent(p, avg):
+            self._advance = window.frames
+            return []
+        if not self.timestamps and self.windows_decoded == 0:
+            self._collect_nbest(p)
+        segments, self._advance = self._split(best, window)
+        for s in segments:
+            s.seek, s.temperature, s.avg_logprob = window.seek, p.temperature, avg
+            s.compression_ratio, s.no_speech_prob = ratio, p.no_speech_prob
+        return segments
+
+    def accepted(self, segments: list[Segment]) -> None:
+        """Record the accepted window's ``segments`` (with word timestamps if asked) and move on."""
+        window = self.window
+        assert window is not None
+        self.segments += [s for s in segments if s.text]
+        self.seek += self._advance
+        self.windows_decoded += 1
+        window.encoder_out = None
+        self.pending = self._next_window()
+
+    def _collect_nbest(self, p: Pass) -> None:
+        seen: set[str] = set()
+        for candidate in p.ranked():
+            tokens = [t for t in candidate.tokens if t < self.vocab.eot]
+            text = self._decode(tokens).strip()
+            if text in seen:
+                continue
+            seen.add(text)
+            self.nbest.append(Hypothesis(text, tokens, candidate.logprob))
+            if len(self.nbest) == self.options.nbest:
+                break
+
+    def _split(self, best: Candidate, window: Window) -> tuple[list[Segment], int]:
+        """Segments of one window's tokens and how far ``seek`` moves (transformers' rules)."""
+        tokens, vocab = best.tokens, self.vocab
+        offset = window.seek * FRAME_S
+        ts = vocab.timestamp_begin
+        if not self.timestamps:
+            segment = self._segment(tokens, best.token_logprobs, offset, offset + window.frames * FRAME_S)
+            return [segment], window.frames
+        is_ts = [t >= ts for t in tokens]
+        cuts = [i + 1 for i in range(len(tokens) - 1) if is_ts[i] and is_ts[i + 1]]
+        single_ending = is_ts[-2:] == [False, True]
+        if not cuts:
+            end = window.frames * FRAME_S
+            stamps = [t for t in tokens if t >= ts]
+            if stamps and stamps[-1] != ts:
+                end = (stamps[-1] - ts) * TIME_PRECISION_S
+            return [self._segment(tokens, best.token_logprobs, offset, offset + end)], window.frames
+        if single_ending:
+            cuts.append(len(tokens))
+        else:
+            cuts[-1] += 1
+        segments, last = [], 0
+        for k, cut in enumerate(cuts):
+            piece = tokens[last:cut]
+            end_index = -1 if k < len(cuts) - 1 or single_ending else -2
+            start = offset + (piece[0] - ts) * TIME_PRECISION_S
+            end = offset + (piece[end_index] - ts) * TIME_PRECISION_S
+            segments.append(self._segment(piece, best.token_logprobs[last:cut], start, end))
+            last = cut
+        if single_ending:
+            return segments, window.frames
+        return segments, (tokens[last - 2] - ts) * INPUT_STRIDE
+
+    def _segment(self, tokens: list[int], logprobs: list[float], start: float, end: float) -> Segment:
+        text = self._decode([t for t in tokens if t < self.vocab.eot]).strip()
+        return Segment(0, start, end, text, list(tokens), token_logprobs=list(logprobs[: len(tokens)]))
+
+    def _finish(self) -> None:
+        self.done = True
+        self.pending = None
+        if self.window is not None:
+            self.window.encoder_out = None
+        segments = self.segments
+        for i, s in enumerate(segments):
+            s.id, s.start, s.end = i, round(s.start, 2), round(s.end, 2)
+            if s.words:
+                for w in s.words:
+                    w.start, w.end = min(w.start, round(self.duration, 2)), min(w.end, round(self.duration, 2))
+        if segments:  # the last window's end is padded audio: clamp to the real duration
+            segments[-1].end = min(segments[-1].end, round(self.duration, 2))
+        text = " ".join(s.text for s in segments)
+        self.result = Transcription(text, self.language or "en", self.duration, segments, self.nbest)
