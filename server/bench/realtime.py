@@ -10,8 +10,8 @@ repeat runs both passes, in alternating order. Reported per transport:
 - ``final_after_speech_end_s``: from the moment the chunk holding a clip's last speech frame (found
   by Silero VAD, as the server does) was actually sent to the clip's final transcript (p50, p95, max);
 - ``failed``: clips that got no final;
-- the decoding work the pass caused: seconds of audio decoded (interim re-decodes included), decoder
-  steps and mean rows per step of the running batch.
+- the work the pass caused: seconds of audio decoded (interim re-decodes included), decoder steps,
+  mean rows per step of the running batch, and the server process's CPU time (all its threads).
 
 Also the web page's load size: the bytes of what ``/ui/`` loads (HTML, JS, CSS, the audio worklet),
 as served and as gzip would send them.
@@ -184,9 +184,9 @@ def _decoded() -> tuple[float, float, float]:
 
 
 def _work(totals: list[float]) -> dict:
-    audio_s, steps, rows = totals
+    audio_s, steps, rows, cpu_s = totals
     return {"decoded_audio_s": round(audio_s, 1), "decoder_steps": int(steps),
-            "mean_rows_per_step": round(rows / steps, 2) if steps else None}
+            "mean_rows_per_step": round(rows / steps, 2) if steps else None, "server_cpu_s": round(cpu_s, 1)}
 
 
 def _summary(per_session: list[list[float | None]]) -> dict:
@@ -273,7 +273,8 @@ def run(*, backbone: str = "tiny.en", sessions: int = 8, rounds: int = 2, repeat
                 time.sleep(0.05)
             runs: dict[str, list] = {"realtime": [], "grpc": []}
             passes: dict[str, list] = {"realtime": [], "grpc": []}
-            work = {"realtime": [0.0, 0.0, 0.0], "grpc": [0.0, 0.0, 0.0]}  # audio s, decoder steps, rows
+            # audio s, decoder steps, rows, server CPU s
+            work = {"realtime": [0.0, 0.0, 0.0, 0.0], "grpc": [0.0, 0.0, 0.0, 0.0]}
             # the clients run in another process: in this one they would wait for the GIL behind the
             # server's threads, and their timestamps with them
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as clients:
@@ -282,9 +283,9 @@ def run(*, backbone: str = "tiny.en", sessions: int = 8, rounds: int = 2, repeat
                     for transport in order:
                         target = (_realtime_pass, settings.port) if transport == "realtime" else (_grpc_pass,
                                                                                                 grpc.address)
-                        before = _decoded()
+                        before = (*_decoded(), time.process_time())
                         got = clients.submit(*target, scripts).result()
-                        after = _decoded()
+                        after = (*_decoded(), time.process_time())
                         runs[transport] += got
                         passes[transport].append(_summary(got)["final_after_speech_end_s"].get("p50"))
                         work[transport] = [w + a - b for w, a, b in zip(work[transport], after, before)]

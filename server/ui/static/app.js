@@ -40,8 +40,8 @@ async function refreshStatus() {
   try {
     const s = await (await fetch('/v1/status')).json();
     $('status').textContent = `${s.status} · ${s.backbone} on ${s.device || '…'} · queue ${s.queue.depth}/` +
-      `${s.queue.capacity} · adapter slots ${s.adapter_slots.used}/${s.adapter_slots.capacity} · ` +
-      `streams ${s.streams.active}/${s.streams.limit}`;
+      `${s.queue.capacity} · batch rows ${s.batch_rows.live}/${s.batch_rows.capacity} · adapter slots ` +
+      `${s.adapter_slots.used}/${s.adapter_slots.capacity} · streams ${s.streams.active}/${s.streams.limit}`;
     $('status').dataset.state = s.status;
   } catch (_) {
     $('status').textContent = 'server unreachable';
