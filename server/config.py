@@ -83,9 +83,10 @@ class Settings(BaseSettings):
     grpc_tls_cert: Path | None = Field(None, description="PEM certificate chain: serve gRPC over TLS.")
     grpc_tls_key: Path | None = Field(None, description="PEM private key of GRPC_TLS_CERT.")
     grpc_max_message_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted.")
-    max_streams: int = Field(64, ge=1, description="Concurrent StreamingRecognize calls (RESOURCE_EXHAUSTED above).")
+    max_streams: int = Field(
+        64, ge=1, description="Concurrent live streams: gRPC StreamingRecognize calls and Realtime sessions together.")
     max_streams_per_tenant: int = Field(
-        32, ge=1, description="Concurrent StreamingRecognize calls of one tenant (RESOURCE_EXHAUSTED above).")
+        32, ge=1, description="Concurrent live streams of one tenant (gRPC and Realtime together).")
     stream_max_chunk_bytes: int = Field(256 * 1024, ge=1024, description="Largest audio chunk in a stream message.")
     stream_interim_interval_ms: float = Field(500.0, ge=50, description="New audio between interim decodes.")
     stream_endpoint_silence_ms: float = Field(500.0, ge=100, description="Silence after speech that ends an utterance.")
@@ -100,6 +101,9 @@ class Settings(BaseSettings):
         30.0, gt=0, description="A REST request body's deadline, extended 1 s per 16 KiB received (408 after).")
     trusted_proxies: str | None = Field(
         None, description="Proxy addresses or networks (comma-separated) whose X-Forwarded-For is believed; none = no proxy.")
+    cors_origins: str | None = Field(
+        None, description="Web origins allowed to call the REST API from a browser (comma-separated, or *); "
+                          "none = only pages the server itself serves (/ui/).")
     tls_cert: Path | None = Field(None, description="PEM certificate chain: serve REST over HTTPS.")
     tls_key: Path | None = Field(None, description="PEM private key of TLS_CERT.")
     # training jobs: the server trains a tenant's adapter from uploaded recordings (server/jobs/)

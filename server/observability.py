@@ -64,6 +64,7 @@ __all__ = [
     "observe_grpc_started",
     "observe_http",
     "observe_pool_event",
+    "observe_realtime_session",
     "observe_rescorer_pool_event",
     "observe_train_job",
     "request_id_from_metadata",
@@ -107,6 +108,14 @@ GRPC_HANDLED = Counter(
 GRPC_SECONDS = Histogram(
     "splitasr_grpc_server_handling_seconds", "gRPC call duration by service, method, type and status code.",
     [*GRPC_LABELS, "grpc_code"], buckets=_LATENCY_BUCKETS_S, registry=REGISTRY,
+)
+REALTIME_SESSIONS = Counter(
+    "splitasr_realtime_sessions", "Finished Realtime API sessions by WebSocket close code.", ["code"],
+    registry=REGISTRY,
+)
+REALTIME_SECONDS = Histogram(
+    "splitasr_realtime_session_duration_seconds", "Realtime API session length by WebSocket close code.", ["code"],
+    buckets=_LATENCY_BUCKETS_S + (600, 1800, 3600), registry=REGISTRY,
 )
 BATCH_SIZE = Histogram(
     "splitasr_batch_size", "Rows decoded together in one decoder step.", buckets=_BATCH_SIZE_BUCKETS,
@@ -233,6 +242,12 @@ def track_jobs(manager: Any) -> None:
 def observe_train_job(status: str, seconds: float) -> None:
     TRAIN_JOBS.labels(status).inc()
     TRAIN_JOB_SECONDS.observe(max(0.0, seconds))
+
+
+def observe_realtime_session(close_code: str | int, seconds: float) -> None:
+    """Count one finished Realtime session by its WebSocket close code (or ``other``)."""
+    REALTIME_SESSIONS.labels(str(close_code)).inc()
+    REALTIME_SECONDS.labels(str(close_code)).observe(seconds)
 
 
 def observe_batch(size: int, seconds: float) -> None:

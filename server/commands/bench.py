@@ -23,6 +23,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     stream.add_argument("--threads", type=int, help="CPU threads for the backbone (default: torch's)")
     stream.add_argument("--json", action="store_true", help="print only the JSON object")
     stream.set_defaults(func=run_stream)
+    live = sub.add_parser("realtime", help="Realtime API (WebSocket) final latency next to gRPC's, page size")
+    live.add_argument("--backbone", default="tiny.en")
+    live.add_argument("--sessions", type=int, default=8, help="concurrent sessions per transport (default 8)")
+    live.add_argument("--rounds", type=int, default=2, help="clips each session streams (default 2)")
+    live.add_argument("--repeats", type=int, default=1, help="alternating passes of both transports")
+    live.add_argument("--audio-dir", type=Path, help="folder of .flac/.wav files (default: the real-speech fixtures)")
+    live.add_argument("--threads", type=int, help="CPU threads for the backbone (default: torch's)")
+    live.add_argument("--json", action="store_true", help="print only the JSON object")
+    live.set_defaults(func=run_realtime)
     mt = sub.add_parser("multitenant", help="batched distinct adapters vs no adapter vs PEFT set_adapter")
     mt.add_argument("--n", type=int, default=16, help="concurrent requests (and distinct adapters)")
     mt.add_argument("--rank", type=int, default=8)
@@ -148,6 +157,17 @@ def run_enroll(args: argparse.Namespace) -> int:
     result = enroll.run(speaker=args.speaker, utterances=args.utterances, test=args.test, targets=args.targets,
                         epochs=args.epochs, threads=args.threads, backbone=args.backbone,
                         cache_dir=Settings().cache_dir)
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+    return 0
+
+
+def run_realtime(args: argparse.Namespace) -> int:
+    from ..bench import realtime
+    from ..config import Settings
+
+    kwargs = {"audio_dir": args.audio_dir} if args.audio_dir else {}
+    result = realtime.run(backbone=args.backbone, sessions=args.sessions, rounds=args.rounds, repeats=args.repeats,
+                          threads=args.threads, cache_dir=Settings().cache_dir, **kwargs)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     return 0
 

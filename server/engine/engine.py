@@ -31,6 +31,7 @@ from ..vad_filter import VadFilterOptions
 from .pool import SlotPool
 from .silence import transcribe_speech
 from .store import AdapterRecord, AdapterStore
+from .streams import StreamSlots
 from .worker import PRIORITY_FILE, DecodeWorker, Job
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class Engine:
         # per-tenant request budget, shared by every transport that serves this engine
         self.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
         self.auth_limiter = AuthFailureLimiter(settings.auth_failures_per_minute, settings.auth_block_seconds)
+        self.streams = StreamSlots(settings.max_streams, settings.max_streams_per_tenant)  # every transport
         self.pool: SlotPool | None = None
         self.rescoring = RescoringService(self.store.read, slots=settings.rescorer_slots, limits=self.limits)
         self.worker: DecodeWorker | None = None

@@ -65,6 +65,16 @@ class Final:
 
 
 @dataclass
+class SpeechEvent:
+    """With ``speech_events``: speech began (``started``, at its onset less the lead-in) or the
+    utterance was cut (at its end: an endpoint, a full buffer, ``end_utterance`` or half-close)."""
+
+    utterance: int
+    started: bool
+    at_s: float  # stream time
+
+
+@dataclass
 class _Utterance:
     index: int
     start: int  # stream sample where its audio starts
@@ -125,13 +135,14 @@ Decode = Callable[[np.ndarray], Awaitable[Transcription]]
 @dataclass
 class StreamingSession:
     """One stream's state. ``push`` audio and ``close``; ``run`` decodes and puts events on ``events``
-    (Interim, Final, an exception, then None at the end)."""
+    (Interim, Final, SpeechEvent when ``speech_events``, an exception, then None at the end)."""
 
     decode: Decode
     vad: Vad
     policy: StreamPolicy = field(default_factory=StreamPolicy)
     interim_results: bool = True
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    speech_events: bool = False  # also put SpeechEvent on ``events`` (in order with the others)
 
     def __post_init__(self) -> None:
         self._rate = SAMPLE_RATE_HZ
@@ -167,6 +178,9 @@ class StreamingSession:
             if self.vad(frame) >= p.speech_threshold:
                 self._speech_run += 1
                 if self._last_speech_end is not None or self._speech_run * FRAME_SAMPLES >= p.min_speech_s * self._rate:
+                    if self._last_speech_end is None:
+                        onset = self._position - self._speech_run * FRAME_SAMPLES - int(p.lead_in_s * self._rate)
+                        self._speech_event(True, max(self._buffer_start, onset))
                     self._last_speech_end = self._position
             else:
                 self._speech_run = 0
@@ -187,6 +201,34 @@ class StreamingSession:
             self._cut(self._position)
         self._closed = True
         self._wake.set()
+
+    def end_utterance(self) -> int | None:
+        """End the utterance in progress now, as an endpoint would (a client's commit): its index,
+        or None when it holds no speech."""
+        if len(self._pending_vad):
+            self._append(self._pending_vad)
+            self._pending_vad = np.zeros(0, np.float32)
+        if self._last_speech_end is None:
+            return None
+        index = self._utterances
+        self._cut(self._position)
+        self._wake.set()
+        return index
+
+    def discard_utterance(self) -> int:
+        """Drop the audio of the utterance in progress (a client's clear) and return its index;
+        utterances already cut still get their finals. The next utterance has a new index."""
+        index = self._utterances
+        self._pending_vad = np.zeros(0, np.float32)
+        self._buffer, self._buffer_len, self._buffer_start = [], 0, self._position
+        self._last_speech_end, self._speech_run, self._decoded_len = None, 0, 0
+        self._utterances += 1
+        self._agreement = LocalAgreement()
+        return index
+
+    def _speech_event(self, started: bool, at: int) -> None:
+        if self.speech_events:
+            self.events.put_nowait(SpeechEvent(self._utterances, started, at / self._rate))
 
     def _append(self, frame: np.ndarray) -> None:
         self._buffer.append(frame)
@@ -210,6 +252,7 @@ class StreamingSession:
         split = end - self._buffer_start
         speech_end = (self._last_speech_end or end) - self._buffer_start
         self._finals.append(_Utterance(self._utterances, self._buffer_start, audio[:split], speech_end))
+        self._speech_event(False, end)
         rest = audio[split:]
         self._utterances += 1
         self._buffer, self._buffer_len, self._buffer_start = [rest], len(rest), end

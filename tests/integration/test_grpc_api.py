@@ -210,19 +210,19 @@ def test_malformed_streams_fail_clearly_while_another_stream_continues(grpc_serv
 
 def test_stream_limit_is_resource_exhausted(grpc_server, recognizer):
     md = grpc_server.metadata("alice")
-    servicer = grpc_server.server.handle.recognizer
+    streams = grpc_server.engine.streams
     full = grpc_server.settings.max_streams
-    asyncio.run_coroutine_threadsafe(_add(servicer, full), grpc_server.server.loop).result()  # as if full
+    asyncio.run_coroutine_threadsafe(_add(streams, full), grpc_server.server.loop).result()  # as if full
     try:
         code, details = _code(lambda: recognizer.StreamingRecognize(_stream_requests(b"\0" * 3200), metadata=md))
     finally:
-        asyncio.run_coroutine_threadsafe(_add(servicer, -full), grpc_server.server.loop).result()
+        asyncio.run_coroutine_threadsafe(_add(streams, -full), grpc_server.server.loop).result()
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit" in details
 
 
-async def _add(servicer, n: int) -> None:
+async def _add(streams, n: int) -> None:
     """``n`` more (or fewer) streams held by another tenant, as far as the server's limit counts."""
-    held = servicer.slots.by_tenant
+    held = streams.by_tenant
     held["another-tenant"] += n
     if held["another-tenant"] <= 0:
         del held["another-tenant"]

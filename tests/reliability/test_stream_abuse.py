@@ -40,7 +40,7 @@ def audio(data: bytes = SILENCE_100MS) -> pb.StreamingRecognizeRequest:
 
 
 def active(service) -> int:
-    return service.grpc_handle.handle.recognizer.active_streams
+    return service.engine.streams.active
 
 
 def wait_for(predicate, timeout: float = 10.0) -> bool:

@@ -13,6 +13,7 @@ from splitasr.engine.streaming import (
     Interim,
     Linear16Decoder,
     LocalAgreement,
+    SpeechEvent,
     StreamingSession,
     StreamPolicy,
     agreed_prefix,
@@ -165,3 +166,59 @@ def test_a_decode_started_in_the_silence_after_speech_becomes_the_final():
     [final] = events
     assert len(decoder.calls) == 1 and decoder.calls[0] < RATE * 1.5
     assert final.end_s == pytest.approx(1.2, abs=0.05)
+
+
+async def _session_events(session: StreamingSession, chunks: list[np.ndarray], then=None) -> list:
+    worker = asyncio.create_task(session.run())
+    for chunk in chunks:
+        session.push(chunk)
+        await asyncio.sleep(0.001)
+    if then is not None:
+        then(session)
+    session.close()
+    await worker
+    events = []
+    while (event := session.events.get_nowait()) is not None:
+        events.append(event)
+    return events
+
+
+def test_speech_events_bracket_each_utterance_in_order():
+    audio = np.concatenate([_silence(1.0), _speech(1.5), _silence(1.0), _speech(1.0, 1), _silence(1.0)])
+    session = StreamingSession(FakeDecoder(), EnergyVad(), DEFAULT_POLICY, False, speech_events=True)
+    events = asyncio.run(_session_events(session, _chunked(audio)))
+    speech = [e for e in events if isinstance(e, SpeechEvent)]
+    assert [(e.utterance, e.started) for e in speech] == [(0, True), (0, False), (1, True), (1, False)]
+    # onset less the 0.3 s lead-in; the end is the cut (speech end + tail)
+    assert speech[0].at_s == pytest.approx(0.7, abs=0.05) and speech[1].at_s == pytest.approx(2.7, abs=0.05)
+    finals = [e for e in events if isinstance(e, Final)]
+    for final in finals:  # a final comes after its utterance's stop
+        stop = next(e for e in speech if e.utterance == final.utterance and not e.started)
+        assert events.index(stop) < events.index(final)
+    plain = asyncio.run(_run(_chunked(audio)))
+    assert not any(isinstance(e, SpeechEvent) for e in plain), "off unless asked for"
+
+
+def test_end_utterance_cuts_now_and_reports_nothing_without_speech():
+    session = StreamingSession(FakeDecoder(), EnergyVad(), DEFAULT_POLICY, False, speech_events=True)
+    cut = []
+    events = asyncio.run(_session_events(session, _chunked(np.concatenate([_speech(1.0), _silence(0.1)])),
+                                         then=lambda s: cut.extend([s.end_utterance(), s.end_utterance()])))
+    assert cut == [0, None]
+    [final] = [e for e in events if isinstance(e, Final)]
+    assert final.utterance == 0 and final.end_s == pytest.approx(1.1, abs=0.01)
+
+
+def test_discard_utterance_drops_the_audio_in_progress():
+    decoder = FakeDecoder()
+    session = StreamingSession(decoder, EnergyVad(), DEFAULT_POLICY, False, speech_events=True)
+
+    def clear_then_speak(s: StreamingSession) -> None:
+        s.discard_utterance()
+        s.push(_speech(0.5, 2))
+
+    events = asyncio.run(_session_events(session, _chunked(_speech(2.0)), then=clear_then_speak))
+    [final] = [e for e in events if isinstance(e, Final)]
+    assert final.utterance == 1, "the discarded utterance gets no final and its index is not reused"
+    assert final.end_s - final.start_s == pytest.approx(0.5, abs=0.04)
+    assert all(n <= 0.5 * RATE + FRAME_SAMPLES for n in decoder.calls)

@@ -7,6 +7,8 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from ... import __version__
@@ -14,11 +16,13 @@ from ...config import Settings
 from ...engine.engine import Engine
 from ...jobs import JobManager
 from ...tenants import ApiKeys
+from ...ui import STATIC_DIR
+from ..realtime import route as realtime
 from .auth import AuthGuard
 from .errors import install_error_handlers
 from .limits import BodySizeLimit
 from .middleware import RequestObserver
-from .routes import adapters, health, metrics, models, transcriptions, translations
+from .routes import adapters, health, metrics, models, status, transcriptions, translations
 from .routes import jobs as jobs_routes
 
 log = logging.getLogger(__name__)
@@ -59,8 +63,9 @@ def create_app(
     app.state.api_keys = api_keys or ApiKeys.load(settings.api_keys_file, settings.api_keys)
     install_error_handlers(app)
     # jobs before adapters: /v1/adapters/jobs is the job list, not an adapter named "jobs"
-    for module in (health, metrics, models, transcriptions, translations, jobs_routes, adapters):
+    for module in (health, metrics, status, models, transcriptions, translations, jobs_routes, adapters, realtime):
         app.include_router(module.router)
+    app.mount("/ui", StaticFiles(directory=STATIC_DIR, html=True), name="ui")  # /ui redirects to /ui/
     multipart_overhead = 64 * 1024
     # added first = innermost. From the outside in: the client address (trusted proxies only), the
     # request id + access log + metrics (every status, 401/413 included), the key (before the body),
@@ -69,6 +74,10 @@ def create_app(
                        per_path={"/v1/adapters/jobs": settings.train_max_upload_bytes + multipart_overhead,
                                  "/v1/adapters": settings.max_adapter_bytes + multipart_overhead})
     app.add_middleware(AuthGuard, state=app.state)
+    origins = [o.strip() for o in (settings.cors_origins or "").split(",") if o.strip()]
+    if origins:  # bearer tokens, no cookies: credentials stay off; outside the key check, so preflights pass
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"],
+                           expose_headers=["X-Request-ID", "Retry-After"])
     app.add_middleware(RequestObserver)
     if settings.trusted_proxies:
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)

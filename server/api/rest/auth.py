@@ -1,6 +1,7 @@
 """ASGI middleware that authenticates a REST request from its headers, before its body is read.
 
-Every route except the probes, the metrics and the API docs needs a key. A request without a valid
+Every route except the probes, the metrics, the status, the API docs and the web page's files needs a
+key (the Realtime WebSocket checks its own). A request without a valid
 one is answered at once (401, or 429 for an address blocked after too many failures or a tenant over
 its rate limit) and, when it announced a body, its connection is closed: an unauthenticated upload is
 never read, parsed or spooled to disk. The tenant goes to ``request.state.tenant`` for the routes.
@@ -18,8 +19,9 @@ from ...errors import SplitASRError
 from .errors import error_response
 from .scope import client_host, find_route
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc",
-                          "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v1/status", "/docs", "/docs/oauth2-redirect",
+                          "/redoc", "/openapi.json", "/ui"})
+PUBLIC_PREFIXES = ("/ui/",)  # the web page's static files: the page asks for a key itself
 TENANT_STATE = "tenant"
 
 
@@ -38,7 +40,8 @@ class AuthGuard:
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path", "") in PUBLIC_PATHS:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
             await self.app(scope, receive, send)
             return
         headers = scope.get("headers", [])

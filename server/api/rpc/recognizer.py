@@ -21,7 +21,7 @@ from ...errors import BadAudio, InvalidInput, NotFound, TooLarge
 from ...vad_filter import VadFilterOptions
 from . import convert
 from .interceptors import current_tenant
-from .streams import StreamSlots
+from .streams import hold_stream
 from .validate import check_recognize_config, check_streaming_config, reject_unknown_fields
 
 
@@ -31,11 +31,6 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
         self.settings = settings
         self.policy = StreamPolicy(interim_interval_s=settings.stream_interim_interval_ms / 1000,
                                    endpoint_silence_s=settings.stream_endpoint_silence_ms / 1000)
-        self.slots = StreamSlots(settings.max_streams, settings.max_streams_per_tenant)
-
-    @property
-    def active_streams(self) -> int:
-        return self.slots.active
 
     # helpers -------------------------------------------------------------------------------------
     def _adapter(self, tenant: str, ref: pb.AdapterRef) -> str | None:
@@ -137,7 +132,7 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
         adapter = self._adapter(tenant, config.adapter)
         options = self._options(config)
         decoder = Linear16Decoder(config.sample_rate_hz or 16_000)
-        async with self.slots.hold(tenant, request_iterator):  # per tenant and in all (RESOURCE_EXHAUSTED)
+        async with hold_stream(self.engine.streams, tenant, request_iterator):  # shared with Realtime sessions
             with self.engine.store.pinned(adapter):  # the stream holds its adapter until it ends
                 session = StreamingSession(lambda audio: self.engine.transcribe_audio(audio, options, adapter),
                                            make_vad(self.settings.stream_vad), self.policy, streaming.interim_results)

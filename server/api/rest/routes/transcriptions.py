@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import Response
 
+from ....engine.file_stream import open_file_transcript
 from ....errors import InvalidInput
 from ..audio import (
     BEAM_HELP,
@@ -20,6 +21,7 @@ from ..audio import (
     vad_options,
 )
 from ..deps import EngineDep, SettingsDep, TenantDep
+from ..sse import STREAM_FORMATS, event_stream
 
 router = APIRouter(tags=["audio"])
 
@@ -56,6 +58,9 @@ async def create_transcription(
         description="SplitASR extension: one of your rescorers (uploaded to /v1/adapters): rescore the N-best "
                     "list. Omitted: your rescorer named 'default', if any; 'none': no rescoring"
     )] = None,
+    stream: Annotated[bool, Form(
+        description="Send the transcript as server-sent events while it is decoded (response_format json or text)"
+    )] = False,
 ) -> Response:
     data = await read_upload(file)
     granularities = set(timestamp_granularities or ["segment"])
@@ -66,7 +71,16 @@ async def create_transcription(
         raise InvalidInput("include[]=logprobs needs response_format=json", param="include[]")
     options = decoding_options(engine, settings, beam_size=beam_size, language=language, temperature=temperature,
                                prompt=prompt, word_timestamps="word" in granularities, logprobs=bool(include))
-    result = await engine.transcribe(data, options, tenant=tenant, model=model, rescore=rescore,
-                                     vad=vad_options(settings, vad_filter))
+    vad = vad_options(settings, vad_filter)
+    if stream:
+        if response_format not in STREAM_FORMATS:
+            raise InvalidInput(f"stream=true sends plain text events: use response_format json or text, "
+                               f"not {response_format!r}", param="response_format")
+        if vad is not None:
+            raise InvalidInput("vad_filter is not available with stream=true; leave one of them out",
+                               param="vad_filter")
+        return event_stream(await open_file_transcript(engine, data, options, tenant=tenant, model=model,
+                                                       rescore=rescore))
+    result = await engine.transcribe(data, options, tenant=tenant, model=model, rescore=rescore, vad=vad)
     return respond(result, response_format, segments="segment" in granularities,
                    with_words="word" in granularities)
