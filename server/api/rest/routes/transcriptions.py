@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
 from ....engine.file_stream import open_file_transcript
@@ -21,6 +21,7 @@ from ..audio import (
     vad_options,
 )
 from ..deps import EngineDep, SettingsDep, TenantDep
+from ..disconnect import unless_disconnected
 from ..sse import STREAM_FORMATS, event_stream
 
 router = APIRouter(tags=["audio"])
@@ -34,6 +35,7 @@ router = APIRouter(tags=["audio"])
                429: {"description": "server at capacity"}},
 )
 async def create_transcription(
+    request: Request,
     engine: EngineDep,
     settings: SettingsDep,
     tenant: TenantDep,
@@ -81,6 +83,7 @@ async def create_transcription(
                                param="vad_filter")
         return event_stream(await open_file_transcript(engine, data, options, tenant=tenant, model=model,
                                                        rescore=rescore))
-    result = await engine.transcribe(data, options, tenant=tenant, model=model, rescore=rescore, vad=vad)
+    result = await unless_disconnected(
+        request, engine.transcribe(data, options, tenant=tenant, model=model, rescore=rescore, vad=vad))
     return respond(result, response_format, segments="segment" in granularities,
                    with_words="word" in granularities)
