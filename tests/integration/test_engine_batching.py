@@ -208,3 +208,20 @@ def test_a_cancelled_request_leaves_the_batch(engine, long_clip, cards):
     assert engine.worker.stats.cancelled == cancelled + 1
     assert engine.worker.pending == 0 and engine.worker.live_rows == 0
     assert other.text
+
+
+def test_a_batch_narrower_than_the_sampling_width(backbone_cache_dir, tmp_path, cards):
+    """Sampling (best_of 5) on a 2-row batch is cut to the batch; a beam wider than it is refused."""
+    from splitasr.errors import InvalidInput
+
+    backbone = WhisperBackbone.load("tiny.en", cache_dir=backbone_cache_dir, device="cpu")
+    narrow = Engine(Settings(cache_dir=tmp_path, max_batch_rows=2, _env_file=None), backbone=backbone)
+    narrow.load()
+    try:
+        sampled = asyncio.run(asyncio.wait_for(narrow.transcribe_audio(cards[0], DecodingOptions(temperature=0.4)),
+                                               120))
+        assert sampled.text.strip() and narrow.worker.stats.max_rows <= 2
+        with pytest.raises(InvalidInput, match="SPLITASR_MAX_BATCH_ROWS"):
+            asyncio.run(asyncio.wait_for(narrow.transcribe_audio(cards[0], DecodingOptions(beam_size=3)), 120))
+    finally:
+        narrow.close(10)
