@@ -73,16 +73,16 @@ async def create_transcription(
         raise InvalidInput("include[]=logprobs needs response_format=json", param="include[]")
     options = decoding_options(engine, settings, beam_size=beam_size, language=language, temperature=temperature,
                                prompt=prompt, word_timestamps="word" in granularities, logprobs=bool(include))
-    vad = vad_options(settings, vad_filter)
     if stream:
         if response_format not in STREAM_FORMATS:
             raise InvalidInput(f"stream=true sends plain text events: use response_format json or text, "
                                f"not {response_format!r}", param="response_format")
-        if vad is not None:
+        if vad_filter:  # the server's default (SPLITASR_VAD_FILTER) does not apply to streamed files
             raise InvalidInput("vad_filter is not available with stream=true; leave one of them out",
                                param="vad_filter")
         return event_stream(await open_file_transcript(engine, data, options, tenant=tenant, model=model,
                                                        rescore=rescore))
+    vad = vad_options(settings, vad_filter)
     result = await unless_disconnected(
         request, engine.transcribe(data, options, tenant=tenant, model=model, rescore=rescore, vad=vad))
     return respond(result, response_format, segments="segment" in granularities,
