@@ -309,11 +309,11 @@ def test_stream_and_rate_limits_apply(rest_server):
     engine: Engine = rest_server.engine
 
     async def scenario():
-        engine.streams.active += engine.streams.limit  # as if gRPC streams held every slot
+        engine.streams.by_tenant["grpc-tenant"] += engine.streams.limit  # as if gRPC streams held every slot
         try:
             first, code = await _refused(rest_server)
         finally:
-            engine.streams.active -= engine.streams.limit
+            del engine.streams.by_tenant["grpc-tenant"]
         assert first["error"]["code"] == "overloaded" and code == 1013
         limiter, engine.rate_limiter = engine.rate_limiter, RateLimiter(per_minute=1, burst=1)
         try:
