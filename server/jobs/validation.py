@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..adapters import registered_kinds, resolve_targets
+from ..adapters.bounds import MAX_ABS_VALUE
 from ..audio import SAMPLE_RATE_HZ, decode_audio, encode_wav_pcm16
 from ..config import Settings
 from ..engine.store import check_name
@@ -113,6 +114,10 @@ def check_parameters(params: JobParameters, name: str | None, store: bool, limit
                            f"got {params.rank}")
     if params.alpha is not None and not (math.isfinite(params.alpha) and params.alpha > 0):
         raise InvalidInput(f"alpha must be a positive number, got {params.alpha}")
+    if params.alpha is not None and params.alpha / params.rank > MAX_ABS_VALUE:
+        # the bound an upload of the result would meet: refused now, not after a whole training run
+        raise InvalidInput(f"alpha {params.alpha:g} with rank {params.rank} gives a scale alpha/rank = "
+                           f"{params.alpha / params.rank:g}, over the limit of {MAX_ABS_VALUE:g}", param="alpha")
     params = _kind_options(params, limits)
     _check_targets(params.targets, limits)
     if not 1 <= params.epochs <= limits.max_epochs:

@@ -65,6 +65,7 @@ def test_parameters_outside_the_limits_name_the_field():
                             (JobParameters(kind="saml", experts=9), "experts must be between 2 and 4"),
                             (JobParameters(experts=2), "experts applies to kind saml only"),
                             (JobParameters(alpha=-1.0), "alpha must be a positive number"),
+                            (JobParameters(rank=8, alpha=1e30), "over the limit of 16384"),
                             (JobParameters(learning_rate=float("nan")), "learning_rate"),
                             (JobParameters(batch_size=0), "batch_size"), (JobParameters(seed=-1), "seed")):
         with pytest.raises(InvalidInput, match=message):
