@@ -61,6 +61,8 @@ def _check_options(backbone: CTCBackbone, options: DecodingOptions) -> None:
             raise InvalidInput(f"backbone {backbone.name!r} is a CTC model: {name} does not apply; leave it out")
     if options.temperature > 0:
         raise InvalidInput(f"backbone {backbone.name!r} is a CTC model: it decodes greedily (temperature 0)")
+    if options.logprobs:
+        raise InvalidInput(f"backbone {backbone.name!r} is a CTC model: token log-probabilities are not available")
 
 
 def transcribe_ctc(backbone: CTCBackbone, audios: list[np.ndarray], options: DecodingOptions | None = None,

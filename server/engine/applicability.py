@@ -28,6 +28,9 @@ def check_options(backbone: object | None, options: DecodingOptions) -> None:
         if options.temperature > 0:
             raise InvalidInput(f"temperature does not apply to backbone {name!r} (a CTC model decodes "
                                "greedily); leave it out or send 0", param="temperature")
+        if options.logprobs:
+            raise InvalidInput(f"include[]=logprobs is not available on backbone {name!r} (a CTC model has no "
+                               "token log-probabilities of Whisper's kind); leave it out", param="include[]")
 
 
 def _is_ctc(backbone: object) -> bool:

@@ -117,7 +117,7 @@ class Engine:
         self.worker = DecodeWorker(
             decoder, self.pool,
             max_queue=self.settings.max_queued_requests,
-            max_queue_per_tenant=self.settings.max_queued_requests_per_tenant,
+            max_queue_per_tenant=self._queue_share(),
             max_admissions=self.settings.max_admissions_per_step,
             rescore=self.rescoring.apply,
             on_step=observability.observe_batch,
@@ -126,6 +126,14 @@ class Engine:
         self.worker.start()
         observability.track_engine(self)
         self._ready.set()
+
+    def _queue_share(self) -> int | None:
+        """A tenant's places in the queue: the setting, else half of them; all of them when the server
+        has no keys (one open tenant: nobody to share with)."""
+        s = self.settings
+        if s.max_queued_requests_per_tenant:
+            return s.max_queued_requests_per_tenant
+        return s.max_queued_requests if s.api_keys is None and s.api_keys_file is None else None
 
     @staticmethod
     def _warm_up(decoder) -> None:

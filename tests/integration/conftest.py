@@ -51,7 +51,7 @@ def start_server(settings: Settings, engine: Engine, jobs=None) -> tuple[uvicorn
 def rest_server(tiny_backbone, cache_root, tmp_path_factory) -> Iterator[RunningServer]:
     settings = Settings(host="127.0.0.1", port=free_port(), cache_dir=cache_root,
                         store_dir=tmp_path_factory.mktemp("store"),
-                        max_upload_bytes=2 * 1024 * 1024, max_queued_requests=8, adapter_slots=4,
+                        max_upload_bytes=2 * 1024 * 1024, max_queued_requests=16, adapter_slots=4,
                         api_keys=",".join(f"{token}:{tenant}" for tenant, token in TOKENS.items()),
                         _env_file=None)
     engine = Engine(settings, backbone=tiny_backbone)

@@ -232,7 +232,9 @@ def test_one_tenant_cannot_take_every_place_in_the_queue(backbone_cache_dir, tmp
     from splitasr.errors import Overloaded
 
     backbone = WhisperBackbone.load("tiny.en", cache_dir=backbone_cache_dir, device="cpu")
-    small = Engine(Settings(cache_dir=tmp_path, max_queued_requests=4, _env_file=None), backbone=backbone)
+    keys = "greedy-key-0123456789:greedy,other-key-0123456789:other"  # tenants with keys share the queue
+    small = Engine(Settings(cache_dir=tmp_path, max_queued_requests=4, api_keys=keys, _env_file=None),
+                   backbone=backbone)
     small.load()
 
     async def main():

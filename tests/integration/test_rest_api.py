@@ -174,3 +174,33 @@ def test_concurrent_requests_are_batched_and_correct(rest_server, real_speech):
     # each answer belongs to its own request (cards: "ten of clubs", "four queen of clubs", ...)
     for row, text in zip(rows, texts):
         assert text.startswith(normalize(row["text"]).split()[0].replace(" ", "")), (row["text"], text)
+
+
+def test_openai_sdk_reads_verbose_json_words_and_logprobs(client, goforward):
+    """The SDK's own types parse every field: segment statistics, word times, token log-probabilities."""
+    with open(goforward["path"], "rb") as fh:
+        verbose = client.audio.transcriptions.create(model="whisper-1", file=fh, response_format="verbose_json",
+                                                     timestamp_granularities=["word", "segment"])
+    segment = verbose.segments[0]
+    assert segment.seek == 0 and segment.temperature == 0.0
+    assert -3.0 < segment.avg_logprob <= 0.0 and 0.5 < segment.compression_ratio < 2.4
+    assert 0.0 <= segment.no_speech_prob < 0.6
+    assert [w.word.lower().strip(".,") for w in verbose.words][:2] == ["go", "forward"]
+    assert all(a.start <= b.start for a, b in zip(verbose.words, verbose.words[1:]))
+    assert verbose.usage.seconds == pytest.approx(goforward["duration"], abs=0.1)
+    with open(goforward["path"], "rb") as fh:
+        plain = client.audio.transcriptions.create(model="whisper-1", file=fh, include=["logprobs"])
+    assert plain.logprobs and all(p.logprob <= 0.0 for p in plain.logprobs)
+    assert "".join(p.token for p in plain.logprobs).strip() == plain.text
+
+
+def test_adapter_upload_refuses_fields_it_does_not_know(rest_server):
+    from tests.adapter_factory import adapter_bytes
+
+    data = adapter_bytes(rest_server.engine.spec, "lora", seed=3)
+    response = httpx.post(f"{rest_server.url}/v1/adapters", files={"file": ("a.safetensors", data)},
+                          data={"name": "fields-check", "kind": "lora"}, headers=AUTH, timeout=60)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "kind" and "unknown field 'kind'" in error["message"]
+    assert httpx.get(f"{rest_server.url}/v1/adapters/fields-check", headers=AUTH).status_code == 404

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import Depends, UploadFile
+from fastapi import UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from ...config import Settings
@@ -14,13 +14,9 @@ from ...engine.engine import Engine
 from ...errors import BadAudio
 from ...formats import render
 from ...vad_filter import VadFilterOptions
-from .fields import reject_unsupported_fields
 
 ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
 MEDIA_TYPES = {"vtt": "text/vtt", "srt": "application/x-subrip"}
-
-# A route parameter: every form field the route does not declare is answered 400 (see fields.py).
-FieldsChecked = Annotated[None, Depends(reject_unsupported_fields)]
 
 FILE_HELP = "Audio file: wav, flac, mp3, ogg, opus, webm, m4a ..."
 BEAM_HELP = "SplitASR extension: beam width"

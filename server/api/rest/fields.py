@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 from fastapi.dependencies.models import Dependant
 
 from ...errors import UnsupportedField
@@ -102,3 +103,7 @@ async def reject_unsupported_fields(request: Request) -> None:
         return
     form = await request.form()  # already parsed by FastAPI for the route's own fields: cached, not read twice
     check_fields(form.multi_items(), declared_fields(dependant))
+
+
+# A route parameter: every form field the route does not declare is answered 400.
+FieldsChecked = Annotated[None, Depends(reject_unsupported_fields)]

@@ -104,6 +104,13 @@ def test_ctc_decoding_options_and_segments(backbone):
         transcribe(backbone, audios(), DecodingOptions(beam_size=2))
     with pytest.raises(InvalidInput, match="CTC"):
         transcribe(backbone, audios(), DecodingOptions(nbest=3))
+    with pytest.raises(InvalidInput, match="log-probabilities are not available"):
+        transcribe(backbone, audios(), DecodingOptions(logprobs=True))
+    from splitasr.engine.applicability import check_options
+
+    with pytest.raises(InvalidInput, match="include") as caught:
+        check_options(backbone, DecodingOptions(logprobs=True))
+    assert caught.value.param == "include[]"
 
 
 def test_presets_cover_conformer_linears(backbone):

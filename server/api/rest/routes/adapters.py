@@ -16,6 +16,7 @@ from ....engine.store import AdapterRecord
 from ....engine.uploads import adapter_file
 from ....errors import InvalidAdapter
 from ..deps import EngineDep, TenantDep
+from ..fields import FieldsChecked
 from .jobs import adapter_download
 
 router = APIRouter(tags=["adapters"])
@@ -30,6 +31,7 @@ def _card(r: AdapterRecord) -> dict:
 async def upload_adapter(
     engine: EngineDep,
     tenant: TenantDep,
+    _fields: FieldsChecked,
     file: Annotated[UploadFile, File(
         description="An adapter or rescorer .safetensors file, or a zipped PEFT LoRA folder "
                     "(adapter_config.json + adapter_model.safetensors)")],

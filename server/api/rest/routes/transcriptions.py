@@ -13,7 +13,6 @@ from ..audio import (
     BEAM_HELP,
     FILE_HELP,
     VAD_HELP,
-    FieldsChecked,
     ResponseFormat,
     decoding_options,
     read_upload,
@@ -22,6 +21,7 @@ from ..audio import (
 )
 from ..deps import EngineDep, SettingsDep, TenantDep
 from ..disconnect import unless_disconnected
+from ..fields import FieldsChecked
 from ..sse import STREAM_FORMATS, event_stream
 
 router = APIRouter(tags=["audio"])

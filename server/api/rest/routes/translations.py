@@ -14,7 +14,6 @@ from ..audio import (
     BEAM_HELP,
     FILE_HELP,
     VAD_HELP,
-    FieldsChecked,
     ResponseFormat,
     decoding_options,
     read_upload,
@@ -23,6 +22,7 @@ from ..audio import (
 )
 from ..deps import EngineDep, SettingsDep, TenantDep
 from ..disconnect import unless_disconnected
+from ..fields import FieldsChecked
 
 router = APIRouter(tags=["audio"])
 
