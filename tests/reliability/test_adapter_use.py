@@ -140,9 +140,9 @@ def test_delete_while_a_request_naming_it_is_queued(service, plain_spec, goforwa
 
     with ThreadPoolExecutor(3) as pool:
         first = pool.submit(busy)
-        wait_for(lambda: service.engine.scheduler.pending >= 1)
+        wait_for(lambda: service.engine.worker.pending >= 1)
         waiting = [pool.submit(rest), pool.submit(rpc)]
-        wait_for(lambda: store.pinned_count() == 1 and service.engine.scheduler.pending >= 3)
+        wait_for(lambda: store.pinned_count() == 1 and service.engine.worker.pending >= 3)
         assert not service.engine.pool.resident(r.json()["sha256"]), "the adapter must still be on disk only"
         deleted = httpx.delete(f"{service.url}/v1/adapters/victim", headers=service.headers(), timeout=30)
         assert deleted.status_code == 200, deleted.text
