@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -180,3 +181,47 @@ def test_one_slot_per_replica_and_three_adapters_alternating(cluster, adapters):
     infos = on_every_replica("info")
     assert all(len(info["staged_adapters"]) <= 1 for info in infos.values())
     assert sum(info["pool"]["evictions"] for info in infos.values()) >= 1, infos
+
+
+def test_a_replica_killed_mid_traffic(cluster, adapters):
+    """In-flight decodes are retried on the survivor (or answered 503 + Retry-After); later requests
+    for the dead replica's adapter land on the survivor, which loads it from the shared store."""
+    import ray
+    from ray import serve
+
+    first = cluster.transcribe("a")
+    assert first.status_code == 200, first.text
+    victim = first.headers["X-SplitASR-Replica"]
+    results: list[httpx.Response] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            results.append(cluster.transcribe("a"))
+
+    threads = [threading.Thread(target=traffic) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(2.0)  # requests in flight on the victim
+    ray.kill(ray.get_actor(f"SERVE_REPLICA::{APP}#SplitASRReplica#{victim}", namespace="serve"), no_restart=True)
+    killed_at = len(results)
+    time.sleep(8.0)
+    stop.set()
+    for t in threads:
+        t.join(300)
+    assert all(r.status_code == 200 or (r.status_code == 503 and "Retry-After" in r.headers) for r in results), \
+        [(r.status_code, r.text[:200]) for r in results if r.status_code != 200]
+    after = [r for r in results[killed_at:] if r.status_code == 200]
+    assert after and all(r.headers["X-SplitASR-Replica"] != victim for r in after[-3:])
+    assert {r.json()["text"] for r in after} == {first.json()["text"]}  # the same adapter, loaded again
+    assert cluster.transcribe("a").status_code == 200
+    deadline = time.monotonic() + 300  # Serve replaces the dead replica; leave the cluster whole
+    while serve.status().applications[APP].deployments["SplitASRReplica"].status != "HEALTHY" \
+            or len(on_every_replica_tags()) < REPLICAS:
+        assert time.monotonic() < deadline, "the dead replica was not replaced"
+        time.sleep(1.0)
+
+
+def on_every_replica_tags() -> set[str]:
+    handle = replica_handle()
+    return {handle.info.remote().result(timeout_s=60)["replica"] for _ in range(10)}
