@@ -34,6 +34,7 @@ from ..tenants import ApiKeys
 log = logging.getLogger(__name__)
 
 REPLICA_HEADER = "X-SplitASR-Replica"
+_REQUEST_ID = b"x-request-id"
 # a replica that died or went away while it held the request: the decode is safe to run again
 _REPLICA_LOST = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, DeploymentUnavailableError)
 RETRIES_ON_REPLICA_LOSS = 1
@@ -117,7 +118,9 @@ class ReplicaHeader:
         async def send_with_replica(message: Message) -> None:
             if message["type"] == "http.response.start":
                 value = ",".join(dict.fromkeys(decoded_by)) or f"ingress:{self.ingress_id}"
-                message["headers"] = [*message.get("headers", []), (self._header, value.encode())]
+                # Serve's proxy echoes the request id itself (the same one: it passed it in)
+                headers = [h for h in message.get("headers", []) if h[0].lower() != _REQUEST_ID]
+                message["headers"] = [*headers, (self._header, value.encode())]
             await send(message)
 
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import threading
@@ -23,8 +24,11 @@ def serve_replicas(settings: Settings, replicas: int) -> None:
     from .app import build_app
 
     address = os.environ.get("RAY_ADDRESS")
-    # a local cluster: no dashboard (nothing else runs on it); joining one: its own settings apply
-    ray.init(**({"address": address} if address else {"include_dashboard": False}))
+    if address:  # joining a cluster: its own resources and settings apply
+        ray.init(address=address)
+    else:  # a local cluster with room for what is asked (logical CPUs), and no dashboard
+        wanted = math.ceil(replicas * settings.replica_cpus + settings.ingress_cpus)
+        ray.init(num_cpus=max(os.cpu_count() or 1, wanted), include_dashboard=False)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
