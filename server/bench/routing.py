@@ -63,7 +63,7 @@ def choose_multiplexed(rng: random.Random, replicas: list[SimReplica], adapter: 
 
 
 def simulate(policy: str, *, tenants: int = 200, replicas: int = 4, slots: int = 16, requests: int = 20000,
-             zipf_s: float = 1.1, load: float = 0.7, max_ongoing: int = 8, cold_load: float = 0.05,
+             zipf_s: float = 1.1, load: float = 0.7, max_ongoing: int = 64, cold_load: float = 0.05,
              seed: int = 0) -> dict:
     """Run one policy; returns hit rate, cold loads per 1000 requests and per-tenant affinity."""
     rng = random.Random(seed)
@@ -115,10 +115,10 @@ def simulate(policy: str, *, tenants: int = 200, replicas: int = 4, slots: int =
 
 
 def run(*, tenants: int = 200, replicas: int = 4, slots: int = 16, requests: int = 20000, zipf_s: float = 1.1,
-        load: float = 0.7, seed: int = 0) -> dict:
+        load: float = 0.7, max_ongoing: int = 64, seed: int = 0) -> dict:
     """Both policies on the same arrivals (same seed)."""
     setup = {"tenants": tenants, "replicas": replicas, "slots": slots, "requests": requests, "zipf_s": zipf_s,
-             "load": load, "seed": seed}
+             "load": load, "max_ongoing": max_ongoing, "seed": seed}
     results = {p: simulate(p, tenants=tenants, replicas=replicas, slots=slots, requests=requests, zipf_s=zipf_s,
-                           load=load, seed=seed) for p in ("multiplexed", "round_robin")}
+                           load=load, max_ongoing=max_ongoing, seed=seed) for p in ("multiplexed", "round_robin")}
     return {"bench": "routing", "simulated": True, "setup": setup, **results}

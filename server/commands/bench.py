@@ -57,6 +57,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     routing.add_argument("--requests", type=int, default=20000)
     routing.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of the tenant mix")
     routing.add_argument("--load", type=float, default=0.7, help="offered load as a share of capacity")
+    routing.add_argument("--max-ongoing", type=int, default=64,
+                         help="requests one replica takes at once (its queue; default 64, SPLITASR_MAX_QUEUED_REQUESTS)")
     routing.add_argument("--seed", type=int, default=0)
     routing.set_defaults(func=run_routing)
     vad = sub.add_parser("vad", help="the VAD filter: WER on real speech, time on a mostly silent hour")
@@ -214,5 +216,6 @@ def run_routing(args: argparse.Namespace) -> int:
     from ..bench.routing import run
 
     print(json.dumps(run(tenants=args.tenants, replicas=args.replicas, slots=args.slots, requests=args.requests,
-                         zipf_s=args.zipf, load=args.load, seed=args.seed), indent=1))
+                         zipf_s=args.zipf, load=args.load, max_ongoing=args.max_ongoing, seed=args.seed),
+                     indent=1))
     return 0
