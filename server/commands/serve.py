@@ -73,9 +73,6 @@ def _run_replicas(args: argparse.Namespace, settings) -> int:
     """The same server as N replicas on Ray Serve (:mod:`splitasr.scale`)."""
     from ..errors import UsageError
 
-    if getattr(args, "grpc_port", None):
-        raise UsageError("--grpc-port: with --replicas only the REST API (and the Realtime API) is served; "
-                         "leave --grpc-port out")
     try:
         from ..scale.launch import serve_replicas
     except ImportError as exc:

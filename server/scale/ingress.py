@@ -1,5 +1,5 @@
-"""The ingress deployment: the FastAPI app (REST, the web page, the Realtime API, metrics) over an
-engine that sends each decode to a replica chosen by its adapter.
+"""The ingress deployment: the FastAPI app (REST, the web page, the Realtime API, metrics) and the
+gRPC API over an engine that sends each decode to a replica chosen by its adapter.
 
 Authentication, adapter uploads and deletes, name resolution, rate limits and stream slots happen
 here, on the shared store; the decode itself goes to the replica deployment with
@@ -10,13 +10,16 @@ options against it; it runs no decode worker.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
+import grpc
 import numpy as np
 import ray.exceptions
+from fastapi import FastAPI
 from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
@@ -117,7 +120,7 @@ class ReplicaHeader:
 
         async def send_with_replica(message: Message) -> None:
             if message["type"] == "http.response.start":
-                value = ",".join(dict.fromkeys(decoded_by)) or f"ingress:{self.ingress_id}"
+                value = _replica_list(decoded_by, self.ingress_id)
                 # Serve's proxy echoes the request id itself (the same one: it passed it in)
                 headers = [h for h in message.get("headers", []) if h[0].lower() != _REQUEST_ID]
                 message["headers"] = [*headers, (self._header, value.encode())]
@@ -127,6 +130,74 @@ class ReplicaHeader:
             await self.app(scope, receive, send_with_replica)
         finally:
             _decoded_by.reset(token)
+
+
+def _replica_list(decoded_by: list[str], ingress_id: str) -> str:
+    return ",".join(dict.fromkeys(decoded_by)) or f"ingress:{ingress_id}"
+
+
+class ReplicaTrailer(grpc.aio.ServerInterceptor):
+    """gRPC's counterpart of :class:`ReplicaHeader`: ``x-splitasr-replica`` in every call's trailing
+    metadata."""
+
+    def __init__(self, ingress_id: str):
+        self.ingress_id = ingress_id
+
+    async def intercept_service(self, continuation, handler_call_details: grpc.HandlerCallDetails):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        kwargs = {"request_deserializer": handler.request_deserializer,
+                  "response_serializer": handler.response_serializer}
+        trailer = self._trailer
+        if handler.unary_unary or handler.stream_unary:
+            inner = handler.unary_unary or handler.stream_unary
+
+            async def call(request, context):
+                with trailer(context):
+                    return await inner(request, context)
+
+            factory = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
+            return factory(call, **kwargs)
+        inner_stream = handler.unary_stream or handler.stream_stream
+
+        async def stream(request, context):
+            with trailer(context):
+                async for response in inner_stream(request, context):
+                    yield response
+
+        factory = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
+        return factory(stream, **kwargs)
+
+    @contextlib.contextmanager
+    def _trailer(self, context: grpc.aio.ServicerContext) -> Iterator[None]:
+        decoded_by: list[str] = []
+        token = _decoded_by.set(decoded_by)
+        try:
+            yield
+        finally:
+            _decoded_by.reset(token)
+            context.set_trailing_metadata(((REPLICA_HEADER.lower(), _replica_list(decoded_by, self.ingress_id)),))
+
+
+def _serve_grpc_too(app: FastAPI, settings: Settings, engine: RoutedEngine, keys: ApiKeys, ingress_id: str) -> None:
+    """Run the gRPC API (SPLITASR_GRPC_PORT) in the ingress for the app's lifetime, as ``serve`` does."""
+    from ..api.rpc.server import create_grpc_server
+
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(application: FastAPI):
+        async with inner(application) as state:
+            server = create_grpc_server(settings, engine, keys, jobs=application.state.jobs,
+                                        interceptors=[ReplicaTrailer(ingress_id)])
+            await server.start(engine)
+            try:
+                yield state
+            finally:
+                await server.stop(settings.shutdown_grace_seconds)
+
+    app.router.lifespan_context = lifespan
 
 
 @serve.deployment(name="SplitASRIngress")
@@ -144,5 +215,8 @@ class Ingress:
         engine = RoutedEngine(self.settings, self.replicas)
         keys = ApiKeys.load(self.settings.api_keys_file, self.settings.api_keys)
         app = create_app(self.settings, engine=engine, api_keys=keys)
-        app.add_middleware(ReplicaHeader, ingress_id=serve.get_replica_context().replica_tag)
+        ingress_id = serve.get_replica_context().replica_tag
+        app.add_middleware(ReplicaHeader, ingress_id=ingress_id)
+        if self.settings.grpc_port:
+            _serve_grpc_too(app, self.settings, engine, keys, ingress_id)
         return app

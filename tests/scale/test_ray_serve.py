@@ -36,6 +36,7 @@ APP = "splitasr"
 @dataclass
 class Cluster:
     url: str
+    grpc_address: str
     spec: BackboneSpec
     audio: bytes
 
@@ -87,7 +88,7 @@ def cluster(cache_root, tmp_path_factory, real_speech) -> Iterator[Cluster]:
     backbone = WhisperBackbone.load("tiny.en", cache_dir=cache_root / "backbones", device="cpu")
     attach_bank(backbone.model, "all", 1, AdapterLimits())
     spec = BackboneSpec.from_model(backbone.name, backbone.model)
-    settings = Settings(host="127.0.0.1", port=free_port(), cache_dir=cache_root,
+    settings = Settings(host="127.0.0.1", port=free_port(), grpc_port=free_port(), cache_dir=cache_root,
                         store_dir=tmp_path_factory.mktemp("shared-store"), adapter_slots=1,
                         max_queued_requests=8, max_batch_rows=8, replica_cpus=0.5, ingress_cpus=0.5,
                         api_keys=",".join(f"{token}:{tenant}" for tenant, token in TOKENS.items()),
@@ -102,7 +103,7 @@ def cluster(cache_root, tmp_path_factory, real_speech) -> Iterator[Cluster]:
             assert time.monotonic() < deadline, "the ingress did not become ready"
             time.sleep(0.5)
         audio = next(r for r in real_speech if r["audio_filepath"].endswith("goforward.flac"))["path"].read_bytes()
-        yield Cluster(url, spec, audio)
+        yield Cluster(url, f"127.0.0.1:{settings.grpc_port}", spec, audio)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -137,6 +138,7 @@ def test_requests_for_one_adapter_stay_on_one_replica(cluster, adapters):
     replica_b, count = hits_b.most_common(1)[0]
     assert count >= 18, f"adapter b spread over replicas: {hits_b}"
     assert replica_b != replica_a, "b should go to the replica that holds no adapter"
+    print(f"affinity after the first request: a {dict(hits_a)}, b {dict(hits_b)}")
     assert not any(tag.startswith("ingress:") for tag in [*hits_a, *hits_b])
 
 
@@ -146,6 +148,30 @@ def test_every_response_names_a_replica_or_the_ingress(cluster):
     assert r.headers["X-SplitASR-Replica"].startswith("ingress:")
     r = cluster.transcribe("tiny.en")
     assert r.status_code == 200 and not r.headers["X-SplitASR-Replica"].startswith("ingress:")
+
+
+def test_grpc_on_the_ingress_routes_by_adapter_and_names_the_replica(cluster, adapters):
+    import grpc
+    from splitasr_device._proto import recognizer_pb2 as pb
+    from splitasr_device._proto import recognizer_pb2_grpc
+
+    rest = cluster.transcribe("a")
+    assert rest.status_code == 200, rest.text
+    with grpc.insecure_channel(cluster.grpc_address) as channel:
+        stub = recognizer_pb2_grpc.RecognizerStub(channel)
+        request = pb.RecognizeRequest(config=pb.RecognitionConfig(adapter=pb.AdapterRef(name="a")), audio=cluster.audio)
+        metadata = (("authorization", f"Bearer {TOKENS['alice']}"),)
+        replicas = collections.Counter()
+        for _ in range(5):
+            reply, call = stub.Recognize.with_call(request, metadata=metadata, timeout=300)
+            assert reply.text == rest.json()["text"]
+            replicas[dict(call.trailing_metadata())["x-splitasr-replica"]] += 1
+        assert replicas.most_common(1)[0][1] >= 4 and not any(r.startswith("ingress:") for r in replicas)
+        with pytest.raises(grpc.RpcError) as missing:
+            stub.Recognize(pb.RecognizeRequest(config=pb.RecognitionConfig(adapter=pb.AdapterRef(name="a")),
+                                               audio=cluster.audio),
+                           metadata=(("authorization", f"Bearer {TOKENS['bob']}"),), timeout=60)
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND  # bob has no adapter a (yet)
 
 
 def test_an_upload_through_the_ingress_is_seen_by_every_replica(cluster):
