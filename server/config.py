@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="Largest accepted audio upload (413 above).")
     max_audio_seconds: float = Field(3 * 3600.0, gt=0, description="Longest accepted audio (400 above).")
     max_queued_requests: int = Field(64, ge=1, description="Requests in progress or queued before 429.")
+    max_queued_requests_per_tenant: int | None = Field(
+        None, ge=1, description="Requests one tenant may have in progress or queued (default: half the server's).")
     max_batch_rows: int = Field(
         32, ge=1, le=1024, description="Rows (greedy decodes, beams, samples) in the running batch at once.")
     max_admissions_per_step: int = Field(

@@ -117,6 +117,7 @@ class Engine:
         self.worker = DecodeWorker(
             decoder, self.pool,
             max_queue=self.settings.max_queued_requests,
+            max_queue_per_tenant=self.settings.max_queued_requests_per_tenant,
             max_admissions=self.settings.max_admissions_per_step,
             rescore=self.rescoring.apply,
             on_step=observability.observe_batch,

@@ -75,13 +75,15 @@ class DecodeWorker:
     """Runs ``decoder`` (a Whisper or CTC decoder, see :mod:`splitasr.decoding`) for queued jobs."""
 
     def __init__(self, decoder, pool: SlotPool | None, *, max_queue: int = 64, max_admissions: int = 4,
-                 static: bool = False,
+                 max_queue_per_tenant: int | None = None, static: bool = False,
                  rescore: Callable[[list[str | None], list[Transcription]], list[Transcription]] | None = None,
                  on_step: Callable[[int, float], None] | None = None,
                  on_done: Callable[[Job], None] | None = None, name: str = "decode-worker"):
         self.decoder = decoder
         self.pool = pool
         self.max_queue = max_queue
+        # one tenant's burst must not take every place: by default it may hold half of them
+        self.max_queue_per_tenant = max_queue_per_tenant or max(1, max_queue // 2)
         self.max_admissions = max_admissions
         # static request batching (the baseline of `splitasr bench arrivals`): new requests join only an
         # empty batch, which then runs until every request in it is done
@@ -135,6 +137,11 @@ class DecodeWorker:
             if self.pending >= self.max_queue:
                 raise Overloaded(f"server is at capacity ({self.pending} requests in progress or queued); "
                                  "retry later")
+            held = sum(1 for j in (*self._queue, *self._running.values()) if j.tenant == job.tenant)
+            if held >= self.max_queue_per_tenant:
+                raise Overloaded(f"this tenant already has {held} requests in progress or queued, its share of "
+                                 f"{self.max_queue_per_tenant} (SPLITASR_MAX_QUEUED_REQUESTS_PER_TENANT); retry "
+                                 "when one is done")
             if job.key is not None:
                 self._supersede(job.key)
             job.seq = next(self._seq)

@@ -208,3 +208,44 @@ def test_a_cancelled_request_leaves_the_batch(engine, long_clip, cards):
     assert engine.worker.stats.cancelled == cancelled + 1
     assert engine.worker.pending == 0 and engine.worker.live_rows == 0
     assert other.text
+
+
+def test_a_batch_narrower_than_the_sampling_width(backbone_cache_dir, tmp_path, cards):
+    """Sampling (best_of 5) on a 2-row batch is cut to the batch; a beam wider than it is refused."""
+    from splitasr.errors import InvalidInput
+
+    backbone = WhisperBackbone.load("tiny.en", cache_dir=backbone_cache_dir, device="cpu")
+    narrow = Engine(Settings(cache_dir=tmp_path, max_batch_rows=2, _env_file=None), backbone=backbone)
+    narrow.load()
+    try:
+        sampled = asyncio.run(asyncio.wait_for(narrow.transcribe_audio(cards[0], DecodingOptions(temperature=0.4)),
+                                               120))
+        assert sampled.text.strip() and narrow.worker.stats.max_rows <= 2
+        with pytest.raises(InvalidInput, match="SPLITASR_MAX_BATCH_ROWS"):
+            asyncio.run(asyncio.wait_for(narrow.transcribe_audio(cards[0], DecodingOptions(beam_size=3)), 120))
+    finally:
+        narrow.close(10)
+
+
+def test_one_tenant_cannot_take_every_place_in_the_queue(backbone_cache_dir, tmp_path, cards, long_clip):
+    """With 4 places, a tenant holds at most 2 (half); another tenant is still served meanwhile."""
+    from splitasr.errors import Overloaded
+
+    backbone = WhisperBackbone.load("tiny.en", cache_dir=backbone_cache_dir, device="cpu")
+    small = Engine(Settings(cache_dir=tmp_path, max_queued_requests=4, _env_file=None), backbone=backbone)
+    small.load()
+
+    async def main():
+        greedy = [asyncio.create_task(small.transcribe_audio(long_clip, DecodingOptions(), tenant="greedy"))
+                  for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded, match="SPLITASR_MAX_QUEUED_REQUESTS_PER_TENANT"):
+            await small.transcribe_audio(cards[0], DecodingOptions(), tenant="greedy")
+        other = await small.transcribe_audio(cards[0], DecodingOptions(), tenant="other")
+        return other, await asyncio.gather(*greedy)
+
+    try:
+        other, greedy = asyncio.run(asyncio.wait_for(main(), 300))
+        assert other.text.strip() and all(r.text.strip() for r in greedy)
+    finally:
+        small.close(10)

@@ -94,3 +94,31 @@ def test_translations_route_is_documented(rest_server):
     fields = spec["components"]["schemas"]
     translation = next(v for k, v in fields.items() if k.startswith("Body_create_translation"))
     assert {"file", "model", "prompt", "response_format", "temperature"} <= set(translation["properties"])
+
+
+def test_stream_on_translations_is_refused_unless_false(client, goforward):
+    def call(stream: str):
+        with open(goforward["path"], "rb") as fh:
+            client.audio.translations.create(model="tiny.en", file=fh, extra_body={"stream": stream})
+
+    bad_request(lambda: call("true"), "stream", "available on /v1/audio/transcriptions only")
+    bad_request(lambda: call("false"), "model", "english-only")  # stream=false: on to the next check
+
+
+def test_the_servers_vad_default_does_not_break_streamed_transcriptions(rest_server, goforward):
+    def post(**fields) -> httpx.Response:
+        return httpx.post(f"{rest_server.url}/v1/audio/transcriptions",
+                          files={"file": ("a.flac", goforward["path"].read_bytes())},
+                          data={"model": "tiny.en", "stream": "true", **fields},
+                          headers={"Authorization": f"Bearer {TOKENS['alice']}"}, timeout=120)
+
+    settings = rest_server.settings
+    settings.vad_filter = True  # as SPLITASR_VAD_FILTER=true would set it
+    try:
+        streamed = post()
+        assert streamed.status_code == 200, streamed.text
+        assert "transcript.text.done" in streamed.text and "forward" in streamed.text.lower()
+        refused = post(vad_filter="true")
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "vad_filter"
+    finally:
+        settings.vad_filter = False

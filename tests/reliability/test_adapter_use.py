@@ -38,7 +38,7 @@ from tests.reliability.test_hostile_adapters import (
 @pytest.fixture(scope="module")
 def service(backbone_cache_dir, tmp_path_factory):
     with serve_both(backbone_cache_dir, tmp_path_factory.mktemp("adapter-use"), adapter_targets="decoder",
-                    max_batch_size=1) as running:
+                    max_batch_rows=1) as running:  # one row: the long file keeps the others queued
         yield running
 
 

@@ -9,6 +9,9 @@ a Prometheus counter; other addresses are unaffected.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -157,6 +160,52 @@ def test_grpc_guesses_count_and_are_blocked_too(service):
     assert metric(service, "splitasr_auth_failures_total", "grpc") >= FAILURES_PER_MINUTE + 1
     time.sleep(BLOCK_S + 0.5)
     list_call(apb.ListAdaptersRequest(), metadata=service.metadata("alice"), timeout=10)
+
+
+async def _realtime_first_event(service, token: str, address: str, origin: str | None = None) -> tuple[dict, int]:
+    """Open /v1/realtime from ``address`` with ``token``: the first event and the close code."""
+    import websockets
+
+    url = service.url.replace("http://", "ws://") + "/v1/realtime?intent=transcription"
+    headers = {"Authorization": f"Bearer {token}", **({"Origin": origin} if origin else {})}
+    async with websockets.connect(url, additional_headers=headers, local_addr=(address, 0)) as ws:
+        first = json.loads(await asyncio.wait_for(ws.recv(), 30))
+        if first["type"] == "session.created":
+            return first, 1000
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 30)
+        return first, ws.close_code
+
+
+def test_realtime_guesses_count_and_are_blocked_too(service):
+    async def guess() -> None:
+        for i in range(FAILURES_PER_MINUTE + 1):
+            event, code = await _realtime_first_event(service, f"wrong-realtime-token-{i:06d}", "127.0.0.6")
+            assert event["error"]["code"] == "unauthenticated" and code == 1008, event
+        event, code = await _realtime_first_event(service, TOKENS_ALICE(service), "127.0.0.6")
+        assert "too many failed authentications" in event["error"]["message"] and code == 1013, (event, code)
+        event, _ = await _realtime_first_event(service, TOKENS_ALICE(service), "127.0.0.7")  # a bystander
+        assert event["type"] == "session.created", event
+
+    asyncio.run(guess())
+    assert metric(service, "splitasr_auth_failures_total", "realtime") == FAILURES_PER_MINUTE + 1
+    assert metric(service, "splitasr_auth_blocked_total", "realtime") >= 1
+
+
+def test_realtime_pages_from_other_origins_are_refused(service):
+    async def connect() -> None:
+        token = TOKENS_ALICE(service)
+        event, code = await _realtime_first_event(service, token, "127.0.0.8", origin="https://evil.example")
+        assert event["error"]["code"] == "permission_denied" and "SPLITASR_CORS_ORIGINS" in event["error"]["message"]
+        own = service.url  # the server's own page (/ui/) connects from its own origin
+        event, _ = await _realtime_first_event(service, token, "127.0.0.8", origin=own)
+        assert event["type"] == "session.created", event
+
+    asyncio.run(connect())
+
+
+def TOKENS_ALICE(service) -> str:  # noqa: N802 - reads like the constant it stands for
+    return service.headers("alice")["Authorization"].removeprefix("Bearer ")
 
 
 def test_probes_need_no_key_and_are_never_blocked(service):

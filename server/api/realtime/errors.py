@@ -34,4 +34,5 @@ class EventError(Exception):
 
 def close_code(exc: EventError) -> int:
     """How a session that ``exc`` ended closes: try again later when the server was busy."""
-    return CLOSE_TRY_AGAIN_LATER if exc.code in ("overloaded", "rate_limit_exceeded", "not_ready") else CLOSE_POLICY
+    busy = ("overloaded", "rate_limit_exceeded", "too_many_failed_authentications", "not_ready")
+    return CLOSE_TRY_AGAIN_LATER if exc.code in busy else CLOSE_POLICY

@@ -18,7 +18,7 @@ import time
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from ...errors import NotReady, SplitASRError
+from ...errors import NotReady, PermissionDenied, SplitASRError
 from ...observability import observe_realtime_session, request_scope
 from . import events as ev
 from .errors import CLOSE_INTERNAL, CLOSE_NORMAL, EventError, close_code
@@ -44,6 +44,20 @@ def bearer(websocket: WebSocket) -> str | None:
         if protocol.startswith(KEY_SUBPROTOCOL_PREFIX):
             return "Bearer " + protocol[len(KEY_SUBPROTOCOL_PREFIX):]
     return None
+
+
+def _check_origin(websocket: WebSocket, cors_origins: str | None) -> None:
+    """A browser page may connect only from the server's own origin or one of ``SPLITASR_CORS_ORIGINS``
+    (WebSockets are not covered by CORS; clients other than browsers send no ``Origin``)."""
+    origin = websocket.headers.get("origin")
+    if not origin:
+        return
+    allowed = {o.strip().rstrip("/") for o in (cors_origins or "").split(",") if o.strip()}
+    host = websocket.headers.get("host", "")
+    own = {f"http://{host}", f"https://{host}"}
+    if "*" in allowed or origin.rstrip("/") in allowed | own:
+        return
+    raise PermissionDenied(f"pages from {origin[:200]} may not connect; allow the origin with SPLITASR_CORS_ORIGINS")
 
 
 def _check_query(websocket: WebSocket) -> str | None:
@@ -85,7 +99,10 @@ async def _session(websocket: WebSocket) -> int:
     session = None
     try:
         try:
-            tenant = state.api_keys.authenticate(bearer(websocket))
+            _check_origin(websocket, settings.cors_origins)
+            address = websocket.client.host if websocket.client else "unknown"
+            # failed keys count against the address as on REST and gRPC: guessing is blocked here too
+            tenant = engine.auth_limiter.authenticate(state.api_keys, bearer(websocket), address, "realtime")
             engine.rate_limiter.check(tenant)
             model = _check_query(websocket)
             if not engine.ready:

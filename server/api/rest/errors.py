@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ...errors import SplitASRError
+from .disconnect import ClientDisconnected
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,20 @@ def error_response(exc: SplitASRError, headers: dict[str, str] | None = None) ->
     return JSONResponse(body, status_code=exc.http_status, headers=headers or None)
 
 
+# nginx's "client closed request": nobody reads it, but the access log and metrics show what happened
+CLIENT_CLOSED_REQUEST = 499
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(SplitASRError)
     async def _known(_: Request, exc: SplitASRError) -> JSONResponse:
         return error_response(exc)
+
+    @app.exception_handler(ClientDisconnected)
+    async def _gone(request: Request, _: ClientDisconnected) -> JSONResponse:
+        log.info("client closed the connection before the response; its decode was cancelled")
+        return JSONResponse(error_body("client closed the request", "client_closed_request"),
+                            status_code=CLIENT_CLOSED_REQUEST)
 
     @app.exception_handler(StarletteHTTPException)
     async def _framework(request: Request, exc: StarletteHTTPException) -> JSONResponse:

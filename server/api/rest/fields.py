@@ -39,8 +39,9 @@ KNOWN_VALUES: dict[str, tuple[str, ...]] = {
     "include[]": ("logprobs",),
 }
 
-# `stream` belongs to the streaming (server-sent events) response path, which answers it itself.
-UNCHECKED_FIELDS = frozenset({"stream"})
+# `stream` on a route without a streamed response: false is what the route does anyway (some clients
+# send it always); true is refused.
+NOT_STREAMED = "stream=true is available on /v1/audio/transcriptions only; this route answers once, when done"
 
 _BASE_NAME = re.compile(r"^([^\[\]]+)(\[.*\])?$")
 
@@ -62,8 +63,10 @@ def declared_fields(dependant: Dependant) -> set[str]:
 def check_fields(fields: Iterable[tuple[str, str]], declared: set[str]) -> None:
     """Raise :class:`UnsupportedField` for the first form item (name, value) the route cannot honour."""
     for name, value in fields:
-        if name in UNCHECKED_FIELDS:
-            continue
+        if name == "stream" and name not in declared:
+            if isinstance(value, str) and value.strip().lower() in ("", "false", "0"):
+                continue
+            raise UnsupportedField(NOT_STREAMED, param="stream")
         if name not in declared:
             _unknown(name, declared)
         value = value if isinstance(value, str) else ""  # files: only their field name matters

@@ -82,6 +82,9 @@ class WhisperDecoder:
         if options.task == "translate" and not self.vocab.multilingual:
             raise InvalidInput(f"backbone {self.backbone.name!r} is English-only: it cannot translate; "
                                "use a multilingual backbone such as 'base'")
+        if options.beam_size > self.max_rows:
+            raise InvalidInput(f"beam_size {options.beam_size} is wider than the server's batch of {self.max_rows} "
+                               "rows (SPLITASR_MAX_BATCH_ROWS); use a smaller beam", param="beam_size")
         if options.nbest > 1 and len(audio) > NBEST_MAX_SECONDS * SAMPLE_RATE_HZ:
             raise InvalidInput("an N-best list needs audio of at most 30 s; split longer audio first")
         if options.word_timestamps and not self.vocab.alignment_heads:
@@ -95,7 +98,7 @@ class WhisperDecoder:
         language = code if self.vocab.multilingual else "en"
         request = WhisperRequest(audio, options, vocab=self.vocab, features=self.features, encode=self._encode,
                                  decode=self._decode, language=language, slot=slot,
-                                 mixture=self._mixture(audio, slot), seed=seed)
+                                 mixture=self._mixture(audio, slot), seed=seed, max_rows=self.max_rows)
         if not request.done:
             self.running.append(request)
         return request

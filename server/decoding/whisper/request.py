@@ -47,9 +47,11 @@ class WhisperRequest:
     """Drives one utterance through windows and passes; ``result`` is set when ``done``."""
 
     def __init__(self, audio: np.ndarray, options: DecodingOptions, *, vocab: Vocab, features, encode, decode,
-                 language: str | None, slot: int = 0, mixture: torch.Tensor | None = None, seed: int = 0):
+                 language: str | None, slot: int = 0, mixture: torch.Tensor | None = None, seed: int = 0,
+                 max_rows: int = 1 << 30):
         """``features(audio, frames)``: log-mel [n_mels, frames] of up to 30 s of audio; ``encode(text)``
-        and ``decode(tokens)``: the tokenizer; ``language``: None to detect (multilingual backbones)."""
+        and ``decode(tokens)``: the tokenizer; ``language``: None to detect (multilingual backbones);
+        ``max_rows``: the batch's rows, the widest pass (fallback samples and N-best beams are cut to it)."""
         self.audio = audio
         self.options = options
         self.vocab = vocab
@@ -60,6 +62,7 @@ class WhisperRequest:
         self.slot = slot
         self.mixture = mixture
         self.seed = seed
+        self.max_rows = max_rows
         self.duration = len(audio) / SAMPLE_RATE_HZ
         # transformers' window bounds: short audio is one padded 30 s window, long audio its own length
         self.content_frames = max(WINDOW_FRAMES, len(audio) // HOP_SAMPLES)
@@ -125,6 +128,7 @@ class WhisperRequest:
                                              2 * options.nbest))
         else:
             width = options.beam_size if temperature == 0 else options.best_of
+        width = max(1, min(width, self.max_rows))  # a pass wider than the batch could never be admitted
         prompt, sot_index = self.prompt()
         budget = options.max_new_tokens or self.vocab.text_ctx // 2
         return Pass(self.window, prompt, sot_index, self.timestamps, temperature, width,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
 from ....engine.file_stream import open_file_transcript
@@ -21,6 +21,7 @@ from ..audio import (
     vad_options,
 )
 from ..deps import EngineDep, SettingsDep, TenantDep
+from ..disconnect import unless_disconnected
 from ..sse import STREAM_FORMATS, event_stream
 
 router = APIRouter(tags=["audio"])
@@ -34,6 +35,7 @@ router = APIRouter(tags=["audio"])
                429: {"description": "server at capacity"}},
 )
 async def create_transcription(
+    request: Request,
     engine: EngineDep,
     settings: SettingsDep,
     tenant: TenantDep,
@@ -71,16 +73,17 @@ async def create_transcription(
         raise InvalidInput("include[]=logprobs needs response_format=json", param="include[]")
     options = decoding_options(engine, settings, beam_size=beam_size, language=language, temperature=temperature,
                                prompt=prompt, word_timestamps="word" in granularities, logprobs=bool(include))
-    vad = vad_options(settings, vad_filter)
     if stream:
         if response_format not in STREAM_FORMATS:
             raise InvalidInput(f"stream=true sends plain text events: use response_format json or text, "
                                f"not {response_format!r}", param="response_format")
-        if vad is not None:
+        if vad_filter:  # the server's default (SPLITASR_VAD_FILTER) does not apply to streamed files
             raise InvalidInput("vad_filter is not available with stream=true; leave one of them out",
                                param="vad_filter")
         return event_stream(await open_file_transcript(engine, data, options, tenant=tenant, model=model,
                                                        rescore=rescore))
-    result = await engine.transcribe(data, options, tenant=tenant, model=model, rescore=rescore, vad=vad)
+    vad = vad_options(settings, vad_filter)
+    result = await unless_disconnected(
+        request, engine.transcribe(data, options, tenant=tenant, model=model, rescore=rescore, vad=vad))
     return respond(result, response_format, segments="segment" in granularities,
                    with_words="word" in granularities)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
 from ..audio import (
@@ -22,6 +22,7 @@ from ..audio import (
     vad_options,
 )
 from ..deps import EngineDep, SettingsDep, TenantDep
+from ..disconnect import unless_disconnected
 
 router = APIRouter(tags=["audio"])
 
@@ -35,6 +36,7 @@ router = APIRouter(tags=["audio"])
                429: {"description": "server at capacity"}},
 )
 async def create_translation(
+    request: Request,
     engine: EngineDep,
     settings: SettingsDep,
     tenant: TenantDep,
@@ -50,6 +52,7 @@ async def create_translation(
     data = await read_upload(file)
     options = decoding_options(engine, settings, beam_size=beam_size, temperature=temperature, prompt=prompt,
                                task="translate")
-    result = await engine.transcribe(data, options, tenant=tenant, model=model, rescore="none",
-                                     vad=vad_options(settings, vad_filter))
+    work = engine.transcribe(data, options, tenant=tenant, model=model, rescore="none",
+                             vad=vad_options(settings, vad_filter))
+    result = await unless_disconnected(request, work)
     return respond(result, response_format, task="translate")
