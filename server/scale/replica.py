@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Hashable
+import time
+from collections.abc import Hashable, Iterable
 from typing import Any
 
 import numpy as np
 from ray import serve
+from ray.serve import metrics as serve_metrics
 
 from ..adapters import Adapter
 from ..config import Settings
@@ -57,6 +59,26 @@ class StagedAdapter:
             del self.engine.staged[self.sha256]
 
 
+class ResidentAdapters:
+    """A gauge in the shape of vLLM's ``vllm:lora_requests_info``, so LoRA-aware gateways can read it:
+    value = when it was set (Unix time), labels ``max_lora`` (slots), ``running_lora_adapters`` (the
+    sha256 of the adapters staged on this replica, comma-separated) and ``waiting_lora_adapters``
+    (those requests are waiting to load). As with vLLM, the series with the latest value is current.
+    Serve adds the deployment and replica labels; Ray exports it as ``ray_splitasr_lora_requests_info``."""
+
+    def __init__(self, slots: int):
+        self.slots = slots
+        self.loading: set[str] = set()
+        self.gauge = serve_metrics.Gauge(
+            "splitasr_lora_requests_info", description="Adapters staged on this replica (vLLM lora_requests_info shape).",
+            tag_keys=("max_lora", "running_lora_adapters", "waiting_lora_adapters"))
+
+    def report(self, staged: Iterable[str]) -> None:
+        self.gauge.set(time.time(), tags={"max_lora": str(self.slots),
+                                          "running_lora_adapters": ",".join(sorted(staged)),
+                                          "waiting_lora_adapters": ",".join(sorted(self.loading))})
+
+
 @serve.deployment(name="SplitASRReplica")
 class Replica:
     """One engine; ``transcribe`` decodes with the adapter named by the request's multiplexed model id."""
@@ -68,10 +90,20 @@ class Replica:
         self.tag = serve.get_replica_context().replica_tag
         self.cold_loads = 0
 
+        self.resident = ResidentAdapters(self.settings.adapter_slots)
+        self.resident.report(())
+
         async def stage(sha256: str) -> StagedAdapter:
-            adapter = await asyncio.to_thread(self.engine.read_adapter, sha256)
+            self.resident.loading.add(sha256)
+            self.resident.report(self.engine.staged)
+            try:
+                adapter = await asyncio.to_thread(self.engine.read_adapter, sha256)
+            finally:
+                self.resident.loading.discard(sha256)
             self.cold_loads += 1
-            return StagedAdapter(self.engine, sha256, adapter)
+            staged = StagedAdapter(self.engine, sha256, adapter)
+            self.resident.report(self.engine.staged)
+            return staged
 
         # wired at run time: the cache size is the engine's slot count, a setting
         self.get_adapter = serve.multiplexed(max_num_models_per_replica=self.settings.adapter_slots)(stage)

@@ -37,6 +37,7 @@ APP = "splitasr"
 class Cluster:
     url: str
     grpc_address: str
+    metrics_url: str
     spec: BackboneSpec
     audio: bytes
 
@@ -93,7 +94,8 @@ def cluster(cache_root, tmp_path_factory, real_speech) -> Iterator[Cluster]:
                         max_queued_requests=8, max_batch_rows=8, replica_cpus=0.5, ingress_cpus=0.5,
                         api_keys=",".join(f"{token}:{tenant}" for tenant, token in TOKENS.items()),
                         _env_file=None)
-    ray.init(num_cpus=2, include_dashboard=False)
+    metrics_port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=metrics_port)
     try:
         serve.start(http_options={"host": settings.host, "port": settings.port})
         serve.run(build_app(settings, REPLICAS), name=APP, route_prefix="/")
@@ -103,7 +105,8 @@ def cluster(cache_root, tmp_path_factory, real_speech) -> Iterator[Cluster]:
             assert time.monotonic() < deadline, "the ingress did not become ready"
             time.sleep(0.5)
         audio = next(r for r in real_speech if r["audio_filepath"].endswith("goforward.flac"))["path"].read_bytes()
-        yield Cluster(url, f"127.0.0.1:{settings.grpc_port}", spec, audio)
+        yield Cluster(url, f"127.0.0.1:{settings.grpc_port}", f"http://127.0.0.1:{metrics_port}/metrics", spec,
+                      audio)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -207,6 +210,21 @@ def test_one_slot_per_replica_and_three_adapters_alternating(cluster, adapters):
     infos = on_every_replica("info")
     assert all(len(info["staged_adapters"]) <= 1 for info in infos.values())
     assert sum(info["pool"]["evictions"] for info in infos.values()) >= 1, infos
+
+
+def test_replicas_export_their_staged_adapters_in_vllms_shape(cluster, adapters):
+    r = cluster.transcribe("c")
+    assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 120  # Ray's metrics agent exports every few seconds
+    while True:
+        text = httpx.get(cluster.metrics_url, timeout=10).text
+        series = [line for line in text.splitlines() if line.startswith("ray_splitasr_lora_requests_info{")]
+        current = [line for line in series if r.headers["X-SplitASR-Replica"] in line]
+        if any(f'running_lora_adapters="{adapters["c"]}"' in line for line in current):
+            break
+        assert time.monotonic() < deadline, series[:6]
+        time.sleep(2.0)
+    assert all('max_lora="1"' in line and 'deployment="SplitASRReplica"' in line for line in series)
 
 
 def test_a_replica_killed_mid_traffic(cluster, adapters):
