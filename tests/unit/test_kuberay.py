@@ -98,3 +98,17 @@ def test_every_pod_mounts_the_shared_store(documents):
         volumes = {v["name"] for v in pod["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == claim}
         mounts = {m["mountPath"] for c in pod["containers"] for m in c["volumeMounts"] if m["name"] in volumes}
         assert mounts == {store_dir}
+
+
+@pytest.mark.parametrize("source", ["kuberay", "serve-config"])
+def test_serve_configs_pass_ray_serves_own_schema(source, documents):
+    schema = pytest.importorskip("ray.serve.schema", reason='Ray Serve is the scale extra: pip install -e ".[scale]"')
+    if source == "kuberay":
+        config = yaml.safe_load(documents["RayService"]["spec"]["serveConfigV2"])
+    else:
+        config = yaml.safe_load((ROOT / "deploy" / "ray" / "serve-config.yaml").read_text())
+        (app,) = config["applications"]
+        assert set(app["args"]) <= set(Settings.model_fields)
+        Settings(_env_file=None, **app["args"])
+    deploy = schema.ServeDeploySchema.model_validate(config)
+    assert [a.import_path for a in deploy.applications] == ["splitasr.scale.app:app_builder"]
