@@ -2,6 +2,7 @@
 # Build-stage installer shared by both images: a venv at /opt/venv with this project, and for the
 # server its pinned torch taken from TORCH_INDEX_URL alone.
 #   install.sh server     torch==<pyproject pin> from TORCH_INDEX_URL (and nowhere else), then .[server]
+#                         (.[server,$SPLITASR_EXTRAS] when that is set, e.g. SPLITASR_EXTRAS=scale)
 #   install.sh device     the base (device) install only
 # An unreachable TORCH_INDEX_URL fails here, at once, instead of letting pip fall back to PyPI's
 # Linux torch wheel, a CUDA build that pulls several GB of NVIDIA packages into a "cpu" image.
@@ -23,7 +24,7 @@ if [ "$what" = server ]; then
         exit 1
     fi
     "$pip" install --no-deps --index-url "$index/" "$pin"  # the torch index only: no PyPI fallback
-    "$pip" install ".[server]"
+    "$pip" install ".[server${SPLITASR_EXTRAS:+,$SPLITASR_EXTRAS}]"
 else
     "$pip" install .
 fi

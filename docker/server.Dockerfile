@@ -41,7 +41,10 @@ COPY docker/install.sh /usr/local/bin/splitasr-install
 # failing fast if it is unreachable; then .[server]. (An ARG read by RUN, not an ENV, so that a
 # changed URL never reuses a cached layer.)
 ARG TORCH_INDEX_URL=""
-RUN TORCH_INDEX_URL="${TORCH_INDEX_URL:-$SPLITASR_TORCH_DEFAULT_INDEX}" sh /usr/local/bin/splitasr-install server
+# extras beyond `server`: `scale` adds Ray Serve for `serve --replicas` and KubeRay (deploy/kuberay/)
+ARG EXTRAS=""
+RUN TORCH_INDEX_URL="${TORCH_INDEX_URL:-$SPLITASR_TORCH_DEFAULT_INDEX}" SPLITASR_EXTRAS="${EXTRAS}" \
+    sh /usr/local/bin/splitasr-install server
 
 # hadolint ignore=DL3006
 FROM base-${VARIANT} AS server

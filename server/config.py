@@ -130,6 +130,14 @@ class Settings(BaseSettings):
         300.0, ge=0, description="An idle training worker exits after this long (its memory is freed).")
     train_result_ttl_seconds: float = Field(
         3600.0, gt=0, description="A store=false job's adapter is deleted after this long if never downloaded.")
+    # scale-out on Ray Serve (`splitasr serve --replicas N`, splitasr.scale)
+    replicas: int = Field(0, ge=0, le=4096, description="Engine replicas on Ray Serve; 0 = this one process, no Ray.")
+    replica_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves for each replica.")
+    replica_gpus: float = Field(0.0, ge=0, description="GPUs Ray reserves for each replica (1 = one accelerator each).")
+    ingress_cpus: float = Field(0.5, ge=0, description="CPUs Ray reserves for the ingress (REST app).")
+    scale_matching_timeout_s: float = Field(
+        0.1, ge=0, le=60, description="How long Serve waits for a busy replica that holds the request's adapter "
+        "before trying another (which then cold-loads it; a load takes milliseconds).")
 
     @field_validator("trusted_proxies")
     @classmethod

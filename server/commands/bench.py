@@ -49,6 +49,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     arr.add_argument("--threads", type=int, help="CPU threads for the backbone (default: torch's)")
     arr.add_argument("--json", action="store_true", help="print only the JSON object")
     arr.set_defaults(func=run_arrivals)
+    routing = sub.add_parser("routing", help="adapter-affine (Ray Serve multiplexed) vs round-robin routing, "
+                                             "simulated replicas: hit rate, cold loads per 1000 requests")
+    routing.add_argument("--tenants", type=int, default=200)
+    routing.add_argument("--replicas", type=int, default=4)
+    routing.add_argument("--slots", type=int, default=16, help="adapter slots per replica")
+    routing.add_argument("--requests", type=int, default=20000)
+    routing.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of the tenant mix")
+    routing.add_argument("--load", type=float, default=0.7, help="offered load as a share of capacity")
+    routing.add_argument("--max-ongoing", type=int, default=64,
+                         help="requests one replica takes at once (its queue; default 64, SPLITASR_MAX_QUEUED_REQUESTS)")
+    routing.add_argument("--seed", type=int, default=0)
+    routing.set_defaults(func=run_routing)
     vad = sub.add_parser("vad", help="the VAD filter: WER on real speech, time on a mostly silent hour")
     vad.add_argument("--backbone", default="tiny.en")
     vad.add_argument("--hours", type=float, default=1.0, help="length of the mostly silent file (default 1)")
@@ -197,4 +209,13 @@ def run_quant(args: argparse.Namespace) -> int:
                        adapter_modes=[check_quantization(m.strip()) for m in args.adapter_modes.split(",")]
                        if args.adapter_modes else None)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+    return 0
+
+
+def run_routing(args: argparse.Namespace) -> int:
+    from ..bench.routing import run
+
+    print(json.dumps(run(tenants=args.tenants, replicas=args.replicas, slots=args.slots, requests=args.requests,
+                         zipf_s=args.zipf, load=args.load, max_ongoing=args.max_ongoing, seed=args.seed),
+                     indent=1))
     return 0

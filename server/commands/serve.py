@@ -18,6 +18,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--api-keys", dest="api_keys_file", help="file of 'TOKEN TENANT' lines (env SPLITASR_API_KEYS_FILE)")
     p.add_argument("--insecure", dest="allow_insecure_open", action="store_const", const=True,
                    help="allow a non-loopback bind with no API keys (anyone can use the server)")
+    p.add_argument("--replicas", type=int, metavar="N",
+                   help="serve N engine replicas on Ray Serve with adapter-affine routing: a local Ray cluster, "
+                        "or the one RAY_ADDRESS names (default 0 = this one process; env SPLITASR_REPLICAS)")
     p.add_argument("--env-file", type=Path, metavar="FILE",
                    help="also read SPLITASR_* settings from FILE (environment variables win); no .env is read "
                         "unless named here")
@@ -42,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     if env_file is not None and not env_file.is_file():
         raise UsageError(f"--env-file {env_file}: no such file")
     settings = Settings(_env_file=env_file, **overrides(
-        args, "host", "port", "grpc_port", "backbone", "device", "quantize", "api_keys_file", "allow_insecure_open"))
+        args, "host", "port", "grpc_port", "backbone", "device", "quantize", "api_keys_file", "allow_insecure_open",
+        "replicas"))
     configure_logging(settings.log_level, settings.log_format)
     keys = ApiKeys.load(settings.api_keys_file, settings.api_keys)
     logging.getLogger("splitasr").info("%s%s", keys.describe(), f" (settings also from {env_file})" if env_file else "")
@@ -55,11 +59,26 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("splitasr").warning(
             "no API keys configured: serving one open tenant %r (fine on loopback only)", "default"
         )
+    if settings.replicas:
+        return _run_replicas(args, settings)
     from ..api.rest.app import create_app  # heavy (torch): only once the settings are known to be valid
 
     app = create_app(settings, api_keys=keys)
     exit_zero_on_sigterm()
     asyncio.run(_serve(app, settings, keys))
+    return 0
+
+
+def _run_replicas(args: argparse.Namespace, settings) -> int:
+    """The same server as N replicas on Ray Serve (:mod:`splitasr.scale`)."""
+    from ..errors import UsageError
+
+    try:
+        from ..scale.launch import serve_replicas
+    except ImportError as exc:
+        raise UsageError(f"--replicas needs Ray Serve ({exc.name} is missing): "
+                         'pip install -e ".[server,scale]"') from None
+    serve_replicas(settings, settings.replicas)
     return 0
 
 

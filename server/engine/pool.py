@@ -53,6 +53,14 @@ class SlotPool:
     def resident(self, sha256: str) -> bool:
         return sha256 in self._resident
 
+    def resident_adapters(self) -> list[str]:
+        """The sha256 of every resident adapter, least recently used first (safe from other threads)."""
+        while True:
+            try:
+                return list(self._resident)
+            except RuntimeError:  # the worker thread changed it meanwhile: read again
+                continue
+
     def pin(self, sha256: str | None) -> int:
         """The slot of ``sha256`` (0 for None), loaded if needed and kept until :meth:`unpin`."""
         if not sha256:

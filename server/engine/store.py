@@ -17,10 +17,18 @@ leave a blob no name points at, and a temp file: :meth:`AdapterStore.sweep` remo
 same lock (so every temp file it sees is a dead writer's). It runs at start-up and then every
 ``sweep_interval_s`` seconds, and logs what it removed.
 
-A request that uses an adapter holds its blob (:meth:`AdapterStore.pinned`, a reference count) until
-it finishes: a ``DELETE`` meanwhile removes the name at once, and the blob when the last request
-holding it is done. Pins are per process; a blob removed by another process sharing the folder reads
-as :class:`~splitasr.errors.NotFound`, never as a bare ``FileNotFoundError``.
+A request that uses an adapter holds its blob (:meth:`AdapterStore.pinned`) until it finishes: a
+``DELETE`` meanwhile removes the name at once, and the blob when the last request holding it is
+done, in whichever process that request runs. A process holds a blob with a shared ``flock`` on the
+blob file itself (one descriptor per blob, reference-counted inside the process); a blob is removed
+only under an exclusive, non-blocking ``flock`` on it, so a blob some process holds is never
+unlinked. When a delete finds the blob held elsewhere it leaves a ``<sha256>.doomed`` marker next to
+it; the process that lets go of the blob last sees the marker and removes the blob (the sweep also
+does). Nothing is cached in memory: every query reads the tenant's index from disk (whole files,
+replaced by rename, so a reader sees the old index or the new one), and quotas are checked under the
+folder's lock against the index as it is on disk, so they hold across every process sharing the
+folder. ``flock`` works on local filesystems and NFSv4; a blob removed by another process reads as
+:class:`~splitasr.errors.NotFound`, never as a bare ``FileNotFoundError``.
 """
 
 from __future__ import annotations
@@ -105,7 +113,8 @@ class AdapterStore:
         self._lock = threading.RLock()
         self._lock_depth = 0
         self._lock_fd: int | None = None
-        self._pins: Counter[str] = Counter()  # sha256 -> requests holding it
+        self._pins: Counter[str] = Counter()  # sha256 -> requests in this process holding it
+        self._pin_fds: dict[str, int] = {}  # sha256 -> the descriptor whose shared flock holds it
         self._doomed: set[str] = set()  # pinned blobs whose last name was deleted
         (self.root / "blobs").mkdir(parents=True, exist_ok=True)
         (self.root / "tenants").mkdir(parents=True, exist_ok=True)
@@ -124,6 +133,9 @@ class AdapterStore:
     # paths ---------------------------------------------------------------------------------------
     def blob_path(self, sha256: str) -> Path:
         return self.root / "blobs" / sha256[:2] / f"{sha256}.safetensors"
+
+    def _doomed_marker(self, sha256: str) -> Path:
+        return self.blob_path(sha256).with_suffix(".doomed")
 
     def _index_path(self, tenant: str) -> Path:
         if not TENANT_PATTERN.fullmatch(tenant):
@@ -163,11 +175,16 @@ class AdapterStore:
             referenced = {r.sha256 for t in self._tenants() for r in self._read_index(t).values()}
             for blob in (self.root / "blobs").glob("*/*.safetensors"):
                 sha = blob.name.removesuffix(".safetensors")
-                if sha in referenced or sha in self._pins:
+                if sha in referenced:
+                    self._doomed_marker(sha).unlink(missing_ok=True)
                     kept += 1
-                    continue
-                blob.unlink(missing_ok=True)
-                removed_blobs += 1
+                elif sha in self._pins or not self._remove_blob(sha):  # held by a request somewhere
+                    kept += 1
+                else:
+                    removed_blobs += 1
+            for marker in (self.root / "blobs").glob("*/*.doomed"):  # their blob is gone
+                if not marker.with_suffix(".safetensors").exists():
+                    marker.unlink(missing_ok=True)
         counts = {"removed_blobs": removed_blobs, "removed_temp_files": removed_temp, "kept_blobs": kept}
         level = logging.WARNING if removed_blobs or removed_temp else logging.INFO
         log.log(level, "adapter store %s: removed %d blobs no name points at and %d temp files of interrupted "
@@ -222,29 +239,59 @@ class AdapterStore:
 
     @contextlib.contextmanager
     def pinned(self, *sha256s: str | None) -> Iterator[None]:
-        """Hold these blobs (None entries are skipped) for the ``with`` block: deleting their names
-        meanwhile removes the blobs only after the block. Raises :class:`NotFound` when one is already gone."""
-        held = [s for s in dict.fromkeys(sha256s) if s]
-        with self._lock:
-            for sha in held:
-                if sha not in self._pins and not self.blob_path(check_sha256(sha)).exists():
-                    raise NotFound("the adapter this request names was deleted before the request could use it")
-            self._pins.update(held)
+        """Hold these blobs (None entries are skipped) for the ``with`` block, against deletes from any
+        process sharing the folder: deleting their names meanwhile removes the blobs only after the
+        block. Raises :class:`NotFound` when one is already gone."""
+        held: list[str] = []
         try:
+            with self._lock:
+                for sha in dict.fromkeys(s for s in sha256s if s):
+                    self._hold(check_sha256(sha))
+                    held.append(sha)
             yield
         finally:
             with self._lock:
-                self._pins.subtract(held)
-                released = [sha for sha in held if self._pins[sha] <= 0]
-                for sha in released:
-                    del self._pins[sha]
-                doomed = [sha for sha in released if sha in self._doomed]
+                released = [sha for sha in held if self._release(sha)]
+                doomed = [sha for sha in released if sha in self._doomed or self._doomed_marker(sha).exists()]
                 self._doomed.difference_update(doomed)
             if doomed:  # their last name went while they were held
                 with self._exclusive():
                     for sha in doomed:
                         if sha not in self._pins:
                             self._collect(sha)
+
+    def _hold(self, sha256: str) -> None:
+        """Take (or count one more use of) this process's shared flock on the blob. Under ``_lock``."""
+        if sha256 in self._pins:
+            self._pins[sha256] += 1
+            return
+        path = self.blob_path(sha256)
+        gone = NotFound("the adapter this request names was deleted before the request could use it")
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise gone from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # a remover holds LOCK_EX only while it unlinks
+            if os.fstat(fd).st_ino != os.stat(path).st_ino:  # unlinked (and maybe written again) meanwhile
+                raise FileNotFoundError
+        except FileNotFoundError:
+            os.close(fd)
+            raise gone from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self._pin_fds[sha256] = fd
+        self._pins[sha256] = 1
+
+    def _release(self, sha256: str) -> bool:
+        """Count one use less; True when it was this process's last (its flock is then released)."""
+        self._pins[sha256] -= 1
+        if self._pins[sha256] > 0:
+            return False
+        del self._pins[sha256]
+        os.close(self._pin_fds.pop(sha256))
+        return True
 
     def pinned_count(self) -> int:
         """Blobs held by requests in progress (for tests and metrics)."""
@@ -265,6 +312,7 @@ class AdapterStore:
             self._check_quota(index, name, len(data))
             blob = self.blob_path(sha256)
             new_blob = not blob.exists()
+            self._doomed_marker(sha256).unlink(missing_ok=True)  # named again: no longer to be removed
             if new_blob:
                 with _space_errors("an adapter file"):
                     atomic_write_bytes(blob, data)
@@ -311,5 +359,28 @@ class AdapterStore:
         if sha256 in self._pins:
             self._doomed.add(sha256)
             return
-        self.blob_path(sha256).unlink(missing_ok=True)
+        if not self._remove_blob(sha256):  # another process's request holds it: its release removes it
+            with contextlib.suppress(OSError):
+                self._doomed_marker(sha256).touch()
+
+    def _remove_blob(self, sha256: str) -> bool:
+        """Unlink the blob unless a request in some process holds it (its shared flock); True when
+        it is gone. Under :meth:`_exclusive`."""
+        path = self.blob_path(sha256)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            self._doomed_marker(sha256).unlink(missing_ok=True)
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        try:
+            path.unlink(missing_ok=True)
+            self._doomed_marker(sha256).unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+        return True
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -89,14 +90,16 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 
 def create_grpc_server(settings: Settings, engine: Engine, api_keys: ApiKeys | None = None,
-                       port: int | None = None, jobs: JobManager | None = None) -> GrpcServer:
+                       port: int | None = None, jobs: JobManager | None = None,
+                       interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> GrpcServer:
     """Build (not start) the server on ``settings.host``:``port`` (default ``settings.grpc_port``;
     0 picks a free port). Call from inside the event loop that will run it. ``jobs``: the REST app's
-    training job manager, shared (default: one of its own)."""
+    training job manager, shared (default: one of its own). ``interceptors``: more, inside the
+    authentication and error mapping."""
     api_keys = api_keys or ApiKeys.load(settings.api_keys_file, settings.api_keys)
     limit = settings.grpc_max_message_bytes
     server = grpc.aio.server(
-        interceptors=[ApiInterceptor(api_keys, engine.rate_limiter, engine.auth_limiter)],
+        interceptors=[ApiInterceptor(api_keys, engine.rate_limiter, engine.auth_limiter), *interceptors],
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
                  ("grpc.so_reuseport", 0)],
     )
