@@ -134,8 +134,14 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
         decoder = Linear16Decoder(config.sample_rate_hz or 16_000)
         async with hold_stream(self.engine.streams, tenant, request_iterator):  # shared with Realtime sessions
             with self.engine.store.pinned(adapter):  # the stream holds its adapter until it ends
-                session = StreamingSession(lambda audio: self.engine.transcribe_audio(audio, options, adapter),
-                                           make_vad(self.settings.stream_vad), self.policy, streaming.interim_results)
+                key = object()  # this stream's decodes: a newer one supersedes a queued older one
+
+                def decode(audio, priority: int):
+                    return self.engine.transcribe_audio(audio, options, adapter, priority=priority, tenant=tenant,
+                                                        key=key)
+
+                session = StreamingSession(decode, make_vad(self.settings.stream_vad), self.policy,
+                                           streaming.interim_results)
                 async for response in self._respond(request_iterator, session, decoder,
                                                     streaming.time_offset_seconds):
                     yield response
