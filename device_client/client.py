@@ -284,12 +284,16 @@ class SplitASRClient:
     def stream(self, source: str | Path | Pcm | Iterable[bytes], *, realtime: bool = False,
                adapter: str | EnrollResult | None = None, language: str | None = None,
                interim_results: bool = True, sample_rate_hz: int = 16_000,
-               chunk_ms: int = 100) -> Iterator[StreamUpdate]:
+               chunk_ms: int = 100, endpoint_silence_ms: int | None = None,
+               speech_threshold: float | None = None,
+               max_utterance_seconds: float | None = None) -> Iterator[StreamUpdate]:
         """Stream audio and yield interim and final results as they arrive.
 
         ``source``: an audio file, a :class:`Pcm`, or an iterable of LINEAR16 mono chunks at
         ``sample_rate_hz`` (e.g. :func:`splitasr_device.audio.microphone`). ``realtime`` paces a file
-        as if it were being recorded.
+        as if it were being recorded. ``endpoint_silence_ms`` (silence that ends an utterance),
+        ``speech_threshold`` (VAD probability that counts as speech) and ``max_utterance_seconds``:
+        the stream's endpointing; None = the server's defaults.
         """
         if isinstance(source, (str, Path)):
             source = read_pcm(source)
@@ -302,7 +306,12 @@ class SplitASRClient:
         def open_call(requests):
             return self._recognizer.StreamingRecognize(requests, metadata=self._metadata)
 
-        return recognize_stream(open_call, source, sample_rate_hz, self._config(adapter, language),
+        config = self._config(adapter, language)
+        for name, value in (("silence_ms", endpoint_silence_ms), ("speech_threshold", speech_threshold),
+                            ("max_utterance_seconds", max_utterance_seconds)):
+            if value is not None:
+                setattr(config.endpointing, name, value)
+        return recognize_stream(open_call, source, sample_rate_hz, config,
                                 interim_results=interim_results, policy=self.retry, count=self._count)
 
     # status --------------------------------------------------------------------------------------
