@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 UPLOAD_CHUNK_BYTES = 256 * 1024
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_TIMEOUT_S = 60.0
+KEEPALIVE_MS = 20_000  # a ping every 20 s keeps NAT mappings and detects a dead link
 TRAIN_UPLOAD_TIMEOUT_S = 600.0
 DEFAULT_RETRY = RetryPolicy()
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -102,7 +103,8 @@ class SplitASRClient:
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                   ("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000)]
+                   ("grpc.keepalive_time_ms", KEEPALIVE_MS), ("grpc.keepalive_timeout_ms", 10_000),
+                   ("grpc.keepalive_permit_without_calls", 1)]  # the server accepts pings every 10 s or more
         if tls or root_cert:
             roots = Path(root_cert).read_bytes() if root_cert else None
             self._channel = grpc.secure_channel(server, grpc.ssl_channel_credentials(roots), options)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import soxr
 
+from .. import observability
 from ..audio import SAMPLE_RATE_HZ
 from ..decoding import Transcription
 from ..errors import BadAudio
@@ -87,6 +89,7 @@ class _Utterance:
     start: int  # stream sample where its audio starts
     audio: np.ndarray
     speech_end: int  # samples into ``audio`` where the last speech frame ends
+    cut_at: float = field(default_factory=time.perf_counter)  # when the utterance ended
 
 
 def _norm(word: str) -> str:
@@ -328,6 +331,7 @@ class StreamingSession:
                     u = self._finals.popleft()
                     result = await self._decode(u.index, u.audio, PRIORITY_FINAL, u.speech_end)
                     end = u.start + len(u.audio)
+                    observability.observe_stream_final(time.perf_counter() - u.cut_at)
                     await self.events.put(Final(u.index, result, u.start / self._rate, end / self._rate))
                 elif self._closed:
                     return

@@ -103,3 +103,21 @@ def test_voice_activity_events_bracket_each_utterance(grpc_server, recognizer, r
         by_kind[(final, 0)].results[0].result_end_seconds, abs=1e-3)
     off = list(recognizer.StreamingRecognize(_requests(audio), metadata=grpc_server.metadata()))
     assert all(r.results for r in off), "no events unless asked for"
+
+
+def test_metrics_count_open_streams_and_time_finals(grpc_server, recognizer, real_speech):
+    from splitasr.observability import REGISTRY
+
+    def sample(name: str) -> float:
+        return REGISTRY.get_sample_value(name) or 0.0
+
+    finals_before = sample("splitasr_stream_final_seconds_count")
+    audio = _pcm(real_speech[5]["path"]) + b"\0" * 32000
+    call = recognizer.StreamingRecognize(_requests(audio, events=True), metadata=grpc_server.metadata())
+    first = next(call)  # speech began: the stream is open
+    assert first.speech_event_type == _RESPONSE.SPEECH_ACTIVITY_BEGIN
+    assert sample("splitasr_streams_active") >= 1
+    rest = list(call)
+    assert len(_finals(rest)) == 1
+    assert sample("splitasr_stream_final_seconds_count") == finals_before + 1
+    assert sample("splitasr_stream_final_seconds_sum") > 0
