@@ -16,8 +16,10 @@ covers all of its speech (only silence came after) and becomes the final without
 Decodes carry a priority for the engine's scheduler: the speculative decode and the final are
 :data:`~.worker.PRIORITY_FINAL` (the user is waiting for them), interims
 :data:`~.worker.PRIORITY_INTERIM`. Once speech has paused for ``speculate_after_s`` no new interim
-starts for the utterance, and an interim still waiting or decoding then is withdrawn (its task is
-cancelled, which takes it out of the queue or the running batch) so the final goes first.
+starts for the utterance; when the utterance ends (endpoint, length limit, half-close), an interim
+still waiting or decoding is withdrawn (its task is cancelled, which takes it out of the queue or the
+running batch) so the final goes first. (An interim in flight at a mere pause is left to finish:
+speech often resumes, and under load withdrawing it there would leave a long utterance no interim.)
 """
 
 from __future__ import annotations
@@ -171,7 +173,7 @@ class StreamingSession:
         self._agreement = LocalAgreement()
         self._closed = False
         self._wake = asyncio.Event()
-        self._urgent = asyncio.Event()  # speech ended or an utterance was cut: an interim in flight yields
+        self._urgent = asyncio.Event()  # an utterance was cut: an interim in flight yields
 
     @property
     def received_seconds(self) -> float:
@@ -202,8 +204,6 @@ class StreamingSession:
                 self._cut(min(self._position, self._last_speech_end + int(p.tail_s * self._rate)))
             elif self._buffer_len >= p.max_utterance_s * self._rate:
                 self._cut(self._position)
-        if self._speech_paused():
-            self._urgent.set()
         self._wake.set()
 
     def close(self) -> None:
@@ -305,7 +305,7 @@ class StreamingSession:
         return result
 
     async def _interim(self, utterance: int, audio: np.ndarray) -> Transcription | None:
-        """Decode an interim unless speech pauses or the utterance is cut meanwhile: then the decode is
+        """Decode an interim unless the utterance is cut meanwhile: then the decode is
         withdrawn (cancelling its task takes it out of the engine's queue or batch) and None returned."""
         self._urgent.clear()
         decode = asyncio.ensure_future(self._decode(utterance, audio, PRIORITY_INTERIM))
