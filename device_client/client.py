@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 UPLOAD_CHUNK_BYTES = 256 * 1024
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_TIMEOUT_S = 60.0
+KEEPALIVE_MS = 20_000  # a ping every 20 s keeps NAT mappings and detects a dead link
 TRAIN_UPLOAD_TIMEOUT_S = 600.0
 DEFAULT_RETRY = RetryPolicy()
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -102,7 +103,8 @@ class SplitASRClient:
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                   ("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000)]
+                   ("grpc.keepalive_time_ms", KEEPALIVE_MS), ("grpc.keepalive_timeout_ms", 10_000),
+                   ("grpc.keepalive_permit_without_calls", 1)]  # the server accepts pings every 10 s or more
         if tls or root_cert:
             roots = Path(root_cert).read_bytes() if root_cert else None
             self._channel = grpc.secure_channel(server, grpc.ssl_channel_credentials(roots), options)
@@ -284,12 +286,16 @@ class SplitASRClient:
     def stream(self, source: str | Path | Pcm | Iterable[bytes], *, realtime: bool = False,
                adapter: str | EnrollResult | None = None, language: str | None = None,
                interim_results: bool = True, sample_rate_hz: int = 16_000,
-               chunk_ms: int = 100) -> Iterator[StreamUpdate]:
+               chunk_ms: int = 100, endpoint_silence_ms: int | None = None,
+               speech_threshold: float | None = None,
+               max_utterance_seconds: float | None = None) -> Iterator[StreamUpdate]:
         """Stream audio and yield interim and final results as they arrive.
 
         ``source``: an audio file, a :class:`Pcm`, or an iterable of LINEAR16 mono chunks at
         ``sample_rate_hz`` (e.g. :func:`splitasr_device.audio.microphone`). ``realtime`` paces a file
-        as if it were being recorded.
+        as if it were being recorded. ``endpoint_silence_ms`` (silence that ends an utterance),
+        ``speech_threshold`` (VAD probability that counts as speech) and ``max_utterance_seconds``:
+        the stream's endpointing; None = the server's defaults.
         """
         if isinstance(source, (str, Path)):
             source = read_pcm(source)
@@ -302,7 +308,12 @@ class SplitASRClient:
         def open_call(requests):
             return self._recognizer.StreamingRecognize(requests, metadata=self._metadata)
 
-        return recognize_stream(open_call, source, sample_rate_hz, self._config(adapter, language),
+        config = self._config(adapter, language)
+        for name, value in (("silence_ms", endpoint_silence_ms), ("speech_threshold", speech_threshold),
+                            ("max_utterance_seconds", max_utterance_seconds)):
+            if value is not None:
+                setattr(config.endpointing, name, value)
+        return recognize_stream(open_call, source, sample_rate_hz, config,
                                 interim_results=interim_results, policy=self.retry, count=self._count)
 
     # status --------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import grpc
 from ._proto import recognizer_pb2 as pb
 from .audio import SAMPLE_WIDTH_BYTES
 from .results import StreamUpdate, stream_update
-from .retry import RetryPolicy, retryable
+from .retry import RetryPolicy, retry_delay, retryable
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +122,11 @@ def _requests(feed: AudioFeed, attempt: int, resend: list[bytes], config: pb.Rec
 def recognize_stream(open_call: Callable[[Iterator[pb.StreamingRecognizeRequest]], Iterator],
                      source: Iterable[bytes], rate_hz: int, config: pb.RecognitionConfig, *,
                      interim_results: bool, policy: RetryPolicy,
-                     count: Callable[[int], None] = lambda n: None) -> Iterator[StreamUpdate]:
+                     count: Callable[[int], None] = lambda n: None,
+                     sleep: Callable[[float], None] = time.sleep) -> Iterator[StreamUpdate]:
     """Updates for the audio in ``source``; reconnects on UNAVAILABLE up to ``policy.attempts`` times
-    in a row (a response in between resets the count)."""
+    in a row (a response in between resets the count), after the server's RetryInfo delay when it
+    sends one (a full server), else after ``policy``'s backoff."""
     config.encoding = pb.LINEAR16
     config.sample_rate_hz = rate_hz
     feed = AudioFeed(source, rate_hz)
@@ -151,10 +153,10 @@ def recognize_stream(open_call: Callable[[Iterator[pb.StreamingRecognizeRequest]
                 failures += 1
                 if not retryable(exc) or failures >= policy.attempts:
                     raise
-                delay = policy.delay(failures - 1)
+                delay = retry_delay(exc, policy, failures - 1)
                 log.warning("stream dropped (%s: %s); resuming at %.2f s in %.2f s", exc.code().name,
                             exc.details(), feed.offset_seconds, delay)
-                time.sleep(delay)
+                sleep(delay)
     finally:
         feed.close()
         if call is not None:

@@ -29,8 +29,9 @@ def generate(out_dir: Path) -> list[Path]:
     from grpc_tools import protoc
 
     protos = sorted((PROTO_ROOT / PROTO_PACKAGE).glob("*.proto"))
+    well_known = Path(protoc.__file__).parent / "_proto"  # google/protobuf/*.proto, shipped with grpcio-tools
     with tempfile.TemporaryDirectory() as tmp:
-        args = ["protoc", f"-I{PROTO_ROOT}", f"--python_out={tmp}", f"--pyi_out={tmp}",
+        args = ["protoc", f"-I{PROTO_ROOT}", f"-I{well_known}", f"--python_out={tmp}", f"--pyi_out={tmp}",
                 f"--grpc_python_out={tmp}", *(str(p.relative_to(PROTO_ROOT)) for p in protos)]
         if protoc.main(args) != 0:
             raise SystemExit("protoc failed")

@@ -85,6 +85,11 @@ class Settings(BaseSettings):
     grpc_tls_cert: Path | None = Field(None, description="PEM certificate chain: serve gRPC over TLS.")
     grpc_tls_key: Path | None = Field(None, description="PEM private key of GRPC_TLS_CERT.")
     grpc_max_message_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted.")
+    grpc_min_ping_interval_ms: int = Field(
+        10_000, ge=100, description="Shortest interval between a client's keepalive pings that the server accepts "
+                                    "(faster pingers get GOAWAY too_many_pings).")
+    grpc_keepalive_ms: int = Field(
+        60_000, ge=1_000, description="The server pings an idle connection this often (dead peers are dropped).")
     max_streams: int = Field(
         64, ge=1, description="Concurrent live streams: gRPC StreamingRecognize calls and Realtime sessions together.")
     max_streams_per_tenant: int = Field(

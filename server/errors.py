@@ -90,6 +90,16 @@ class Overloaded(SplitASRError):
     code = "overloaded"
 
 
+class ServerBusy(Overloaded):
+    """The whole server is at capacity (its decode queue or its stream slots are full), as opposed to a
+    tenant's quota: gRPC answers UNAVAILABLE with a ``google.rpc.RetryInfo`` of ``retry_after_s``
+    (quotas stay RESOURCE_EXHAUSTED); REST answers 429 like any overload."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class RateLimited(Overloaded):
     """A tenant sent more requests than its rate limit allows; ``retry_after_s`` says when to retry."""
 

@@ -125,6 +125,11 @@ BATCH_SECONDS = Histogram(
     "splitasr_batch_duration_seconds", "Time of one decoder step.",
     buckets=_LATENCY_BUCKETS_S, registry=REGISTRY,
 )
+STREAM_FINAL_SECONDS = Histogram(
+    "splitasr_stream_final_seconds",
+    "Live streams (gRPC and Realtime): from the end of an utterance (endpoint, length limit, commit or "
+    "half-close) to its final result.", buckets=_LATENCY_BUCKETS_S, registry=REGISTRY,
+)
 AUDIO_SECONDS = Counter(
     "splitasr_audio_seconds", "Seconds of audio decoded by the backbone (streams' interim re-decodes included).",
     registry=REGISTRY,
@@ -185,6 +190,8 @@ class _EngineCollector:
                      sum(w.pending for w in workers))
         yield _gauge("splitasr_queue_capacity", "Requests queued or being decoded before 429.",
                      sum(w.max_queue for w in workers))
+        yield _gauge("splitasr_streams_active", "Live streams open (gRPC StreamingRecognize and Realtime sessions).",
+                     sum(e.streams.active for e in engines))
         yield _gauge("splitasr_batch_rows", "Rows in the running batch (greedy decodes, beams, samples).",
                      sum(w.live_rows for w in workers))
         yield _gauge("splitasr_adapter_pool_occupancy", "Adapter slots in use.", sum(p.occupancy for p in pools))
@@ -209,6 +216,11 @@ REGISTRY.register(_ENGINES)
 def track_engine(engine: Any) -> None:
     """Report ``engine``'s readiness, queue and slot pool in the scrape-time gauges."""
     _ENGINES.engines.add(engine)
+
+
+def observe_stream_final(seconds: float) -> None:
+    """A live stream's final result, ``seconds`` after its utterance ended."""
+    STREAM_FINAL_SECONDS.observe(seconds)
 
 
 def observe_http(method: str, route: str, code: int, seconds: float) -> None:

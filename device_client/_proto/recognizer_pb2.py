@@ -24,37 +24,39 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csplitasr/v1/recognizer.proto\x12\x0bsplitasr.v1\"5\n\nAdapterRef\x12\x0e\n\x04name\x18\x01 \x01(\tH\x00\x12\x10\n\x06sha256\x18\x02 \x01(\tH\x00\x42\x05\n\x03ref\"\xf1\x01\n\x11RecognitionConfig\x12(\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x17.splitasr.v1.AdapterRef\x12\x10\n\x08language\x18\x02 \x01(\t\x12,\n\x08\x65ncoding\x18\x03 \x01(\x0e\x32\x1a.splitasr.v1.AudioEncoding\x12\x16\n\x0esample_rate_hz\x18\x04 \x01(\x05\x12\x11\n\tbeam_size\x18\x05 \x01(\x05\x12\x0e\n\x06prompt\x18\x06 \x01(\t\x12\x0f\n\x07rescore\x18\x07 \x01(\t\x12\x17\n\nvad_filter\x18\x08 \x01(\x08H\x00\x88\x01\x01\x42\r\n\x0b_vad_filter\"Q\n\x10RecognizeRequest\x12.\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1e.splitasr.v1.RecognitionConfig\x12\r\n\x05\x61udio\x18\x02 \x01(\x0c\"D\n\x08WordInfo\x12\x0c\n\x04word\x18\x01 \x01(\t\x12\x15\n\rstart_seconds\x18\x02 \x01(\x01\x12\x13\n\x0b\x65nd_seconds\x18\x03 \x01(\x01\"o\n\rSpeechSegment\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x15\n\rstart_seconds\x18\x02 \x01(\x01\x12\x13\n\x0b\x65nd_seconds\x18\x03 \x01(\x01\x12$\n\x05words\x18\x04 \x03(\x0b\x32\x15.splitasr.v1.WordInfo\"{\n\x11RecognizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x18\n\x10\x64uration_seconds\x18\x03 \x01(\x01\x12,\n\x08segments\x18\x04 \x03(\x0b\x32\x1a.splitasr.v1.SpeechSegment\"\x82\x01\n\x1aStreamingRecognitionConfig\x12.\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1e.splitasr.v1.RecognitionConfig\x12\x17\n\x0finterim_results\x18\x02 \x01(\x08\x12\x1b\n\x13time_offset_seconds\x18\x03 \x01(\x01\"|\n\x19StreamingRecognizeRequest\x12\x43\n\x10streaming_config\x18\x01 \x01(\x0b\x32\'.splitasr.v1.StreamingRecognitionConfigH\x00\x12\x0f\n\x05\x61udio\x18\x02 \x01(\x0cH\x00\x42\t\n\x07request\"\xc1\x01\n\x1aStreamingRecognitionResult\x12\x12\n\ntranscript\x18\x01 \x01(\t\x12\x11\n\tstability\x18\x02 \x01(\x02\x12\x10\n\x08is_final\x18\x03 \x01(\x08\x12$\n\x05words\x18\x04 \x03(\x0b\x32\x15.splitasr.v1.WordInfo\x12\x15\n\rstart_seconds\x18\x05 \x01(\x01\x12\x1a\n\x12result_end_seconds\x18\x06 \x01(\x01\x12\x11\n\tutterance\x18\x07 \x01(\r\"\xf1\x01\n\x1aStreamingRecognizeResponse\x12\x38\n\x07results\x18\x01 \x03(\x0b\x32\'.splitasr.v1.StreamingRecognitionResult\x12R\n\x11speech_event_type\x18\x02 \x01(\x0e\x32\x37.splitasr.v1.StreamingRecognizeResponse.SpeechEventType\"E\n\x0fSpeechEventType\x12\x1c\n\x18SPEECH_EVENT_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45ND_OF_UTTERANCE\x10\x01*O\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x0c\n\x08LINEAR16\x10\x01\x12\x10\n\x0c\x45NCODED_FILE\x10\x02\x32\xc3\x01\n\nRecognizer\x12J\n\tRecognize\x12\x1d.splitasr.v1.RecognizeRequest\x1a\x1e.splitasr.v1.RecognizeResponse\x12i\n\x12StreamingRecognize\x12&.splitasr.v1.StreamingRecognizeRequest\x1a\'.splitasr.v1.StreamingRecognizeResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csplitasr/v1/recognizer.proto\x12\x0bsplitasr.v1\"5\n\nAdapterRef\x12\x0e\n\x04name\x18\x01 \x01(\tH\x00\x12\x10\n\x06sha256\x18\x02 \x01(\tH\x00\x42\x05\n\x03ref\"\xa6\x02\n\x11RecognitionConfig\x12(\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x17.splitasr.v1.AdapterRef\x12\x10\n\x08language\x18\x02 \x01(\t\x12,\n\x08\x65ncoding\x18\x03 \x01(\x0e\x32\x1a.splitasr.v1.AudioEncoding\x12\x16\n\x0esample_rate_hz\x18\x04 \x01(\x05\x12\x11\n\tbeam_size\x18\x05 \x01(\x05\x12\x0e\n\x06prompt\x18\x06 \x01(\t\x12\x0f\n\x07rescore\x18\x07 \x01(\t\x12\x17\n\nvad_filter\x18\x08 \x01(\x08H\x00\x88\x01\x01\x12\x33\n\x0b\x65ndpointing\x18\t \x01(\x0b\x32\x1e.splitasr.v1.EndpointingConfigB\r\n\x0b_vad_filter\"\xad\x01\n\x11\x45ndpointingConfig\x12\x17\n\nsilence_ms\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x1d\n\x10speech_threshold\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\"\n\x15max_utterance_seconds\x18\x03 \x01(\x02H\x02\x88\x01\x01\x42\r\n\x0b_silence_msB\x13\n\x11_speech_thresholdB\x18\n\x16_max_utterance_seconds\"Q\n\x10RecognizeRequest\x12.\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1e.splitasr.v1.RecognitionConfig\x12\r\n\x05\x61udio\x18\x02 \x01(\x0c\"D\n\x08WordInfo\x12\x0c\n\x04word\x18\x01 \x01(\t\x12\x15\n\rstart_seconds\x18\x02 \x01(\x01\x12\x13\n\x0b\x65nd_seconds\x18\x03 \x01(\x01\"o\n\rSpeechSegment\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x15\n\rstart_seconds\x18\x02 \x01(\x01\x12\x13\n\x0b\x65nd_seconds\x18\x03 \x01(\x01\x12$\n\x05words\x18\x04 \x03(\x0b\x32\x15.splitasr.v1.WordInfo\"{\n\x11RecognizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x18\n\x10\x64uration_seconds\x18\x03 \x01(\x01\x12,\n\x08segments\x18\x04 \x03(\x0b\x32\x1a.splitasr.v1.SpeechSegment\"\xa1\x01\n\x1aStreamingRecognitionConfig\x12.\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1e.splitasr.v1.RecognitionConfig\x12\x17\n\x0finterim_results\x18\x02 \x01(\x08\x12\x1b\n\x13time_offset_seconds\x18\x03 \x01(\x01\x12\x1d\n\x15voice_activity_events\x18\x04 \x01(\x08\"|\n\x19StreamingRecognizeRequest\x12\x43\n\x10streaming_config\x18\x01 \x01(\x0b\x32\'.splitasr.v1.StreamingRecognitionConfigH\x00\x12\x0f\n\x05\x61udio\x18\x02 \x01(\x0cH\x00\x42\t\n\x07request\"\xc1\x01\n\x1aStreamingRecognitionResult\x12\x12\n\ntranscript\x18\x01 \x01(\t\x12\x11\n\tstability\x18\x02 \x01(\x02\x12\x10\n\x08is_final\x18\x03 \x01(\x08\x12$\n\x05words\x18\x04 \x03(\x0b\x32\x15.splitasr.v1.WordInfo\x12\x15\n\rstart_seconds\x18\x05 \x01(\x01\x12\x1a\n\x12result_end_seconds\x18\x06 \x01(\x01\x12\x11\n\tutterance\x18\x07 \x01(\r\"\xd6\x02\n\x1aStreamingRecognizeResponse\x12\x38\n\x07results\x18\x01 \x03(\x0b\x32\'.splitasr.v1.StreamingRecognitionResult\x12R\n\x11speech_event_type\x18\x02 \x01(\x0e\x32\x37.splitasr.v1.StreamingRecognizeResponse.SpeechEventType\x12\x1c\n\x14speech_event_seconds\x18\x03 \x01(\x01\x12\x11\n\tutterance\x18\x04 \x01(\r\"y\n\x0fSpeechEventType\x12\x1c\n\x18SPEECH_EVENT_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45ND_OF_UTTERANCE\x10\x01\x12\x19\n\x15SPEECH_ACTIVITY_BEGIN\x10\x02\x12\x17\n\x13SPEECH_ACTIVITY_END\x10\x03*O\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x0c\n\x08LINEAR16\x10\x01\x12\x10\n\x0c\x45NCODED_FILE\x10\x02\x32\xc3\x01\n\nRecognizer\x12J\n\tRecognize\x12\x1d.splitasr.v1.RecognizeRequest\x1a\x1e.splitasr.v1.RecognizeResponse\x12i\n\x12StreamingRecognize\x12&.splitasr.v1.StreamingRecognizeRequest\x1a\'.splitasr.v1.StreamingRecognizeResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'splitasr.v1.recognizer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AUDIOENCODING']._serialized_start=1434
-  _globals['_AUDIOENCODING']._serialized_end=1513
+  _globals['_AUDIOENCODING']._serialized_start=1795
+  _globals['_AUDIOENCODING']._serialized_end=1874
   _globals['_ADAPTERREF']._serialized_start=45
   _globals['_ADAPTERREF']._serialized_end=98
   _globals['_RECOGNITIONCONFIG']._serialized_start=101
-  _globals['_RECOGNITIONCONFIG']._serialized_end=342
-  _globals['_RECOGNIZEREQUEST']._serialized_start=344
-  _globals['_RECOGNIZEREQUEST']._serialized_end=425
-  _globals['_WORDINFO']._serialized_start=427
-  _globals['_WORDINFO']._serialized_end=495
-  _globals['_SPEECHSEGMENT']._serialized_start=497
-  _globals['_SPEECHSEGMENT']._serialized_end=608
-  _globals['_RECOGNIZERESPONSE']._serialized_start=610
-  _globals['_RECOGNIZERESPONSE']._serialized_end=733
-  _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_start=736
-  _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_end=866
-  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_start=868
-  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_end=992
-  _globals['_STREAMINGRECOGNITIONRESULT']._serialized_start=995
-  _globals['_STREAMINGRECOGNITIONRESULT']._serialized_end=1188
-  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_start=1191
-  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_end=1432
-  _globals['_STREAMINGRECOGNIZERESPONSE_SPEECHEVENTTYPE']._serialized_start=1363
-  _globals['_STREAMINGRECOGNIZERESPONSE_SPEECHEVENTTYPE']._serialized_end=1432
-  _globals['_RECOGNIZER']._serialized_start=1516
-  _globals['_RECOGNIZER']._serialized_end=1711
+  _globals['_RECOGNITIONCONFIG']._serialized_end=395
+  _globals['_ENDPOINTINGCONFIG']._serialized_start=398
+  _globals['_ENDPOINTINGCONFIG']._serialized_end=571
+  _globals['_RECOGNIZEREQUEST']._serialized_start=573
+  _globals['_RECOGNIZEREQUEST']._serialized_end=654
+  _globals['_WORDINFO']._serialized_start=656
+  _globals['_WORDINFO']._serialized_end=724
+  _globals['_SPEECHSEGMENT']._serialized_start=726
+  _globals['_SPEECHSEGMENT']._serialized_end=837
+  _globals['_RECOGNIZERESPONSE']._serialized_start=839
+  _globals['_RECOGNIZERESPONSE']._serialized_end=962
+  _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_start=965
+  _globals['_STREAMINGRECOGNITIONCONFIG']._serialized_end=1126
+  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_start=1128
+  _globals['_STREAMINGRECOGNIZEREQUEST']._serialized_end=1252
+  _globals['_STREAMINGRECOGNITIONRESULT']._serialized_start=1255
+  _globals['_STREAMINGRECOGNITIONRESULT']._serialized_end=1448
+  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_start=1451
+  _globals['_STREAMINGRECOGNIZERESPONSE']._serialized_end=1793
+  _globals['_STREAMINGRECOGNIZERESPONSE_SPEECHEVENTTYPE']._serialized_start=1672
+  _globals['_STREAMINGRECOGNIZERESPONSE_SPEECHEVENTTYPE']._serialized_end=1793
+  _globals['_RECOGNIZER']._serialized_start=1877
+  _globals['_RECOGNIZER']._serialized_end=2072
 # @@protoc_insertion_point(module_scope)

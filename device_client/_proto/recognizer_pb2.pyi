@@ -25,7 +25,7 @@ class AdapterRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class RecognitionConfig(_message.Message):
-    __slots__ = ("adapter", "language", "encoding", "sample_rate_hz", "beam_size", "prompt", "rescore", "vad_filter")
+    __slots__ = ("adapter", "language", "encoding", "sample_rate_hz", "beam_size", "prompt", "rescore", "vad_filter", "endpointing")
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,7 @@ class RecognitionConfig(_message.Message):
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     RESCORE_FIELD_NUMBER: _ClassVar[int]
     VAD_FILTER_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTING_FIELD_NUMBER: _ClassVar[int]
     adapter: AdapterRef
     language: str
     encoding: AudioEncoding
@@ -42,7 +43,18 @@ class RecognitionConfig(_message.Message):
     prompt: str
     rescore: str
     vad_filter: bool
-    def __init__(self, adapter: _Optional[_Union[AdapterRef, _Mapping]] = ..., language: _Optional[str] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hz: _Optional[int] = ..., beam_size: _Optional[int] = ..., prompt: _Optional[str] = ..., rescore: _Optional[str] = ..., vad_filter: _Optional[bool] = ...) -> None: ...
+    endpointing: EndpointingConfig
+    def __init__(self, adapter: _Optional[_Union[AdapterRef, _Mapping]] = ..., language: _Optional[str] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hz: _Optional[int] = ..., beam_size: _Optional[int] = ..., prompt: _Optional[str] = ..., rescore: _Optional[str] = ..., vad_filter: _Optional[bool] = ..., endpointing: _Optional[_Union[EndpointingConfig, _Mapping]] = ...) -> None: ...
+
+class EndpointingConfig(_message.Message):
+    __slots__ = ("silence_ms", "speech_threshold", "max_utterance_seconds")
+    SILENCE_MS_FIELD_NUMBER: _ClassVar[int]
+    SPEECH_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MAX_UTTERANCE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    silence_ms: int
+    speech_threshold: float
+    max_utterance_seconds: float
+    def __init__(self, silence_ms: _Optional[int] = ..., speech_threshold: _Optional[float] = ..., max_utterance_seconds: _Optional[float] = ...) -> None: ...
 
 class RecognizeRequest(_message.Message):
     __slots__ = ("config", "audio")
@@ -87,14 +99,16 @@ class RecognizeResponse(_message.Message):
     def __init__(self, text: _Optional[str] = ..., language: _Optional[str] = ..., duration_seconds: _Optional[float] = ..., segments: _Optional[_Iterable[_Union[SpeechSegment, _Mapping]]] = ...) -> None: ...
 
 class StreamingRecognitionConfig(_message.Message):
-    __slots__ = ("config", "interim_results", "time_offset_seconds")
+    __slots__ = ("config", "interim_results", "time_offset_seconds", "voice_activity_events")
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     INTERIM_RESULTS_FIELD_NUMBER: _ClassVar[int]
     TIME_OFFSET_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    VOICE_ACTIVITY_EVENTS_FIELD_NUMBER: _ClassVar[int]
     config: RecognitionConfig
     interim_results: bool
     time_offset_seconds: float
-    def __init__(self, config: _Optional[_Union[RecognitionConfig, _Mapping]] = ..., interim_results: _Optional[bool] = ..., time_offset_seconds: _Optional[float] = ...) -> None: ...
+    voice_activity_events: bool
+    def __init__(self, config: _Optional[_Union[RecognitionConfig, _Mapping]] = ..., interim_results: _Optional[bool] = ..., time_offset_seconds: _Optional[float] = ..., voice_activity_events: _Optional[bool] = ...) -> None: ...
 
 class StreamingRecognizeRequest(_message.Message):
     __slots__ = ("streaming_config", "audio")
@@ -123,15 +137,23 @@ class StreamingRecognitionResult(_message.Message):
     def __init__(self, transcript: _Optional[str] = ..., stability: _Optional[float] = ..., is_final: _Optional[bool] = ..., words: _Optional[_Iterable[_Union[WordInfo, _Mapping]]] = ..., start_seconds: _Optional[float] = ..., result_end_seconds: _Optional[float] = ..., utterance: _Optional[int] = ...) -> None: ...
 
 class StreamingRecognizeResponse(_message.Message):
-    __slots__ = ("results", "speech_event_type")
+    __slots__ = ("results", "speech_event_type", "speech_event_seconds", "utterance")
     class SpeechEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         SPEECH_EVENT_UNSPECIFIED: _ClassVar[StreamingRecognizeResponse.SpeechEventType]
         END_OF_UTTERANCE: _ClassVar[StreamingRecognizeResponse.SpeechEventType]
+        SPEECH_ACTIVITY_BEGIN: _ClassVar[StreamingRecognizeResponse.SpeechEventType]
+        SPEECH_ACTIVITY_END: _ClassVar[StreamingRecognizeResponse.SpeechEventType]
     SPEECH_EVENT_UNSPECIFIED: StreamingRecognizeResponse.SpeechEventType
     END_OF_UTTERANCE: StreamingRecognizeResponse.SpeechEventType
+    SPEECH_ACTIVITY_BEGIN: StreamingRecognizeResponse.SpeechEventType
+    SPEECH_ACTIVITY_END: StreamingRecognizeResponse.SpeechEventType
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     SPEECH_EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SPEECH_EVENT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    UTTERANCE_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[StreamingRecognitionResult]
     speech_event_type: StreamingRecognizeResponse.SpeechEventType
-    def __init__(self, results: _Optional[_Iterable[_Union[StreamingRecognitionResult, _Mapping]]] = ..., speech_event_type: _Optional[_Union[StreamingRecognizeResponse.SpeechEventType, str]] = ...) -> None: ...
+    speech_event_seconds: float
+    utterance: int
+    def __init__(self, results: _Optional[_Iterable[_Union[StreamingRecognitionResult, _Mapping]]] = ..., speech_event_type: _Optional[_Union[StreamingRecognizeResponse.SpeechEventType, str]] = ..., speech_event_seconds: _Optional[float] = ..., utterance: _Optional[int] = ...) -> None: ...

@@ -1,35 +1,47 @@
-"""Streaming latency and bandwidth of the gRPC API, measured the way a device sees them.
+"""Streaming latency and bandwidth of the gRPC API under concurrency, measured the way devices see them.
 
-A server (the real backbone, gRPC on loopback) and the device client run in this process; each
-real-speech fixture is streamed at real-time pace (100 ms LINEAR16 chunks, as from a microphone),
-one stream at a time, once with interim results and once with finals only. Reported:
+A server (the real backbone, gRPC on loopback) runs in this process; the devices run in a child
+process (in this one their timestamps would wait for the GIL behind the server's threads), each
+a thread with its own :class:`splitasr_device.SplitASRClient`. For each count N in ``streams``,
+N streams run at once, in real time (100 ms LINEAR16 chunks, sent when a microphone would have
+recorded them). Each stream sends two real-speech clips: the first followed by 1 s of silence, so the
+server's endpoint (0.5 s of silence by default) ends it; the second cut 0.2 s after its last speech,
+then the stream half-closes, which ends that utterance. Interim results are on. Reported per N:
 
-- ``first_interim_s``: from the first audio chunk sent to the first interim hypothesis;
-- ``final_after_last_chunk_s``: from the last audio chunk sent (the client then half-closes) to the
-  final result (negative when the VAD ended the utterance before the file did);
-- ``final_after_speech_end_s``: from the moment the last speech was sent (where Silero VAD finds
-  the file's last speech frame) to the final result;
-- ``bytes_per_audio_minute``: protobuf payload bytes the device sends (configs, Stat, audio and, when
-  the server lacks it, the adapter upload) per minute of audio, for a device whose adapter is not yet
-  enrolled and for one whose adapter is;
-- the device client's peak RSS while streaming (``splitasr-device stream --realtime`` in a child
-  process) and its installed size (the client package plus grpcio and protobuf).
+- ``first_interim_s``: from the first chunk of a clip sent to its first interim hypothesis;
+- ``final_after_speech_end_s``: from the moment the chunk holding the first clip's last speech frame
+  (found by Silero VAD, as the server does) was sent to that utterance's final result;
+- ``final_after_half_close_s``: from the last chunk sent (then the client half-closes) to the final
+  result of the second clip;
+- ``interims_per_utterance``; ``failed``: clips that got no final;
+- ``decoded_audio_per_audio_s``: seconds of audio the decoder processed (interim re-decodes
+  included) per second streamed, and ``server_cpu_s_per_audio_s``: the server process's CPU time
+  (every thread: decoding, VAD, gRPC) per second streamed;
+- ``bytes_per_audio_minute``: protobuf payload bytes the devices sent (configs and audio) per minute
+  of audio.
+
+Also the device client's peak RSS while streaming (``splitasr-device stream --realtime`` in a child
+process) and its installed size (the client package plus grpcio and protobuf).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import math
+import multiprocessing
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from ..adapters import BackboneSpec, adapter_to_bytes, get_kind, new_adapter, resolve_targets
 from ..api.rpc.server import BackgroundGrpc
 from ..audio import SAMPLE_RATE_HZ, decode_audio
 from ..config import Settings
@@ -37,7 +49,54 @@ from ..engine.engine import Engine
 from ..engine.vad import FRAME_SAMPLES, SileroVad
 
 DEFAULT_AUDIO_DIR = Path(__file__).resolve().parents[2] / "tests" / "data" / "real-speech"
-CHUNK_MS = 100
+CHUNK_S = 0.1
+ENDPOINT_SILENCE_S = 1.0  # after the first clip: the endpoint ends it
+HALF_CLOSE_TAIL_S = 0.2  # after the second clip's last speech: too short for the endpoint
+LEAD_IN_TOLERANCE_S = 0.5  # an utterance starts up to the VAD's lead-in (0.3 s) before its clip
+
+
+@dataclass(frozen=True)
+class Clip:
+    audio: np.ndarray  # 16 kHz float32
+    speech_end_s: float
+
+
+@dataclass(frozen=True)
+class Script:
+    """One stream's audio: the first clip and its silence, then the second clip, cut short."""
+
+    first: Clip
+    second: Clip
+
+    @property
+    def parts(self) -> list[np.ndarray]:
+        cut = int((self.second.speech_end_s + HALF_CLOSE_TAIL_S) * SAMPLE_RATE_HZ)
+        return [self.first.audio, np.zeros(int(ENDPOINT_SILENCE_S * SAMPLE_RATE_HZ), np.float32),
+                self.second.audio[:cut]]
+
+    def pcm(self) -> bytes:
+        return (np.clip(np.concatenate(self.parts), -1, 1) * 32767).astype("<i2").tobytes()
+
+    @property
+    def second_start_s(self) -> float:
+        return (len(self.first.audio) / SAMPLE_RATE_HZ) + ENDPOINT_SILENCE_S
+
+    @property
+    def seconds(self) -> float:
+        return sum(len(p) for p in self.parts) / SAMPLE_RATE_HZ
+
+    def clip_at(self, stream_s: float) -> int:
+        """0 or 1: the clip an utterance starting at ``stream_s`` belongs to."""
+        return int(stream_s + LEAD_IN_TOLERANCE_S >= self.second_start_s)
+
+
+def _speech_end_s(audio: np.ndarray) -> float:
+    """Where the last speech frame ends, by the same VAD the server uses."""
+    vad, end = SileroVad(), 0
+    for start in range(0, len(audio) - FRAME_SAMPLES + 1, FRAME_SAMPLES):
+        if vad(audio[start: start + FRAME_SAMPLES]) >= 0.5:
+            end = start + FRAME_SAMPLES
+    return end / SAMPLE_RATE_HZ
 
 
 def _audio_files(audio_dir: Path) -> list[Path]:
@@ -48,64 +107,99 @@ def _audio_files(audio_dir: Path) -> list[Path]:
 
 
 def _percentiles(values: list[float]) -> dict:
+    if not values:
+        return {}
     ordered = sorted(values)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return {"p50": round(statistics.median(ordered), 3), "p95": round(p95, 3), "max": round(ordered[-1], 3)}
+    return {"p50": round(statistics.median(ordered), 3), "p95": round(p95, 3), "max": round(ordered[-1], 3),
+            "n": len(ordered)}
 
 
-def _write_adapter(spec: BackboneSpec, folder: Path) -> Path:
-    """A LoRA adapter (r=8 on attention) of the size a real one has."""
-    config = get_kind("lora").make_config(r=8, alpha=16.0)
-    adapter = new_adapter("lora", config, resolve_targets("attn", spec.linear_shapes), spec, seed=0)
-    path = folder / "device.safetensors"
-    path.write_bytes(adapter_to_bytes(adapter))
-    return path
+# --- the devices (in the child process) -------------------------------------------------------------
+def _one_stream(address: str, script: Script) -> dict:
+    from splitasr_device import SplitASRClient
+
+    pcm, step = script.pcm(), int(SAMPLE_RATE_HZ * CHUNK_S) * 2
+    sent: list[float] = []
+
+    def source():
+        t0 = time.perf_counter()
+        for k, start in enumerate(range(0, len(pcm), step)):
+            time.sleep(max(0.0, t0 + (k + 1) * CHUNK_S - time.perf_counter()))  # recorded by then
+            yield pcm[start: start + step]
+            sent.append(time.perf_counter())  # the client library has taken the chunk
+
+    first_interim: dict[int, float] = {}
+    interims = [0, 0]
+    finals: dict[int, float] = {}
+    with SplitASRClient(address) as client:
+        for update in client.stream(source(), sample_rate_hz=SAMPLE_RATE_HZ, interim_results=True):
+            clip, now = script.clip_at(update.start), time.perf_counter()
+            if update.is_final:
+                finals[clip] = now
+            else:
+                interims[clip] += 1
+                first_interim.setdefault(clip, now)
+        bytes_sent = client.bytes_sent
+
+    def sent_at(stream_s: float) -> float:  # when the chunk holding stream time ``stream_s`` was sent
+        return sent[min(len(sent) - 1, max(0, math.ceil(stream_s / CHUNK_S) - 1))]
+
+    starts = [sent_at(1e-6), sent_at(script.second_start_s + 1e-6)]  # each clip's first chunk
+    return {
+        "first_interim": [first_interim[c] - starts[c] if c in first_interim else None for c in (0, 1)],
+        "interims": interims,
+        "final_after_speech_end": finals[0] - sent_at(script.first.speech_end_s) if 0 in finals else None,
+        "final_after_half_close": finals[1] - sent[-1] if 1 in finals else None,
+        "failed": 2 - len(finals),
+        "bytes_sent": bytes_sent,
+        "seconds": script.seconds,
+    }
 
 
-def _speech_end_s(path: Path) -> float:
-    """Where the last speech frame ends, by the same VAD the server uses."""
-    audio = decode_audio(path)
-    vad = SileroVad()
-    end = 0
-    for start in range(0, len(audio) - FRAME_SAMPLES + 1, FRAME_SAMPLES):
-        if vad(audio[start: start + FRAME_SAMPLES]) >= 0.5:
-            end = start + FRAME_SAMPLES
-    return end / SAMPLE_RATE_HZ
+def _streams_at_once(address: str, scripts: list[Script]) -> list[dict]:
+    results: list = [None] * len(scripts)
+
+    def one(i: int) -> None:
+        try:
+            results[i] = _one_stream(address, scripts[i])
+        except Exception as exc:  # noqa: BLE001 - a failed stream is reported, the others go on
+            results[i] = {"error": f"{type(exc).__name__}: {exc}"}
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(scripts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
 
 
-def _latencies(runs: list[dict]) -> dict:
-    out = {}
-    for key in ("first_interim", "final_after_last_chunk", "final_after_speech_end"):
-        values = [r[key] for r in runs if r[key] is not None]
-        if values:
-            out[f"{key}_s"] = _percentiles(values)
-    return out
+# --- the server side --------------------------------------------------------------------------------
+def _engine_totals() -> tuple[float, float]:
+    """Seconds of audio decoded so far and this process's CPU seconds."""
+    from ..observability import REGISTRY
+
+    return (REGISTRY.get_sample_value("splitasr_audio_seconds_total") or 0.0), time.process_time()
 
 
-def _stream_once(client, path: Path, adapter, interim: bool) -> dict:
-    from splitasr_device.audio import chunks, paced, read_pcm
-
-    pcm = read_pcm(path)
-    marks: dict[str, float] = {}
-
-    def source() -> Iterator[bytes]:
-        marks["start"] = time.perf_counter()  # audio time s is sent at start + s (chunk by chunk)
-        for piece in paced(chunks(pcm, CHUNK_MS), pcm.rate_hz):
-            marks.setdefault("first_chunk", time.perf_counter())
-            yield piece
-        marks["last_chunk"] = time.perf_counter()
-
-    first_interim = final = None
-    for update in client.stream(source(), sample_rate_hz=pcm.rate_hz, adapter=adapter, interim_results=interim):
-        now = time.perf_counter()
-        if not update.is_final and first_interim is None:
-            first_interim = now - marks["first_chunk"]
-        if update.is_final:
-            final = now
-    speech_end = marks["start"] + _speech_end_s(path)
-    return {"seconds": pcm.seconds, "first_interim": first_interim,
-            "final_after_last_chunk": None if final is None else final - marks["last_chunk"],
-            "final_after_speech_end": None if final is None else final - speech_end}
+def _summary(runs: list[dict], totals: tuple[float, float]) -> dict:
+    ok = [r for r in runs if "error" not in r]
+    audio_s = sum(r["seconds"] for r in ok) or math.nan
+    decoded_s, cpu_s = totals
+    return {
+        "first_interim_s": _percentiles([v for r in ok for v in r["first_interim"] if v is not None]),
+        "final_after_speech_end_s": _percentiles([r["final_after_speech_end"] for r in ok
+                                                  if r["final_after_speech_end"] is not None]),
+        "final_after_half_close_s": _percentiles([r["final_after_half_close"] for r in ok
+                                                  if r["final_after_half_close"] is not None]),
+        "interims_per_utterance": round(statistics.mean(v for r in ok for v in r["interims"]), 2) if ok else None,
+        "failed": sum(r["failed"] for r in ok) + 2 * (len(runs) - len(ok)),
+        "errors": [r["error"] for r in runs if "error" in r],
+        "audio_s": round(audio_s, 1),
+        "decoded_audio_per_audio_s": round(decoded_s / audio_s, 2),
+        "server_cpu_s_per_audio_s": round(cpu_s / audio_s, 2),
+        "bytes_per_audio_minute": round(sum(r["bytes_sent"] for r in ok) / (audio_s / 60)),
+    }
 
 
 def _installed_bytes() -> dict:
@@ -139,48 +233,50 @@ def _client_peak_rss_mib(address: str, path: Path) -> float:
     return round(peak_kib / 1024, 1)
 
 
-def run(*, backbone: str = "tiny.en", audio_dir: Path = DEFAULT_AUDIO_DIR, threads: int | None = None,
-        cache_dir: Path, quiet: bool = True) -> dict:
-    from splitasr_device import SplitASRClient
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
 
-    from ..progress import track
 
+def run(*, backbone: str = "tiny.en", streams: tuple[int, ...] = (8,), audio_dir: Path = DEFAULT_AUDIO_DIR,
+        threads: int | None = None, cache_dir: Path, rss: bool = True) -> dict:
+    """One pass of N concurrent streams for each N in ``streams`` (one server, in this order)."""
     if threads:
         torch.set_num_threads(threads)
     files = _audio_files(audio_dir)
+    audios = [decode_audio(p) for p in files]
+    clips = [Clip(a, _speech_end_s(a)) for a in audios]
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(backbone=backbone, cache_dir=cache_dir, store_dir=Path(tmp) / "store", host="127.0.0.1",
-                            device="cpu", _env_file=None)
+                            device="cpu", max_streams=max(max(streams), 16), _env_file=None)
         engine = Engine(settings)
         engine.load()
         server = BackgroundGrpc(settings, engine)
+        passes = {}
         try:
-            adapter_path = _write_adapter(engine.spec, Path(tmp))
-            adapter_size = adapter_path.stat().st_size
-            bytes_sent, passes = {}, {}
-            with SplitASRClient(server.address) as client:
-                # pass 1 enrolls (uploads the adapter) and asks for interims; pass 2 finds the adapter
-                # enrolled and asks for finals only (bytes sent do not depend on interims)
-                for enrolled, interim in ((False, True), (True, False)):
-                    before = client.bytes_sent
-                    adapter = client.enroll(adapter_path)
-                    runs = [_stream_once(client, path, adapter, interim)
-                            for path in track(files, f"bench stream ({'interims' if interim else 'finals'})",
-                                              unit="stream", quiet=quiet)]
-                    audio_minutes = sum(r["seconds"] for r in runs) / 60
-                    bytes_sent[enrolled] = round((client.bytes_sent - before) / audio_minutes)
-                    passes["with_interims" if interim else "finals_only"] = _latencies(runs)
-            rss = _client_peak_rss_mib(server.address, max(files, key=lambda p: p.stat().st_size))
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as devices:
+                for n in streams:
+                    scripts = [Script(clips[(2 * i) % len(clips)], clips[(2 * i + 1) % len(clips)]) for i in range(n)]
+                    before = _engine_totals()
+                    runs = devices.submit(_streams_at_once, server.address, scripts).result()
+                    after = _engine_totals()
+                    passes[str(n)] = _summary(runs, (after[0] - before[0], after[1] - before[1]))
+            peak = _client_peak_rss_mib(server.address, max(files, key=lambda p: p.stat().st_size)) if rss else None
         finally:
             server.stop()
             engine.close(10)
     return {
-        "backbone": backbone, "device": "cpu", "threads": torch.get_num_threads(), "streams_per_pass": len(files),
-        "audio_seconds_per_pass": round(audio_minutes * 60, 2), "chunk_ms": CHUNK_MS, "pacing": "real time",
-        **passes,
-        "bytes_per_audio_minute_not_enrolled": bytes_sent[False],
-        "bytes_per_audio_minute_enrolled": bytes_sent[True],
-        "adapter_bytes": adapter_size,
-        "device_client_peak_rss_mib": rss,
+        "backbone": backbone, "device": "cpu", "cpu": _cpu_model(), "threads": torch.get_num_threads(),
+        "pacing": f"real time, {int(CHUNK_S * 1000)} ms LINEAR16 chunks at 16 kHz",
+        "script": f"per stream: clip, {ENDPOINT_SILENCE_S:g} s silence (endpoint), clip cut "
+                  f"{HALF_CLOSE_TAIL_S:g} s after its speech, half-close",
+        "endpoint_silence_s": settings.stream_endpoint_silence_ms / 1000,
+        "streams": passes,
+        "device_client_peak_rss_mib": peak,
         "device_client_installed": _installed_bytes(),
     }

@@ -20,6 +20,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     stream = sub.add_parser("stream", help="gRPC streaming latency, bandwidth and device footprint")
     stream.add_argument("--backbone", default="tiny.en")
     stream.add_argument("--audio-dir", type=Path, help="folder of .flac/.wav files (default: the real-speech fixtures)")
+    stream.add_argument("--streams", default="8",
+                        help="concurrent streams, or a comma-separated list of counts run one after another (default 8)")
+    stream.add_argument("--no-rss", action="store_true", help="skip the device client's RSS measurement")
     stream.add_argument("--threads", type=int, help="CPU threads for the backbone (default: torch's)")
     stream.add_argument("--json", action="store_true", help="print only the JSON object")
     stream.set_defaults(func=run_stream)
@@ -146,8 +149,14 @@ def run_stream(args: argparse.Namespace) -> int:
     from ..config import Settings
 
     kwargs = {"audio_dir": args.audio_dir} if args.audio_dir else {}
-    result = stream.run(backbone=args.backbone, threads=args.threads, cache_dir=Settings().cache_dir,
-                        quiet=args.json, **kwargs)
+    try:
+        counts = tuple(int(n) for n in args.streams.split(",") if n.strip())
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise SystemExit(f"--streams must be positive counts such as 8 or 1,8; got {args.streams!r}")
+    result = stream.run(backbone=args.backbone, streams=counts, threads=args.threads, cache_dir=Settings().cache_dir,
+                        rss=not args.no_rss, **kwargs)
     _emit(result, args.json)
     return 0
 

@@ -12,12 +12,21 @@ short lead-in, so silence costs no decoding.
 Finals arrive soon after speech ends because the buffer is decoded speculatively once
 ``speculate_after_s`` of silence follows speech; when the utterance then ends, that hypothesis already
 covers all of its speech (only silence came after) and becomes the final without another decode.
+
+Decodes carry a priority for the engine's scheduler: the speculative decode and the final are
+:data:`~.worker.PRIORITY_FINAL` (the user is waiting for them), interims
+:data:`~.worker.PRIORITY_INTERIM`. Once speech has paused for ``speculate_after_s`` no new interim
+starts for the utterance; when the utterance ends (endpoint, length limit, half-close), an interim
+still waiting or decoding is withdrawn (its task is cancelled, which takes it out of the queue or the
+running batch) so the final goes first. (An interim in flight at a mere pause is left to finish:
+speech often resumes, and under load withdrawing it there would leave a long utterance no interim.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,10 +34,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import soxr
 
+from .. import observability
 from ..audio import SAMPLE_RATE_HZ
-from ..errors import BadAudio
 from ..decoding import Transcription
+from ..errors import BadAudio
 from .vad import FRAME_SAMPLES, Vad
+from .worker import PRIORITY_FINAL, PRIORITY_INTERIM
 
 STABLE = 0.9  # stability of words two consecutive hypotheses agree on
 UNSTABLE = 0.1
@@ -80,6 +91,7 @@ class _Utterance:
     start: int  # stream sample where its audio starts
     audio: np.ndarray
     speech_end: int  # samples into ``audio`` where the last speech frame ends
+    cut_at: float = field(default_factory=time.perf_counter)  # when the utterance ended
 
 
 def _norm(word: str) -> str:
@@ -129,7 +141,8 @@ class Linear16Decoder:
         return samples
 
 
-Decode = Callable[[np.ndarray], Awaitable[Transcription]]
+# ``decode(audio, priority)``: PRIORITY_FINAL or PRIORITY_INTERIM (see :mod:`.worker`)
+Decode = Callable[[np.ndarray, int], Awaitable[Transcription]]
 
 
 @dataclass
@@ -160,6 +173,7 @@ class StreamingSession:
         self._agreement = LocalAgreement()
         self._closed = False
         self._wake = asyncio.Event()
+        self._urgent = asyncio.Event()  # an utterance was cut: an interim in flight yields
 
     @property
     def received_seconds(self) -> float:
@@ -258,19 +272,27 @@ class StreamingSession:
         self._buffer, self._buffer_len, self._buffer_start = [rest], len(rest), end
         self._last_speech_end, self._speech_run, self._decoded_len = None, 0, 0
         self._agreement = LocalAgreement()
+        self._urgent.set()
 
     # decoding side -------------------------------------------------------------------------------
-    def _wants_decode(self) -> bool:
+    def _speech_paused(self) -> bool:
+        """The utterance held speech and ``speculate_after_s`` of silence followed it."""
         if self._last_speech_end is None:
             return False
-        p = self.policy
-        if self.interim_results and self._buffer_len - self._decoded_len >= p.interim_interval_s * self._rate:
-            return True
-        speech_end = self._last_speech_end - self._buffer_start
-        silence = self._position - self._last_speech_end
-        return silence >= p.speculate_after_s * self._rate and self._decoded_len < speech_end
+        return self._position - self._last_speech_end >= self.policy.speculate_after_s * self._rate
 
-    async def _decode(self, utterance: int, audio: np.ndarray, speech_end: int | None = None) -> Transcription:
+    def _wanted_decode(self) -> int | None:
+        """The priority of the decode the utterance in progress wants now, or None."""
+        if self._last_speech_end is None:
+            return None
+        if self._speech_paused():  # speech (may have) ended: decode for the final, no more interims
+            speech_end = self._last_speech_end - self._buffer_start
+            return PRIORITY_FINAL if self._decoded_len < speech_end else None
+        grown = self._buffer_len - self._decoded_len >= self.policy.interim_interval_s * self._rate
+        return PRIORITY_INTERIM if self.interim_results and grown else None
+
+    async def _decode(self, utterance: int, audio: np.ndarray, priority: int,
+                      speech_end: int | None = None) -> Transcription:
         """``speech_end`` (finals): an earlier decode reaching past it saw all the speech: reuse it."""
         if self._cache and self._cache[0] == utterance:
             covered = self._cache[1]
@@ -278,9 +300,28 @@ class StreamingSession:
             enough = len(audio) if speech_end is None else min(len(audio), speech_end + margin)
             if covered >= enough:  # past the speech end it held only silence (else no endpoint yet)
                 return self._cache[2]
-        result = await self.decode(audio)
+        result = await self.decode(audio, priority)
         self._cache = (utterance, len(audio), result)
         return result
+
+    async def _interim(self, utterance: int, audio: np.ndarray) -> Transcription | None:
+        """Decode an interim unless the utterance is cut meanwhile: then the decode is
+        withdrawn (cancelling its task takes it out of the engine's queue or batch) and None returned."""
+        self._urgent.clear()
+        decode = asyncio.ensure_future(self._decode(utterance, audio, PRIORITY_INTERIM))
+        urgent = asyncio.ensure_future(self._urgent.wait())
+        try:
+            await asyncio.wait({decode, urgent}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            urgent.cancel()
+            if not decode.done():
+                decode.cancel()
+        try:
+            return await decode
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():
+                raise  # the session itself is being cancelled
+            return None
 
     async def run(self) -> None:
         """Decode until closed and drained; always ends with None on ``events``."""
@@ -288,15 +329,21 @@ class StreamingSession:
             while True:
                 if self._finals:
                     u = self._finals.popleft()
-                    result = await self._decode(u.index, u.audio, u.speech_end)
+                    result = await self._decode(u.index, u.audio, PRIORITY_FINAL, u.speech_end)
                     end = u.start + len(u.audio)
+                    observability.observe_stream_final(time.perf_counter() - u.cut_at)
                     await self.events.put(Final(u.index, result, u.start / self._rate, end / self._rate))
                 elif self._closed:
                     return
-                elif self._wants_decode():
+                elif (priority := self._wanted_decode()) is not None:
                     index, audio, start = self._utterances, self._audio(), self._buffer_start
-                    self._decoded_len = len(audio)
-                    result = await self._decode(index, audio)
+                    decoded_before, self._decoded_len = self._decoded_len, len(audio)
+                    if priority == PRIORITY_FINAL:
+                        result = await self._decode(index, audio, priority)
+                    elif (result := await self._interim(index, audio)) is None:  # overtaken: withdrawn
+                        if index == self._utterances:
+                            self._decoded_len = decoded_before
+                        continue
                     if self.interim_results and index == self._utterances:  # else its final comes next
                         stable, unstable = self._agreement.update(result.text)
                         end = (start + len(audio)) / self._rate

@@ -4,7 +4,8 @@ Every stream holds server memory and a share of the decode worker for as long as
 transports share one budget (``SPLITASR_MAX_STREAMS``), and one tenant opening many (even silent)
 streams must not use it up for everyone: each tenant may hold at most ``per_tenant`` of them
 (``SPLITASR_MAX_STREAMS_PER_TENANT``). Over either limit a new stream is refused with
-:class:`~splitasr.errors.Overloaded` (RESOURCE_EXHAUSTED, 429) naming the limit.
+:class:`~splitasr.errors.Overloaded` naming the limit: RESOURCE_EXHAUSTED (429) for the tenant's
+limit, UNAVAILABLE with a retry delay (429) when the whole server is full.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..errors import Overloaded
+from ..errors import Overloaded, ServerBusy
 
 
 class StreamSlots:
@@ -38,7 +39,7 @@ class StreamSlots:
                 raise Overloaded(f"this tenant already has {held} streams open, its limit of "
                                  f"{self.per_tenant} (SPLITASR_MAX_STREAMS_PER_TENANT); close one first")
             if self.active >= self.limit:
-                raise Overloaded(f"the server is at its limit of {self.limit} streams; retry later")
+                raise ServerBusy(f"the server is at its limit of {self.limit} streams; retry later")
             self.by_tenant[tenant] += 1
 
     def release(self, tenant: str) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..audio import SAMPLE_RATE_HZ
 from ..decoding import DecodingOptions, Transcription
-from ..errors import InvalidAdapter, NotReady, Overloaded, SplitASRError
+from ..errors import InvalidAdapter, NotReady, ServerBusy, SplitASRError
 from .pool import NoFreeSlot, SlotPool
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class DecodeWorker:
         self.decoder.check(job.audio, job.options)  # bad options fail now, not in the worker
         with self._lock:
             if self.pending >= self.max_queue:
-                raise Overloaded(f"server is at capacity ({self.pending} requests in progress or queued); "
+                raise ServerBusy(f"server is at capacity ({self.pending} requests in progress or queued); "
                                  "retry later")
             held = sum(1 for j in (*self._queue, *self._running.values()) if j.tenant == job.tenant)
             if held >= self.max_queue_per_tenant:

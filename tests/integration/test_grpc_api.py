@@ -210,16 +210,20 @@ def test_malformed_streams_fail_clearly_while_another_stream_continues(grpc_serv
     assert [f.transcript.lower().strip(".") for f in finals] == ["10 of clubs"]
 
 
-def test_stream_limit_is_resource_exhausted(grpc_server, recognizer):
+def test_a_full_server_is_unavailable_with_a_retry_delay(grpc_server, recognizer):
+    from splitasr_device.retry import server_retry_delay
+
     md = grpc_server.metadata("alice")
     streams = grpc_server.engine.streams
     full = grpc_server.settings.max_streams
     asyncio.run_coroutine_threadsafe(_add(streams, full), grpc_server.server.loop).result()  # as if full
     try:
-        code, details = _code(lambda: recognizer.StreamingRecognize(_stream_requests(b"\0" * 3200), metadata=md))
+        with pytest.raises(grpc.RpcError) as info:
+            list(recognizer.StreamingRecognize(_stream_requests(b"\0" * 3200), metadata=md))
     finally:
         asyncio.run_coroutine_threadsafe(_add(streams, -full), grpc_server.server.loop).result()
-    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit" in details
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "limit of" in info.value.details()
+    assert server_retry_delay(info.value) == 1.0  # google.rpc.RetryInfo in grpc-status-details-bin
 
 
 async def _add(streams, n: int) -> None:

@@ -1,5 +1,6 @@
 """Stream limits per tenant and in all: one tenant's silent streams never starve another tenant, and a
-refused stream reads RESOURCE_EXHAUSTED with the limit it hit, never INTERNAL."""
+refused stream reads the limit it hit (RESOURCE_EXHAUSTED for the tenant's, UNAVAILABLE with a retry
+delay for the server's), never INTERNAL."""
 
 from __future__ import annotations
 
@@ -64,8 +65,8 @@ def test_the_server_wide_limit_still_holds(service, goforward):
     try:
         assert wait_for(lambda: active(service) == MAX_STREAMS)
         assert_grpc_error(lambda: list(service.recognizer.StreamingRecognize(
-            iter([config(), audio()]), metadata=service.metadata("carol"), timeout=30)), EXHAUSTED,
-            f"limit of {MAX_STREAMS} streams")
+            iter([config(), audio()]), metadata=service.metadata("carol"), timeout=30)),
+            grpc.StatusCode.UNAVAILABLE, f"limit of {MAX_STREAMS} streams")  # a full server: retry later
         response = service.recognizer.Recognize(pb.RecognizeRequest(audio=goforward), metadata=service.metadata("carol"),
                                                 timeout=120)
         assert "forward" in response.text.lower()

@@ -19,6 +19,7 @@ from splitasr.engine.streaming import (
     agreed_prefix,
 )
 from splitasr.engine.vad import FRAME_SAMPLES, EnergyVad, SileroVad
+from splitasr.engine.worker import PRIORITY_FINAL, PRIORITY_INTERIM
 from splitasr.errors import BadAudio
 
 RATE = 16_000
@@ -75,9 +76,11 @@ class FakeDecoder:
 
     def __init__(self) -> None:
         self.calls: list[int] = []
+        self.priorities: list[int] = []
 
-    async def __call__(self, audio: np.ndarray) -> Transcription:
+    async def __call__(self, audio: np.ndarray, priority: int) -> Transcription:
         self.calls.append(len(audio))
+        self.priorities.append(priority)
         await asyncio.sleep(0)
         words = " ".join(f"w{i}" for i in range(int(len(audio) / RATE / 0.25)))
         return Transcription(words, "en", len(audio) / RATE, [Segment(0, 0.0, len(audio) / RATE, words, [])])
@@ -222,3 +225,61 @@ def test_discard_utterance_drops_the_audio_in_progress():
     assert final.utterance == 1, "the discarded utterance gets no final and its index is not reused"
     assert final.end_s - final.start_s == pytest.approx(0.5, abs=0.04)
     assert all(n <= 0.5 * RATE + FRAME_SAMPLES for n in decoder.calls)
+
+
+def test_interims_decode_at_interim_priority_and_the_speech_end_at_final_priority():
+    decoder = FakeDecoder()
+    events = asyncio.run(_run(_chunked(np.concatenate([_speech(2.0), _silence(1.0)]), 32), decoder=decoder))
+    assert decoder.priorities[:-1] and set(decoder.priorities[:-1]) == {PRIORITY_INTERIM}
+    assert decoder.priorities[-1] == PRIORITY_FINAL, "the decode after speech pauses serves the final"
+    assert isinstance(events[-1], Final)
+    # no interim started once speech had paused: the last decode covers the speech and a pause only
+    assert decoder.calls[-1] <= RATE * (2.0 + DEFAULT_POLICY.speculate_after_s + 0.15)
+
+
+class HeldInterims(FakeDecoder):
+    """Interim decodes wait until released (a busy engine); records which were withdrawn."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.asked: list[int] = []  # priorities, as submitted
+        self.withdrawn: list[int] = []
+
+    async def __call__(self, audio: np.ndarray, priority: int) -> Transcription:
+        self.asked.append(priority)
+        if priority == PRIORITY_INTERIM:
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.withdrawn.append(len(audio))
+                raise
+        return await super().__call__(audio, priority)
+
+
+def test_an_interim_waiting_when_speech_ends_is_withdrawn_and_the_final_goes_first():
+    decoder = HeldInterims()
+
+    async def scenario() -> list:
+        session = StreamingSession(decoder, EnergyVad(), DEFAULT_POLICY, True)
+        worker = asyncio.create_task(session.run())
+        for chunk in _chunked(_speech(1.0), 32):
+            session.push(chunk)
+            await asyncio.sleep(0.001)
+        assert decoder.asked == [PRIORITY_INTERIM] and not decoder.withdrawn  # held by the "engine"
+        for chunk in _chunked(_silence(1.0), 32):  # speech ends, then the endpoint
+            session.push(chunk)
+            await asyncio.sleep(0.001)
+        session.close()
+        await worker
+        events = []
+        while (event := session.events.get_nowait()) is not None:
+            events.append(event)
+        return events
+
+    events = asyncio.run(scenario())
+    assert len(decoder.withdrawn) == 1, "the held interim was cancelled, not left to decode"
+    assert decoder.asked == [PRIORITY_INTERIM, PRIORITY_FINAL]
+    assert len(decoder.calls) == 1 and decoder.calls[0] > decoder.withdrawn[0]  # only the speech-end decode ran
+    assert [type(e) for e in events][-1] is Final and all(not isinstance(e, Interim) or e.utterance == 0
+                                                         for e in events)

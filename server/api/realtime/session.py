@@ -221,13 +221,14 @@ class RealtimeSession:
         return self._items[utterance]
 
     # engine side ---------------------------------------------------------------------------------
-    async def _decode(self, audio: np.ndarray) -> Transcription:
+    async def _decode(self, audio: np.ndarray, priority: int) -> Transcription:
         config = self.config
         options = DecodingOptions(beam_size=self.settings.default_beam_size, language=config.language,
                                   prompt=config.prompt)
         for wait_s in (*OVERLOAD_RETRY_S, None):
             try:
-                return await self.engine.transcribe_audio(audio, options, config.adapter, tenant=self.tenant)
+                return await self.engine.transcribe_audio(audio, options, config.adapter, priority=priority,
+                                                          tenant=self.tenant, key=self.id)
             except Overloaded as exc:  # a full queue drains in moments: a live stream waits, not fails
                 if wait_s is None or isinstance(exc, RateLimited):
                     return self._failed(audio, exc)

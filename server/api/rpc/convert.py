@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from splitasr_device._proto import adapters_pb2, trainer_pb2
@@ -9,10 +10,12 @@ from splitasr_device._proto import recognizer_pb2 as pb
 
 from ...decoding import Segment, Transcription
 from ...engine.store import AdapterRecord
-from ...engine.streaming import STABLE, UNSTABLE, Final, Interim
+from ...engine.streaming import STABLE, UNSTABLE, Final, Interim, SpeechEvent, StreamPolicy
 from ...jobs import JobParameters
 
 _EOU = pb.StreamingRecognizeResponse.END_OF_UTTERANCE
+_BEGIN = pb.StreamingRecognizeResponse.SPEECH_ACTIVITY_BEGIN
+_END = pb.StreamingRecognizeResponse.SPEECH_ACTIVITY_END
 
 
 def adapter_info(record: AdapterRecord) -> adapters_pb2.AdapterInfo:
@@ -47,8 +50,24 @@ def recognize_response(result: Transcription) -> pb.RecognizeResponse:
                                 segments=segments(result))
 
 
-def stream_response(event: Interim | Final, offset: float) -> pb.StreamingRecognizeResponse:
+def stream_policy(base: StreamPolicy, endpointing: pb.EndpointingConfig) -> StreamPolicy:
+    """The server's policy with the stream's (checked) endpointing fields in place of its defaults."""
+    given = {}
+    if endpointing.HasField("silence_ms"):
+        given["endpoint_silence_s"] = endpointing.silence_ms / 1000
+    if endpointing.HasField("speech_threshold"):
+        given["speech_threshold"] = endpointing.speech_threshold
+    if endpointing.HasField("max_utterance_seconds"):
+        given["max_utterance_s"] = endpointing.max_utterance_seconds
+    return replace(base, **given)
+
+
+def stream_response(event: Interim | Final | SpeechEvent, offset: float) -> pb.StreamingRecognizeResponse:
     """``offset``: the client's ``time_offset_seconds`` (audio finalised before a reconnect)."""
+    if isinstance(event, SpeechEvent):
+        return pb.StreamingRecognizeResponse(speech_event_type=_BEGIN if event.started else _END,
+                                             speech_event_seconds=round(offset + event.at_s, 3),
+                                             utterance=event.utterance)
     start, end = offset + event.start_s, offset + event.end_s
     if isinstance(event, Final):
         result = pb.StreamingRecognitionResult(

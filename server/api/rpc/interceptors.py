@@ -11,7 +11,9 @@ else a fresh one), which its log lines carry and which goes back in the initial 
 counted in the gRPC metrics (``grpc_service``, ``grpc_method``, ``grpc_type``, ``grpc_code``).
 
 ``TooLarge`` maps to RESOURCE_EXHAUSTED, the code gRPC itself gives a message over the size limit,
-so a client sees one code for "too big" whichever layer noticed.
+so a client sees one code for "too big" whichever layer noticed. A full server (``ServerBusy``: the
+decode queue or the stream slots) is UNAVAILABLE, which clients retry, with a ``google.rpc.RetryInfo``
+delay; quotas stay RESOURCE_EXHAUSTED (a rate limit carries a RetryInfo too).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import grpc
+from google.protobuf import any_pb2, duration_pb2
+from splitasr_device._proto import status_pb2
 
 from ...errors import (
     InvalidInput,
@@ -31,6 +35,7 @@ from ...errors import (
     NotReady,
     Overloaded,
     PermissionDenied,
+    ServerBusy,
     SplitASRError,
     StorageFull,
     TooLarge,
@@ -50,6 +55,8 @@ log = logging.getLogger(__name__)
 _TENANT: contextvars.ContextVar[str] = contextvars.ContextVar("splitasr_grpc_tenant")
 PUBLIC_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 MAX_DETAILS_CHARS = 2000
+STATUS_DETAILS_KEY = "grpc-status-details-bin"  # google.rpc.Status, as grpcio-status writes it
+RETRY_INFO_TYPE_URL = "type.googleapis.com/google.rpc.RetryInfo"
 
 # most specific first: TooLarge is an InvalidInput
 STATUS_BY_ERROR: tuple[tuple[type[SplitASRError], grpc.StatusCode], ...] = (
@@ -58,7 +65,8 @@ STATUS_BY_ERROR: tuple[tuple[type[SplitASRError], grpc.StatusCode], ...] = (
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
-    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),  # RateLimited too
+    (ServerBusy, grpc.StatusCode.UNAVAILABLE),  # the whole server is full: retry after its RetryInfo
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),  # a quota (RateLimited, a tenant's streams ...)
     (StorageFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (NotReady, grpc.StatusCode.UNAVAILABLE),
 )
@@ -86,7 +94,21 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: 
         log.error("%s failed", method, exc_info=exc)
     if len(message) > MAX_DETAILS_CHARS:  # details travel in a header: past 8 KiB clients drop the call
         message = message[:MAX_DETAILS_CHARS] + "..."
-    await context.abort(code, message)
+    await context.abort(code, message, trailing_metadata=retry_details(code, message, exc))
+
+
+def retry_details(code: grpc.StatusCode, message: str, exc: BaseException) -> tuple[tuple[str, bytes], ...]:
+    """For an error that says when to retry (``retry_after_s``): the standard ``google.rpc.Status``
+    with a ``google.rpc.RetryInfo`` detail, in the ``grpc-status-details-bin`` trailer."""
+    seconds = getattr(exc, "retry_after_s", None)
+    if seconds is None:
+        return ()
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(int(seconds * 1e9))
+    info = any_pb2.Any(type_url=RETRY_INFO_TYPE_URL,
+                       value=status_pb2.RetryDelay(retry_delay=delay).SerializeToString())
+    status = status_pb2.StatusDetails(code=code.value[0], message=message, details=[info])
+    return ((STATUS_DETAILS_KEY, status.SerializeToString()),)
 
 
 @asynccontextmanager

@@ -22,7 +22,7 @@ from ...vad_filter import VadFilterOptions
 from . import convert
 from .interceptors import current_tenant
 from .streams import hold_stream
-from .validate import check_recognize_config, check_streaming_config, reject_unknown_fields
+from .validate import check_endpointing, check_recognize_config, check_streaming_config, reject_unknown_fields
 
 
 class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
@@ -129,16 +129,30 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
         config = streaming.config
         reject_unknown_fields(first)
         check_streaming_config(config)
+        check_endpointing(config.endpointing)
+        policy = convert.stream_policy(self.policy, config.endpointing)
         adapter = self._adapter(tenant, config.adapter)
         options = self._options(config)
         decoder = Linear16Decoder(config.sample_rate_hz or 16_000)
         async with hold_stream(self.engine.streams, tenant, request_iterator):  # shared with Realtime sessions
             with self.engine.store.pinned(adapter):  # the stream holds its adapter until it ends
-                session = StreamingSession(lambda audio: self.engine.transcribe_audio(audio, options, adapter),
-                                           make_vad(self.settings.stream_vad), self.policy, streaming.interim_results)
+                session = StreamingSession(self._stream_decode(options, adapter, tenant),
+                                           make_vad(self.settings.stream_vad), policy,
+                                           streaming.interim_results,
+                                           speech_events=streaming.voice_activity_events)
                 async for response in self._respond(request_iterator, session, decoder,
                                                     streaming.time_offset_seconds):
                     yield response
+
+    def _stream_decode(self, options: DecodingOptions, adapter: str | None, tenant: str):
+        """One stream's decodes, at the priority the session gives each, under one key (a newer decode
+        of the stream supersedes a queued older one)."""
+        key = object()
+
+        def decode(audio, priority: int):
+            return self.engine.transcribe_audio(audio, options, adapter, priority=priority, tenant=tenant, key=key)
+
+        return decode
 
     async def _respond(self, requests, session: StreamingSession, decoder: Linear16Decoder, offset: float):
         reader = asyncio.create_task(self._read_audio(requests, session, decoder))

@@ -89,6 +89,17 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([(settings.grpc_tls_key.read_bytes(), settings.grpc_tls_cert.read_bytes())])
 
 
+def keepalive_options(settings: Settings) -> list[tuple[str, int]]:
+    """Accept the keepalive pings devices send (the device client pings every 20 s, also between
+    calls, so a mobile NAT keeps its mapping): gRPC's default server policy takes a ping more often
+    than every 5 minutes without data for abuse and closes the connection (GOAWAY too_many_pings)."""
+    return [("grpc.http2.min_ping_interval_without_data_ms", settings.grpc_min_ping_interval_ms),
+            ("grpc.http2.max_ping_strikes", 2),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.keepalive_time_ms", settings.grpc_keepalive_ms),
+            ("grpc.keepalive_timeout_ms", 20_000)]
+
+
 def create_grpc_server(settings: Settings, engine: Engine, api_keys: ApiKeys | None = None,
                        port: int | None = None, jobs: JobManager | None = None,
                        interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> GrpcServer:
@@ -101,7 +112,7 @@ def create_grpc_server(settings: Settings, engine: Engine, api_keys: ApiKeys | N
     server = grpc.aio.server(
         interceptors=[ApiInterceptor(api_keys, engine.rate_limiter, engine.auth_limiter), *interceptors],
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
-                 ("grpc.so_reuseport", 0)],
+                 ("grpc.so_reuseport", 0), *keepalive_options(settings)],
     )
     recognizer = RecognizerServicer(engine, settings)
     recognizer_pb2_grpc.add_RecognizerServicer_to_server(recognizer, server)

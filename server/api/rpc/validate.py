@@ -11,7 +11,7 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 from splitasr_device._proto import recognizer_pb2 as pb
 
 from ...engine.engine import NO_RESCORER
-from ...errors import UnsupportedField
+from ...errors import InvalidInput, UnsupportedField
 
 
 def reject_unknown_fields(message: Message, path: str = "") -> None:
@@ -38,6 +38,9 @@ def check_recognize_config(config: pb.RecognitionConfig) -> None:
     if config.sample_rate_hz and config.encoding != pb.LINEAR16:
         raise UnsupportedField("sample_rate_hz applies to LINEAR16 audio only: an encoded file carries its own "
                                "rate. Leave it 0, or send encoding LINEAR16", param="config.sample_rate_hz")
+    if config.HasField("endpointing"):
+        raise UnsupportedField("endpointing applies to StreamingRecognize only: Recognize decodes the whole "
+                               "audio (vad_filter drops its silences)", param="config.endpointing")
 
 
 def check_streaming_config(config: pb.RecognitionConfig) -> None:
@@ -51,3 +54,24 @@ def check_streaming_config(config: pb.RecognitionConfig) -> None:
     if config.HasField("vad_filter"):
         raise UnsupportedField("vad_filter is available in Recognize, not in StreamingRecognize: a stream is "
                                "already split into utterances by its endpointing VAD", param="config.vad_filter")
+
+
+# (field, lowest, highest, whether the bounds themselves are allowed, unit)
+ENDPOINTING_RANGES = {
+    "silence_ms": (100, 10_000, True, " ms"),
+    "speech_threshold": (0.0, 1.0, False, ""),
+    "max_utterance_seconds": (1.0, 30.0, True, " s"),
+}
+
+
+def check_endpointing(endpointing: pb.EndpointingConfig) -> None:
+    """Each set field of ``config.endpointing`` within its range, or INVALID_ARGUMENT naming it."""
+    for name, (low, high, inclusive, unit) in ENDPOINTING_RANGES.items():
+        if not endpointing.HasField(name):
+            continue
+        value = getattr(endpointing, name)
+        inside = low <= value <= high if inclusive else low < value < high
+        if not inside:
+            span = f"{low:g}..{high:g}{unit}" if inclusive else f"between {low:g} and {high:g} (exclusive)"
+            raise InvalidInput(f"config.endpointing.{name} must be {span}, got {value:g}",
+                               param=f"config.endpointing.{name}")
