@@ -25,8 +25,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import safetensors.torch
-from safetensors.torch import load as safetensors_from_bytes  # safetensors only: never pickle
 import torch
+from safetensors.torch import load as safetensors_from_bytes  # safetensors only: never pickle
 from splitasr.adapters.adapter import (
     Adapter,
     AdapterLimits,

@@ -64,7 +64,7 @@ def read_model_bin(parts: Iterable[str | Path]) -> tuple[str, dict[str, np.ndarr
     source = str(paths[0])
     fh: BinaryIO
     if len(paths) == 1:
-        fh = open(paths[0], "rb")
+        fh = open(paths[0], "rb")  # noqa: SIM115 - closed by the caller, like the BytesIO
     else:
         fh = io.BytesIO(b"".join(p.read_bytes() for p in paths))
     with fh:

@@ -19,7 +19,15 @@ import httpx
 import numpy as np
 import torch
 
-from ..adapters import BackboneSpec, adapter_to_bytes, bank_layers, export_peft, get_kind, new_adapter, resolve_targets
+from ..adapters import (
+    BackboneSpec,
+    adapter_to_bytes,
+    bank_layers,
+    export_peft,
+    get_kind,
+    new_adapter,
+    resolve_targets,
+)
 from ..audio import SAMPLE_RATE_HZ, decode_audio
 from ..backbones.whisper import WhisperBackbone
 from ..config import Settings
@@ -140,7 +148,7 @@ def run(*, n: int = 16, rank: int = 8, targets: str = "all", backbone: str = "ti
             for i in range(n):
                 sha = engine.store.get("bench", f"user{i}").sha256
                 start = time.perf_counter()
-                engine.pool._load(sha, keep=set())  # noqa: SLF001 - measuring the pool's own load path
+                engine.pool._load(sha, keep=set())
                 per_load.append(time.perf_counter() - start)
             result["cold_load_p50_s"] = _percentile(per_load, 50)
             layers = bank_layers(engine.backbone.model)

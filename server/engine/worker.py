@@ -30,7 +30,7 @@ import numpy as np
 
 from ..audio import SAMPLE_RATE_HZ
 from ..decoding import DecodingOptions, Transcription
-from ..errors import InvalidAdapter, NotReady, ServerBusy, SplitASRError
+from ..errors import InvalidAdapter, NotReady, Overloaded, ServerBusy, SplitASRError
 from .pool import NoFreeSlot, SlotPool
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class DecodeWorker:
                     return
             try:
                 self._cycle()
-            except Exception as exc:  # noqa: BLE001 - a bug must not kill the worker: fail the batch, go on
+            except Exception as exc:
                 log.exception("decode step failed; failing the %d running request(s)", len(self._running))
                 with self._lock:
                     running = list(self._running.values())

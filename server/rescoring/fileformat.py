@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import safetensors.torch
-from safetensors.torch import load as safetensors_from_bytes  # safetensors only: never pickle
 import torch
+from safetensors.torch import load as safetensors_from_bytes  # safetensors only: never pickle
 
 from ..adapters import Adapter, AdapterLimits, BackboneSpec, KindConfig, atomic_write_bytes, get_kind
 from ..adapters.adapter import check_backbone_match, check_finite, check_layout, check_limits

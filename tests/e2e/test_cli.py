@@ -9,7 +9,6 @@ import sys
 from dataclasses import replace
 
 import pytest
-
 from splitasr.backbones import sources
 from splitasr.errors import BackboneUnavailable
 
@@ -17,7 +16,7 @@ from splitasr.errors import BackboneUnavailable
 def splitasr(*args: str, cache_root) -> subprocess.CompletedProcess:
     env = {**os.environ, "SPLITASR_CACHE_DIR": str(cache_root)}
     return subprocess.run([sys.executable, "-m", "splitasr.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=600)
+                          env=env, timeout=600, check=False)
 
 
 def test_transcribe_srt_and_json(real_speech, cache_root, tiny_backbone):
@@ -75,8 +74,8 @@ def test_adapter_inspect_and_peft_round_trip(tmp_path, cache_root, tiny_backbone
     import pickle
 
     import torch
-
     from splitasr.adapters import BackboneSpec, load_adapter
+
     from tests.adapter_factory import adapter_bytes
 
     spec = BackboneSpec.from_model(tiny_backbone.name, tiny_backbone.model)

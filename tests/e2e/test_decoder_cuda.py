@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
-
 from splitasr.audio import decode_audio
 from splitasr.decoding import DecodingOptions, transcribe
 from splitasr.metrics import wer
+from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import httpx
 import pytest
 import uvicorn
-
 from splitasr.api.rest.app import create_app
 from splitasr.config import Settings
 from splitasr.engine.engine import Engine
@@ -72,5 +71,5 @@ def rest_server(tiny_backbone, cache_root, tmp_path_factory) -> Iterator[Running
     thread.join(30)
 
 
-from .grpc_server import grpc_server  # noqa: E402,F401 - session fixture shared by the gRPC test modules
-from .jobs_server import jobs_server, speaker, trained_job  # noqa: E402,F401 - fixtures of the training job tests
+from .grpc_server import grpc_server  # noqa: F401 - session fixture shared by the gRPC test modules
+from .jobs_server import jobs_server, speaker, trained_job  # noqa: F401 - fixtures of the training job tests

@@ -77,8 +77,8 @@ def test_every_response_format(rest_server, goforward, fmt):
 
 
 def test_wav_upload_at_another_rate(rest_server, goforward):
-    from splitasr.audio import decode_audio, encode_wav_pcm16
     import soxr
+    from splitasr.audio import decode_audio, encode_wav_pcm16
 
     audio = soxr.resample(decode_audio(goforward["path"]), 16000, 44100)
     response = post(rest_server.url, encode_wav_pcm16(audio, 44100), filename="a.wav")

@@ -10,8 +10,8 @@ import uuid
 import httpx
 import numpy as np
 import soundfile as sf
-
 from splitasr.audio import SAMPLE_RATE_HZ, decode_audio
+
 from tests.integration.conftest import TOKENS
 
 AUTH = f"Bearer {TOKENS['alice']}"

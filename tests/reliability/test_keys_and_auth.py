@@ -195,7 +195,7 @@ def test_realtime_guesses_count_and_are_blocked_too(service):
 def test_realtime_pages_from_other_origins_are_refused(service):
     async def connect() -> None:
         token = TOKENS_ALICE(service)
-        event, code = await _realtime_first_event(service, token, "127.0.0.8", origin="https://evil.example")
+        event, _ = await _realtime_first_event(service, token, "127.0.0.8", origin="https://evil.example")
         assert event["error"]["code"] == "permission_denied" and "SPLITASR_CORS_ORIGINS" in event["error"]["message"]
         own = service.url  # the server's own page (/ui/) connects from its own origin
         event, _ = await _realtime_first_event(service, token, "127.0.0.8", origin=own)
@@ -204,7 +204,7 @@ def test_realtime_pages_from_other_origins_are_refused(service):
     asyncio.run(connect())
 
 
-def TOKENS_ALICE(service) -> str:  # noqa: N802 - reads like the constant it stands for
+def TOKENS_ALICE(service) -> str:
     return service.headers("alice")["Authorization"].removeprefix("Bearer ")
 
 

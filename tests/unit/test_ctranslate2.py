@@ -8,11 +8,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from transformers import WhisperConfig, WhisperForConditionalGeneration
-
 from splitasr.backbones.ctranslate2 import convert_whisper_dir, read_model_bin, write_model_bin
 from splitasr.backbones.sources import KNOWN_BACKBONES, package_dir, resolve_backbone
 from splitasr.errors import BackboneUnavailable
+from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 TINY = {"d_model": 32, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
         "decoder_attention_heads": 4, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, "num_mel_bins": 80,
@@ -96,8 +95,8 @@ def test_read_write_round_trip(tmp_path):
     spec, back = read_model_bin([tmp_path / "model.bin"])
     assert spec == "WhisperSpec"
     assert set(back) == set(variables)
-    for k in variables:
-        np.testing.assert_array_equal(back[k], variables[k])
+    for k, value in variables.items():
+        np.testing.assert_array_equal(back[k], value)
 
 
 def test_split_model_bin_reads_like_one(tmp_path):

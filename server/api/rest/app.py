@@ -87,5 +87,5 @@ def create_app(
 def _load_quietly(engine: Engine) -> None:
     try:
         engine.load()
-    except Exception:  # noqa: BLE001 - reported through /readyz and the log
+    except Exception:  # noqa: BLE001, S110 - reported through /readyz and the log
         pass

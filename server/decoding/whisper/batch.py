@@ -35,7 +35,7 @@ class Candidate:
 
 
 class Row:
-    __slots__ = ("owner", "tokens", "logprob", "token_logprobs", "last_timestamp", "generator")
+    __slots__ = ("generator", "last_timestamp", "logprob", "owner", "token_logprobs", "tokens")
 
     def __init__(self, owner: Pass, tokens: list[int], logprob: float = 0.0,
                  token_logprobs: list[float] | None = None, last_timestamp: int = -1,

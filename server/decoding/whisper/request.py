@@ -18,7 +18,14 @@ import numpy as np
 import torch
 
 from ...audio import SAMPLE_RATE_HZ
-from ..types import FALLBACK_TEMPERATURES, DecodingOptions, Hypothesis, Segment, Transcription, compression_ratio
+from ..types import (
+    FALLBACK_TEMPERATURES,
+    DecodingOptions,
+    Hypothesis,
+    Segment,
+    Transcription,
+    compression_ratio,
+)
 from .batch import Candidate, Pass
 from .vocab import FRAME_S, INPUT_STRIDE, TIME_PRECISION_S, Vocab
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import safetensors.torch
-from safetensors.torch import load as safetensors_from_bytes  # safetensors only: never pickle
 import torch
 from adapter_fixtures import CASES, tiny_whisper
+from safetensors.torch import load as safetensors_from_bytes  # safetensors only: never pickle
 from splitasr.adapters import (
     Adapter,
     AdapterLimits,

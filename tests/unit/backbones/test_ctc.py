@@ -25,8 +25,8 @@ from splitasr.adapters import (
 )
 from splitasr.backbones.ctc import CTCBackbone, ctc_loss, greedy_ctc
 from splitasr.backbones.loader import load_backbone
-from splitasr.decoding.ctc import ctc_logits
 from splitasr.decoding import DecodingOptions, transcribe
+from splitasr.decoding.ctc import ctc_logits
 from splitasr.errors import InvalidAdapter, InvalidInput
 
 from .conftest import tiny_whisper

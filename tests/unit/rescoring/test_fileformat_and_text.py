@@ -7,8 +7,8 @@ import struct
 
 import pytest
 import safetensors.torch
-from safetensors.torch import load as safetensors_from_bytes  # safetensors only: never pickle
 import torch
+from safetensors.torch import load as safetensors_from_bytes  # safetensors only: never pickle
 from splitasr.errors import InvalidAdapter
 from splitasr.rescoring.fileformat import (
     METADATA_KEY,
