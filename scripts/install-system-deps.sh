@@ -2,7 +2,7 @@
 # System packages the tests and the speaker-data synthesizer need (Debian/Ubuntu); docker-compose
 # validates the compose files (tests/unit/test_deploy.py: no container engine needed); iproute2 and
 # nftables impair a test network (tests/reliability/test_network.py, as root); chromium and
-# chromium-driver run the web page's test in a real headless browser (tests/e2e/test_browser.py).
+# chromium-driver run the web page's test in a real headless browser (tests/integration/test_web_page.py).
 # Safe to re-run: installs only what is missing.
 set -euo pipefail
 PKGS=(espeak-ng sox flite docker-compose iproute2 nftables chromium chromium-driver)

@@ -5,6 +5,7 @@ streamed (stream=true) transcript."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,8 +18,9 @@ from .conftest import TOKENS
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
+# CI sets SPLITASR_REQUIRE_BROWSER=1: there a missing browser fails these tests instead of skipping them
 pytestmark = pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None,
+    (CHROMIUM is None or CHROMEDRIVER is None) and os.environ.get("SPLITASR_REQUIRE_BROWSER") != "1",
     reason="needs Debian's chromium and chromium-driver (bash scripts/install-system-deps.sh)",
 )
 WAIT_S = 45
