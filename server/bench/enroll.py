@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import socket
 import statistics
 import tempfile
 import threading
@@ -31,25 +29,12 @@ from pathlib import Path
 import httpx
 
 from ..config import Settings
+from .common import cpu_model, free_port
 
 DEFAULT_AUDIO_DIR = Path(__file__).resolve().parents[2] / "tests" / "data" / "real-speech"
 JOBS = "/v1/adapters/jobs"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 class _Server:
@@ -151,11 +136,11 @@ def run(*, speaker: str = "cardio_nurse", utterances: int = 40, test: int = 35, 
         root = Path(work_dir or tmp)
         manifests = synth.synthesize_speaker(speaker, root / "data", splits=(utterances, 0, test), seed=0)
         settings = Settings(backbone=backbone, cache_dir=cache_dir, store_dir=root / "store", jobs_dir=root / "jobs",
-                            port=_free_port(), grpc_port=0, train_threads=threads,
+                            port=free_port(), grpc_port=0, train_threads=threads,
                             train_max_epochs=max(20, epochs), train_max_job_seconds=6 * 3600, _env_file=None)
         result: dict = {"speaker": speaker, "backbone": backbone, "uploaded_utterances": utterances,
                         "test_utterances": test, "epochs_max": epochs, "train_threads": threads,
-                        "cpu": _cpu_model(), "cpus": os.cpu_count(), "load_average_start": os.getloadavg()}
+                        "cpu": cpu_model(), "cpus": os.cpu_count(), "load_average_start": os.getloadavg()}
         server = _Server(settings)
         try:
             test_rows = _rows(manifests["test"])

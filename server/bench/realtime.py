@@ -25,7 +25,6 @@ import gzip
 import json
 import math
 import multiprocessing
-import socket
 import statistics
 import tempfile
 import threading
@@ -43,6 +42,7 @@ from ..audio import SAMPLE_RATE_HZ, decode_audio
 from ..config import Settings
 from ..engine.engine import Engine
 from ..engine.vad import FRAME_SAMPLES, SileroVad
+from .common import cpu_model, free_port
 
 DEFAULT_AUDIO_DIR = Path(__file__).resolve().parents[2] / "tests" / "data" / "real-speech"
 CHUNK_S = 0.1
@@ -230,20 +230,6 @@ def page_size(url: str) -> dict:
             "gzip_bytes": sum(len(gzip.compress(b, 9)) for b in bodies.values()), "requests": len(bodies)}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def run(*, backbone: str = "tiny.en", sessions: int = 8, rounds: int = 2, repeats: int = 1,
@@ -259,7 +245,7 @@ def run(*, backbone: str = "tiny.en", sessions: int = 8, rounds: int = 2, repeat
     scripts = [Script([clips[(s * rounds + r) % len(clips)] for r in range(rounds)]) for s in range(sessions)]
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(backbone=backbone, cache_dir=cache_dir, store_dir=Path(tmp) / "store", host="127.0.0.1",
-                            port=_free_port(), device="cpu", _env_file=None)
+                            port=free_port(), device="cpu", _env_file=None)
         engine = Engine(settings)
         engine.load()
         server = uvicorn.Server(uvicorn.Config(create_app(settings, engine), host="127.0.0.1", port=settings.port,
@@ -300,7 +286,7 @@ def run(*, backbone: str = "tiny.en", sessions: int = 8, rounds: int = 2, repeat
     if realtime["final_after_speech_end_s"] and grpc_summary["final_after_speech_end_s"]:
         ratio = round(realtime["final_after_speech_end_s"]["p50"] / grpc_summary["final_after_speech_end_s"]["p50"], 2)
     return {
-        "backbone": backbone, "device": "cpu", "cpu": _cpu_model(), "threads": torch.get_num_threads(),
+        "backbone": backbone, "device": "cpu", "cpu": cpu_model(), "threads": torch.get_num_threads(),
         "concurrent_sessions": sessions, "clips_per_session": rounds, "repeats": repeats,
         "pacing": f"real time, {int(CHUNK_S * 1000)} ms chunks, {SILENCE_S:g} s of silence after each clip",
         "realtime_websocket": {**realtime, "p50_per_pass": passes["realtime"], **_work(work["realtime"])},

@@ -21,6 +21,7 @@ from ..backbones.sources import KNOWN_BACKBONES, package_dir
 from ..backbones.whisper import WhisperBackbone
 from ..decoding import transcribe
 from ..progress import track
+from .common import cpu_model
 
 DEFAULT_AUDIO_DIR = Path(__file__).resolve().parents[2] / "tests" / "data" / "real-speech"
 
@@ -97,21 +98,11 @@ def run(*, backbone: str = "tiny.en", audio_dir: Path = DEFAULT_AUDIO_DIR, repea
         result[f"faster_whisper_{key}_wer"] = _wer(refs, texts)
     for key in ("fp32", "int8"):
         result[f"ratio_{key}"] = result[f"splitasr_{key}_rtf"] / result[f"faster_whisper_{key}_rtf"]
-    import platform
 
-    result["cpu"] = _cpu_model() or platform.processor()
+    result["cpu"] = cpu_model()
     for k, v in result.items():
         if isinstance(v, float):
             result[k] = round(v, 4)
     result["median_utterance_seconds"] = round(statistics.median(len(a) / SAMPLE_RATE_HZ for a in audios), 2)
     return result
 
-
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        return None
-    return None

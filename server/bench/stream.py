@@ -47,6 +47,7 @@ from ..audio import SAMPLE_RATE_HZ, decode_audio
 from ..config import Settings
 from ..engine.engine import Engine
 from ..engine.vad import FRAME_SAMPLES, SileroVad
+from .common import cpu_model
 
 DEFAULT_AUDIO_DIR = Path(__file__).resolve().parents[2] / "tests" / "data" / "real-speech"
 CHUNK_S = 0.1
@@ -233,15 +234,6 @@ def _client_peak_rss_mib(address: str, path: Path) -> float:
     return round(peak_kib / 1024, 1)
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
-
 
 def run(*, backbone: str = "tiny.en", streams: tuple[int, ...] = (8,), audio_dir: Path = DEFAULT_AUDIO_DIR,
         threads: int | None = None, cache_dir: Path, rss: bool = True) -> dict:
@@ -271,7 +263,7 @@ def run(*, backbone: str = "tiny.en", streams: tuple[int, ...] = (8,), audio_dir
             server.stop()
             engine.close(10)
     return {
-        "backbone": backbone, "device": "cpu", "cpu": _cpu_model(), "threads": torch.get_num_threads(),
+        "backbone": backbone, "device": "cpu", "cpu": cpu_model(), "threads": torch.get_num_threads(),
         "pacing": f"real time, {int(CHUNK_S * 1000)} ms LINEAR16 chunks at 16 kHz",
         "script": f"per stream: clip, {ENDPOINT_SILENCE_S:g} s silence (endpoint), clip cut "
                   f"{HALF_CLOSE_TAIL_S:g} s after its speech, half-close",
