@@ -49,6 +49,14 @@ class Settings(BaseSettings):
     default_beam_size: int = Field(1, ge=1, le=16, description="Beam size when a request does not choose.")
     audio_ctx_seconds: float | None = Field(
         None, ge=1, le=30, description="Encoder window for clips shorter than this (default: the whole 30 s).")
+    fallback_speech_check: bool = Field(
+        True, description="Before a window that failed its first decode is decoded again hotter, check it for speech "
+                          "(Silero VAD); without speech it stays empty.")
+    decode_time_limit_rtf: float = Field(
+        1.0, ge=0, description="A request may decode for at most this many seconds per second of its audio "
+                               "(at least DECODE_TIME_LIMIT_MIN_S), else 504 / DEADLINE_EXCEEDED; 0 = no limit.")
+    decode_time_limit_min_s: float = Field(
+        120.0, gt=0, description="The decode time limit of short audio.")
     vad_filter: bool = Field(
         False, description="Drop long silences from files before decoding (Silero VAD) when a request does not choose.")
     vad_min_silence_ms: int = Field(

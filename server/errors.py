@@ -110,6 +110,13 @@ class RateLimited(Overloaded):
         self.retry_after_s = retry_after_s
 
 
+class DecodeTimeout(SplitASRError):
+    """A request decoded for longer than its limit (``SPLITASR_DECODE_TIME_LIMIT_RTF``); it was stopped."""
+
+    http_status = 504
+    code = "decode_timeout"
+
+
 class StorageFull(SplitASRError):
     """The adapter store's disk is full (or the file size limit of the process was hit)."""
 

@@ -127,6 +127,8 @@ class CTCDecoder:
         self._admitted: list[CTCRequest] = []
         self._waiting: list[CTCRequest] = []
 
+    checking = False  # (the Whisper decoder's speech checks; none here)
+
     @property
     def live_rows(self) -> int:
         return len(self._admitted)
@@ -148,6 +150,10 @@ class CTCDecoder:
             self._waiting.remove(r)
             r.pending = None
             self._admitted.append(r)
+
+    def poll(self) -> list[CTCRequest]:
+        """Nothing settles between steps here (the Whisper decoder's speech checks do)."""
+        return []
 
     def cancel(self, request: CTCRequest) -> None:
         request.cancelled = True

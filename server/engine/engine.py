@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Hashable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -32,6 +33,7 @@ from .pool import SlotPool
 from .silence import transcribe_speech
 from .store import AdapterRecord, AdapterStore
 from .streams import StreamSlots
+from .vad import has_speech
 from .worker import PRIORITY_FILE, DecodeWorker, Job
 
 log = logging.getLogger(__name__)
@@ -49,12 +51,13 @@ def _shown(value: str, limit: int = 80) -> str:
     return repr(value) if len(value) <= limit else repr(value[:limit]) + f"... ({len(value)} characters)"
 
 
-def make_decoder(backbone: Backbone, max_rows: int):
-    """The decode loop for ``backbone``: our Whisper decoder, or CTC best path."""
+def make_decoder(backbone: Backbone, max_rows: int, speech_check=None):
+    """The decode loop for ``backbone``: our Whisper decoder, or CTC best path. ``speech_check(audio)``:
+    a future of whether audio holds speech (the Whisper decoder asks it before fallback passes)."""
     if isinstance(backbone, WhisperBackbone):
         from ..decoding.whisper.decoder import WhisperDecoder
 
-        return WhisperDecoder(backbone, max_rows=max_rows)
+        return WhisperDecoder(backbone, max_rows=max_rows, speech_check=speech_check)
     from ..decoding.ctc import CTCDecoder
 
     return CTCDecoder(backbone, max_rows=max_rows)
@@ -89,6 +92,8 @@ class Engine:
         self.worker: DecodeWorker | None = None
         self.load_error: str | None = None
         self._ready = threading.Event()
+        # the decoder's speech checks (Silero, ~0.2 s per window) run here, off the decode thread
+        self._checks = ThreadPoolExecutor(1, thread_name_prefix="speech-check")
 
     # lifecycle -----------------------------------------------------------------------------------
     def load(self) -> None:
@@ -102,7 +107,8 @@ class Engine:
             if not bank_layers(backbone.model):  # a preloaded backbone may already carry one
                 attach_bank(backbone.model, self.settings.adapter_targets, self.settings.adapter_slots, self.limits)
             self.spec = BackboneSpec.from_model(backbone.name, backbone.model)  # after the bank: its targets
-            decoder = make_decoder(backbone, self.settings.max_batch_rows)
+            check = self._speech_check if self.settings.fallback_speech_check else None
+            decoder = make_decoder(backbone, self.settings.max_batch_rows, check)
             start = time.perf_counter()
             self._warm_up(decoder)
             log.info("backbone warmed up in %.2f s", time.perf_counter() - start)
@@ -145,10 +151,14 @@ class Engine:
             decoder.admit(decoder.waiting())
             decoder.step()
 
+    def _speech_check(self, audio: np.ndarray) -> Future:
+        return self._checks.submit(has_speech, audio)
+
     def close(self, timeout: float | None = None) -> None:
         self.store.close()
         if self.worker:
             self.worker.stop(timeout)
+        self._checks.shutdown(wait=False, cancel_futures=True)
 
     @property
     def ready(self) -> bool:
@@ -250,6 +260,11 @@ class Engine:
                                            tenant=tenant)
         return await self.transcribe_audio(audio, options, adapter, rescorer, tenant=tenant)
 
+    def _decode_time_limit(self, seconds: float) -> float | None:
+        """How long a request for ``seconds`` of audio may decode (None: no limit)."""
+        rtf = self.settings.decode_time_limit_rtf
+        return max(self.settings.decode_time_limit_min_s, rtf * seconds) if rtf else None
+
     def default_rescorer(self, tenant: str) -> str | None:
         """The sha256 of the tenant's rescorer named ``default``, if it has one."""
         try:
@@ -275,7 +290,8 @@ class Engine:
                                "send shorter audio or leave `rescore` out")
         if self.settings.audio_ctx_seconds and options.audio_ctx_seconds is None:
             options = replace(options, audio_ctx_seconds=self.settings.audio_ctx_seconds)
-        job = Job(audio, self.rescoring_options(options, rescorer), adapter, rescorer, priority, tenant, key)
+        job = Job(audio, self.rescoring_options(options, rescorer), adapter, rescorer, priority, tenant, key,
+                  time_limit_s=self._decode_time_limit(len(audio) / SAMPLE_RATE_HZ))
         with self.store.pinned(adapter, rescorer):  # a DELETE meanwhile keeps the blob until this row is done
             future = self.worker.submit(job)
             return await asyncio.wrap_future(future)

@@ -124,3 +124,19 @@ def silero_probabilities(audio: np.ndarray) -> np.ndarray:
     for k, (begin, end) in enumerate(owned):
         probs[begin:end] = out[begin - starts[k] : end - starts[k], k]
     return probs
+
+
+# Is there speech at all? (a window that failed its first decode) -----------------------------------
+SPEECH_PROBABILITY = 0.5
+MIN_SPEECH_FRAMES = 4  # 128 ms of frames above SPEECH_PROBABILITY
+_CHECK_PEAK = 0.5  # the audio is scaled to this peak first: Silero misses speech quieter than ~-50 dBFS,
+# which Whisper still transcribes, while noise scaled up stays noise to it (white, brown, hum, clicks)
+
+
+def has_speech(audio: np.ndarray) -> bool:
+    """Whether Silero finds at least 128 ms of speech in ``audio`` (any level; ~0.2 s per 30 s here)."""
+    peak = float(np.abs(audio).max()) if len(audio) else 0.0
+    if peak <= 0.0:
+        return False
+    probs = silero_probabilities((audio * (_CHECK_PEAK / peak)).astype(np.float32))
+    return int((probs >= SPEECH_PROBABILITY).sum()) >= MIN_SPEECH_FRAMES

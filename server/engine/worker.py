@@ -4,7 +4,8 @@ Requests queue with a priority (stream finals before stream interims before file
 worker keeps one running batch and works step by step; at each step boundary it
 
 1. drops what was cancelled (a client that went away, a deadline that passed, an interim overtaken by
-   newer audio of the same stream): queued jobs leave the queue, running ones leave the batch;
+   newer audio of the same stream) and what decoded past its time limit (``Job.time_limit_s``, the
+   engine's per-request compute cap): queued jobs leave the queue, running ones leave the batch;
 2. admits waiting work in priority order, tenants taking turns within a priority: new requests (their
    adapter slot pinned for their life) and the next windows or fallback passes of running ones, up to
    the row budget, with at most ``max_admissions`` encoder passes per step (an encoder pass stalls the
@@ -30,7 +31,7 @@ import numpy as np
 
 from ..audio import SAMPLE_RATE_HZ
 from ..decoding import DecodingOptions, Transcription
-from ..errors import InvalidAdapter, NotReady, Overloaded, ServerBusy, SplitASRError
+from ..errors import DecodeTimeout, InvalidAdapter, NotReady, Overloaded, ServerBusy, SplitASRError
 from .pool import NoFreeSlot, SlotPool
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,8 @@ class Job:
     enqueued_at: float = field(default_factory=time.perf_counter)
     request: object | None = None  # the decoder's request once started
     slot: int = 0
+    time_limit_s: float | None = None  # longest time it may decode (from its start, queueing excluded)
+    started_at: float | None = None
 
 
 @dataclass
@@ -69,6 +72,7 @@ class WorkerStats:
     admitted_mid_flight: int = 0  # requests that joined while other rows were decoding
     cancelled: int = 0
     superseded: int = 0
+    timed_out: int = 0
 
 
 class DecodeWorker:
@@ -174,11 +178,14 @@ class DecodeWorker:
 
     def _cycle(self) -> None:
         self._drop_cancelled()
+        self._complete([self._running[id(r)] for r in self.decoder.poll() if id(r) in self._running])
         self._admit()
         if not self.decoder.live_rows:
-            with self._lock:  # nothing fits yet (every slot pinned): wait for a change
+            with self._lock:  # nothing fits yet (every slot pinned), or only speech checks run: wait
                 if self._queue and not self._running:
                     self._lock.wait(0.05)
+                elif self._running and self.decoder.checking:
+                    self._lock.wait(0.005)
             return
         start = time.perf_counter()
         rows = self.decoder.live_rows
@@ -197,6 +204,16 @@ class DecodeWorker:
                 self.stats.cancelled += 1
         with self._lock:
             running = list(self._running.values())
+        now = time.perf_counter()
+        for job in running:
+            if job.time_limit_s is not None and job.started_at is not None and now - job.started_at > job.time_limit_s:
+                self.stats.timed_out += 1
+                seconds = audio_seconds(job)
+                _fail(job.future, DecodeTimeout(
+                    f"decoding this audio ({seconds:.1f} s) took longer than its limit of {job.time_limit_s:.0f} s "
+                    "(SPLITASR_DECODE_TIME_LIMIT_RTF x its length, at least SPLITASR_DECODE_TIME_LIMIT_MIN_S) and "
+                    "was stopped: the server may be overloaded (retry later), or the audio mostly noise (try the "
+                    "VAD filter)"))
         for job in [j for j in running if j.future.done()]:
             self.decoder.cancel(job.request)
             self.stats.cancelled += 1
@@ -246,6 +263,7 @@ class DecodeWorker:
         with self._lock:
             self._queue.remove(job)
         job.slot = slot
+        job.started_at = time.perf_counter()
         try:
             job.request = self.decoder.start(job.audio, job.options, slot)
         except Exception as exc:  # noqa: BLE001

@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import socket
 import time
 import uuid
 
 import httpx
-import numpy as np
-import soundfile as sf
-from splitasr.audio import SAMPLE_RATE_HZ, decode_audio
 
 from tests.integration.conftest import TOKENS
+from tests.integration.long_audio import long_speech_flac
 
 AUTH = f"Bearer {TOKENS['alice']}"
-
-
-def _long_flac(path: str, seconds: float) -> bytes:
-    """Real speech repeated with long pauses (cheap in FLAC, under the server's upload limit): many 30 s
-    windows of work, each with speech in it."""
-    speech = decode_audio(path)
-    pause = np.zeros(9 * SAMPLE_RATE_HZ, dtype=np.float32)
-    pieces, total = [], 0
-    while total < seconds * SAMPLE_RATE_HZ:
-        pieces += [speech, pause]
-        total += len(speech) + len(pause)
-    buf = io.BytesIO()
-    sf.write(buf, np.concatenate(pieces), SAMPLE_RATE_HZ, format="FLAC")
-    return buf.getvalue()
 
 
 def _multipart(audio: bytes) -> tuple[bytes, str]:
@@ -54,7 +37,7 @@ def _wait(condition, seconds: float) -> bool:
 def test_a_client_that_hangs_up_cancels_its_decode(rest_server, real_speech):
     goforward = next(r for r in real_speech if r["audio_filepath"].endswith("goforward.flac"))
     worker = rest_server.engine.worker
-    body, boundary = _multipart(_long_flac(goforward["path"], 300))  # 10 windows: a minute of work or more
+    body, boundary = _multipart(long_speech_flac(goforward["path"], 300))  # 10 windows: a minute of work or more
     cancelled = worker.stats.cancelled
     host, port = rest_server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as sock:

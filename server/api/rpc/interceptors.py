@@ -30,6 +30,7 @@ from google.protobuf import any_pb2, duration_pb2
 from splitasr_device._proto import status_pb2
 
 from ...errors import (
+    DecodeTimeout,
     InvalidInput,
     NotFound,
     NotReady,
@@ -68,6 +69,7 @@ STATUS_BY_ERROR: tuple[tuple[type[SplitASRError], grpc.StatusCode], ...] = (
     (ServerBusy, grpc.StatusCode.UNAVAILABLE),  # the whole server is full: retry after its RetryInfo
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),  # a quota (RateLimited, a tenant's streams ...)
     (StorageFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (DecodeTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
     (NotReady, grpc.StatusCode.UNAVAILABLE),
 )
 

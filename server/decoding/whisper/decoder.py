@@ -13,7 +13,8 @@ step boundary, and :meth:`~WhisperDecoder.step` until it is done.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, wait
 
 import numpy as np
 import torch
@@ -34,8 +35,12 @@ DEFAULT_MAX_ROWS = 32
 
 
 class WhisperDecoder:
-    def __init__(self, backbone, max_rows: int = DEFAULT_MAX_ROWS):
+    def __init__(self, backbone, max_rows: int = DEFAULT_MAX_ROWS,
+                 speech_check: Callable[[np.ndarray], Future] | None = None):
+        """``speech_check(audio)``: a future of whether audio holds speech, asked before a window that
+        failed its first decode is decoded again hotter (None: always decode it again, as Whisper does)."""
         self.backbone = backbone
+        self.speech_check = speech_check
         self.model = backbone.model
         self.vocab = Vocab.from_backbone(backbone)
         self.runner = WhisperRunner(backbone.model, max_rows)
@@ -98,7 +103,8 @@ class WhisperDecoder:
         language = code if self.vocab.multilingual else "en"
         request = WhisperRequest(audio, options, vocab=self.vocab, features=self.features, encode=self._encode,
                                  decode=self._decode, language=language, slot=slot,
-                                 mixture=self._mixture(audio, slot), seed=seed, max_rows=self.max_rows)
+                                 mixture=self._mixture(audio, slot), seed=seed, max_rows=self.max_rows,
+                                 speech_check=self.speech_check)
         if not request.done:
             self.running.append(request)
         return request
@@ -122,6 +128,20 @@ class WhisperDecoder:
     def waiting(self) -> list[Pass]:
         """Passes of running requests that wait for admission (a new window, or a fallback)."""
         return [r.pending for r in self.running if r.pending is not None]
+
+    def poll(self) -> list[WhisperRequest]:
+        """Settle finished speech checks (see :class:`WhisperRequest`); returns the requests that are done."""
+        done = []
+        for request in [r for r in self.running if r.checking is not None and r.checking[0].done()]:
+            if request.speech_checked():
+                done.append(request)
+                self._retire(request)
+        return done
+
+    @property
+    def checking(self) -> bool:
+        """Whether some request waits for a speech check (and holds no rows meanwhile)."""
+        return any(r.checking is not None for r in self.running)
 
     def cancel(self, request: WhisperRequest) -> None:
         """Stop ``request``: its rows leave the batch at the next step, its pending pass is dropped."""
@@ -239,6 +259,7 @@ class WhisperDecoder:
     def run(self, requests: Sequence[WhisperRequest]) -> None:
         """Decode ``requests`` to the end (admitting whatever fits at each step boundary)."""
         while any(not r.done for r in requests):
+            self.poll()
             waiting = self.waiting()
             room = self.max_rows - self.live_rows
             admitted = []
@@ -248,6 +269,9 @@ class WhisperDecoder:
                     room -= p.max_rows
             self.admit(admitted)
             if not self.live_rows:
+                if not admitted and self.checking:
+                    wait([r.checking[0] for r in self.running if r.checking is not None], timeout=1.0)
+                    continue
                 if not admitted and any(not r.done for r in requests):
                     raise RuntimeError("a request cannot fit in the batch")
                 continue

@@ -7,11 +7,17 @@ finishes, the window's result is checked against Whisper's thresholds (compressi
 log-probability; a likely <|nospeech|> means silence, not failure); a failed window is decoded again
 at the next temperature, reusing its encoder output; an accepted one becomes segments, and ``seek``
 moves to the last complete segment (or the window's end). Windows whose audio is digitally silent
-(peak below ``SILENCE_PEAK``) are skipped without running the encoder.
+(peak below ``SILENCE_PEAK``) are skipped without running the encoder. A window that fails its first
+decode may be quiet noise rather than hard speech: when the decoder has a ``speech_check`` (the engine's
+VAD), the window's audio is checked first (off the decode thread; the request holds no rows meanwhile),
+and a window without speech ends there, empty, instead of running five hotter passes of sampled
+hallucinations (about 20 times the cost of the check on tiny.en).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,10 +61,11 @@ class WhisperRequest:
 
     def __init__(self, audio: np.ndarray, options: DecodingOptions, *, vocab: Vocab, features, encode, decode,
                  language: str | None, slot: int = 0, mixture: torch.Tensor | None = None, seed: int = 0,
-                 max_rows: int = 1 << 30):
+                 max_rows: int = 1 << 30, speech_check: Callable[[np.ndarray], Future] | None = None):
         """``features(audio, frames)``: log-mel [n_mels, frames] of up to 30 s of audio; ``encode(text)``
         and ``decode(tokens)``: the tokenizer; ``language``: None to detect (multilingual backbones);
-        ``max_rows``: the batch's rows, the widest pass (fallback samples and N-best beams are cut to it)."""
+        ``max_rows``: the batch's rows, the widest pass (fallback samples and N-best beams are cut to it);
+        ``speech_check(audio)``: a future of whether a window's audio holds speech (see the module doc)."""
         self.audio = audio
         self.options = options
         self.vocab = vocab
@@ -70,6 +77,8 @@ class WhisperRequest:
         self.mixture = mixture
         self.seed = seed
         self.max_rows = max_rows
+        self._speech_check = speech_check
+        self.checking: tuple[Future, Pass] | None = None  # a failed window's speech check and its fallback
         self.duration = len(audio) / SAMPLE_RATE_HZ
         # transformers' window bounds: short audio is one padded 30 s window, long audio its own length
         self.content_frames = max(WINDOW_FRAMES, len(audio) // HOP_SAMPLES)
@@ -183,7 +192,10 @@ class WhisperRequest:
             failed = False
         attempt = len(window.attempts)
         if failed and attempt < len(self.temperatures) and self.spent < self.budget:
-            self.pending = self._make_pass(attempt)
+            if attempt == 1 and self._speech_check is not None:
+                self.checking = (self._speech_check(self._window_audio(window)), self._make_pass(attempt))
+            else:
+                self.pending = self._make_pass(attempt)
             return None
         if failed:  # every temperature failed: faster-whisper's choice among the attempts
             fine = [a for a in window.attempts if options.compression_ratio_threshold is None
@@ -191,6 +203,34 @@ class WhisperRequest:
             p, best, ratio, avg = max(fine or window.attempts, key=lambda a: a[3])
         window.attempts = [(p, best, ratio, avg)]
         return window
+
+    def _window_audio(self, window: Window) -> np.ndarray:
+        start = window.seek * HOP_SAMPLES
+        return self.audio[start: start + window.frames * HOP_SAMPLES]
+
+    def speech_checked(self) -> bool:
+        """Called when ``checking`` is done: speech queues the fallback pass; no speech (or a failed
+        check) ends the window empty and moves on. Returns whether the request is now done."""
+        assert self.checking is not None
+        future, fallback = self.checking
+        self.checking = None
+        if self.cancelled:
+            self._finish()
+            return True
+        try:
+            speech = future.result()
+        except Exception:  # noqa: BLE001 - a broken check must not lose the window: decode it as usual
+            speech = True
+        if speech:
+            self.pending = fallback
+            return False
+        window = self.window
+        assert window is not None
+        self.seek += window.frames
+        self.windows_decoded += 1
+        window.encoder_out = None
+        self.pending = self._next_window()
+        return self.done
 
     def _silent(self, p: Pass, avg: float) -> bool:
         threshold, floor = self.options.no_speech_threshold, self.options.logprob_threshold
@@ -274,6 +314,7 @@ class WhisperRequest:
     def _finish(self) -> None:
         self.done = True
         self.pending = None
+        self.checking = None
         if self.window is not None:
             self.window.encoder_out = None
         segments = self.segments
