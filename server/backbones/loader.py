@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from ..errors import InvalidInput
 from .ctc import CTCBackbone, is_ctc_location
 from .quantize import check_quantization
 from .sources import KNOWN_BACKBONES, resolve_backbone
@@ -42,6 +43,9 @@ def load_backbone(spec: str, *, cache_dir: Path, device: str = "auto", quantize:
                   dtype: torch.dtype | None = None) -> WhisperBackbone | CTCBackbone:
     """Resolve ``spec`` (known name, directory, hub id) and load it frozen, optionally quantized."""
     check_quantization(quantize)
+    if quantize != "none" and dtype not in (None, torch.float32):
+        raise InvalidInput(f"quantize={quantize} and dtype={str(dtype).removeprefix('torch.')} are alternatives: "
+                           "quantized layers keep their own weights; leave the dtype at auto")
     resolved = resolve_backbone(spec, cache_dir)
     if spec not in KNOWN_BACKBONES and is_ctc_location(resolved.location):
         return CTCBackbone.load(resolved, device=device, dtype=dtype, quantize=quantize)

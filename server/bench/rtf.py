@@ -21,7 +21,7 @@ from ..backbones.sources import KNOWN_BACKBONES, package_dir
 from ..backbones.whisper import WhisperBackbone
 from ..decoding import transcribe
 from ..progress import track
-from .common import cpu_model
+from .common import cpu_flags, cpu_model
 
 DEFAULT_AUDIO_DIR = Path(__file__).resolve().parents[2] / "tests" / "data" / "real-speech"
 
@@ -78,8 +78,9 @@ def run(*, backbone: str = "tiny.en", audio_dir: Path = DEFAULT_AUDIO_DIR, repea
     result: dict = {"backbone": backbone, "audio_seconds": round(audio_seconds, 2), "utterances": len(audios),
                     "threads": threads, "repeats": repeats, "device": "cpu"}
 
-    for key, quantize in (("fp32", "none"), ("int8", "int8")):
-        ours = WhisperBackbone.load(backbone, cache_dir=cache_dir, device="cpu", quantize=quantize)
+    # bfloat16 weights: what SPLITASR_DTYPE=bfloat16 serves (fast where the CPU has AMX / AVX-512 BF16)
+    for key, quantize, dtype in (("fp32", "none", None), ("int8", "int8", None), ("bf16", "none", torch.bfloat16)):
+        ours = WhisperBackbone.load(backbone, cache_dir=cache_dir, device="cpu", quantize=quantize, dtype=dtype)
         seconds, texts = _time_runs(lambda a, bb=ours: transcribe(bb, [a])[0].text, audios, repeats,
                                     f"splitasr {key}", quiet)
         result[f"splitasr_{key}_rtf"] = seconds / audio_seconds
@@ -98,6 +99,10 @@ def run(*, backbone: str = "tiny.en", audio_dir: Path = DEFAULT_AUDIO_DIR, repea
         result[f"faster_whisper_{key}_wer"] = _wer(refs, texts)
     for key in ("fp32", "int8"):
         result[f"ratio_{key}"] = result[f"splitasr_{key}_rtf"] / result[f"faster_whisper_{key}_rtf"]
+    # CTranslate2 has no bfloat16 on the CPU: compare with both of its kinds
+    result["ratio_bf16_to_fp32"] = result["splitasr_bf16_rtf"] / result["faster_whisper_fp32_rtf"]
+    result["ratio_bf16_to_int8"] = result["splitasr_bf16_rtf"] / result["faster_whisper_int8_rtf"]
+    result["cpu_flags"] = [f for f in ("amx_bf16", "avx512_bf16") if f in cpu_flags()]
 
     result["cpu"] = cpu_model()
     for k, v in result.items():

@@ -15,6 +15,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--quantize", choices=["none", "int8", "nf4"],
                    help="backbone weights: none (default), int8 or nf4 (env SPLITASR_QUANTIZE)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="backbone weights' dtype: auto (default: float16 on CUDA, float32 on the CPU), or bfloat16 "
+                        "(faster on CPUs with AMX / AVX-512 BF16) (env SPLITASR_DTYPE)")
     p.add_argument("--api-keys", dest="api_keys_file", help="file of 'TOKEN TENANT' lines (env SPLITASR_API_KEYS_FILE)")
     p.add_argument("--insecure", dest="allow_insecure_open", action="store_const", const=True,
                    help="allow a non-loopback bind with no API keys (anyone can use the server)")
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if env_file is not None and not env_file.is_file():
         raise UsageError(f"--env-file {env_file}: no such file")
     settings = Settings(_env_file=env_file, **overrides(
-        args, "host", "port", "grpc_port", "backbone", "device", "quantize", "api_keys_file", "allow_insecure_open",
+        args, "host", "port", "grpc_port", "backbone", "device", "quantize", "dtype", "api_keys_file", "allow_insecure_open",
         "replicas"))
     configure_logging(settings.log_level, settings.log_format)
     keys = ApiKeys.load(settings.api_keys_file, settings.api_keys)

@@ -15,6 +15,9 @@ def add_backbone_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--quantize", choices=["none", "int8", "nf4"],
                    help="backbone weights: none (default), int8 or nf4 (env SPLITASR_QUANTIZE)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="backbone weights' dtype: auto (default: float16 on CUDA, float32 on the CPU), or bfloat16 "
+                        "(faster on CPUs with AMX / AVX-512 BF16) (env SPLITASR_DTYPE)")
 
 
 def add_adapter_arg(p: argparse.ArgumentParser) -> None:
@@ -46,9 +49,9 @@ def load_backbone(args: argparse.Namespace):
     from ..backbones.loader import load_backbone
     from ..config import Settings
 
-    settings = Settings(**overrides(args, "backbone", "device", "quantize"))
+    settings = Settings(**overrides(args, "backbone", "device", "quantize", "dtype"))
     return load_backbone(settings.backbone, cache_dir=settings.backbone_cache_dir, device=settings.device,
-                         quantize=settings.quantize)
+                         quantize=settings.quantize, dtype=settings.torch_dtype)
 
 
 def attach_adapter(backbone, path: Path) -> dict:

@@ -151,6 +151,9 @@ class CTCDecoder:
             r.pending = None
             self._admitted.append(r)
 
+    def rows_by_request(self) -> dict[int, int]:
+        return {id(r): 1 for r in self._admitted}
+
     def poll(self) -> list[CTCRequest]:
         """Nothing settles between steps here (the Whisper decoder's speech checks do)."""
         return []

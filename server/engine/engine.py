@@ -102,7 +102,7 @@ class Engine:
         try:
             backbone = self._preloaded or load_backbone(
                 self.settings.backbone, cache_dir=self.settings.backbone_cache_dir, device=self.settings.device,
-                quantize=self.settings.quantize,
+                quantize=self.settings.quantize, dtype=self.settings.torch_dtype,
             )
             if not bank_layers(backbone.model):  # a preloaded backbone may already carry one
                 attach_bank(backbone.model, self.settings.adapter_targets, self.settings.adapter_slots, self.limits)
@@ -124,6 +124,7 @@ class Engine:
             decoder, self.pool,
             max_queue=self.settings.max_queued_requests,
             max_queue_per_tenant=self._queue_share(),
+            max_rows_per_tenant=self._row_share(),
             max_admissions=self.settings.max_admissions_per_step,
             rescore=self.rescoring.apply,
             on_step=observability.observe_batch,
@@ -140,6 +141,16 @@ class Engine:
         if s.max_queued_requests_per_tenant:
             return s.max_queued_requests_per_tenant
         return s.max_queued_requests if s.api_keys is None and s.api_keys_file is None else None
+
+    def _row_share(self) -> int | None:
+        """A tenant's rows in the running batch: the setting, else three quarters (the rest stay free for
+        other tenants' requests to start at once); all of them when the server has no keys."""
+        s = self.settings
+        if s.max_batch_rows_per_tenant:
+            return s.max_batch_rows_per_tenant
+        if s.api_keys is None and s.api_keys_file is None:
+            return None
+        return max(1, s.max_batch_rows * 3 // 4)
 
     @staticmethod
     def _warm_up(decoder) -> None:

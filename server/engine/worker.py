@@ -4,12 +4,15 @@ Requests queue with a priority (stream finals before stream interims before file
 worker keeps one running batch and works step by step; at each step boundary it
 
 1. drops what was cancelled (a client that went away, a deadline that passed, an interim overtaken by
-   newer audio of the same stream) and what decoded past its time limit (``Job.time_limit_s``, the
-   engine's per-request compute cap): queued jobs leave the queue, running ones leave the batch;
+   newer audio of the same stream) and what used more than its compute limit (``Job.time_limit_s``:
+   seconds of the loop's time, each step's time shared among requests by their rows, so a request's
+   charge does not grow with how many others decode beside it): queued jobs leave the queue, running
+   ones leave the batch;
 2. admits waiting work in priority order, tenants taking turns within a priority: new requests (their
    adapter slot pinned for their life) and the next windows or fallback passes of running ones, up to
    the row budget, with at most ``max_admissions`` encoder passes per step (an encoder pass stalls the
-   live rows, so a burst of new files cannot freeze the streams already decoding);
+   live rows, so a burst of new files cannot freeze the streams already decoding) and at most
+   ``max_rows_per_tenant`` rows for one tenant (so another tenant's request finds rows free at once);
 3. runs one decoder step for all live rows; requests that finish resolve their futures at once
    (after the N-best rescorer, for those that asked for one).
 
@@ -61,8 +64,8 @@ class Job:
     enqueued_at: float = field(default_factory=time.perf_counter)
     request: object | None = None  # the decoder's request once started
     slot: int = 0
-    time_limit_s: float | None = None  # longest time it may decode (from its start, queueing excluded)
-    started_at: float | None = None
+    time_limit_s: float | None = None  # the most loop time it may use (its share of each step; queueing excluded)
+    compute_s: float = 0.0  # loop time used so far
 
 
 @dataclass
@@ -79,7 +82,8 @@ class DecodeWorker:
     """Runs ``decoder`` (a Whisper or CTC decoder, see :mod:`splitasr.decoding`) for queued jobs."""
 
     def __init__(self, decoder, pool: SlotPool | None, *, max_queue: int = 64, max_admissions: int = 4,
-                 max_queue_per_tenant: int | None = None, static: bool = False,
+                 max_queue_per_tenant: int | None = None, max_rows_per_tenant: int | None = None,
+                 static: bool = False,
                  rescore: Callable[[list[str | None], list[Transcription]], list[Transcription]] | None = None,
                  on_step: Callable[[int, float], None] | None = None,
                  on_done: Callable[[Job], None] | None = None, name: str = "decode-worker"):
@@ -89,6 +93,7 @@ class DecodeWorker:
         # one tenant's burst must not take every place: by default it may hold half of them
         self.max_queue_per_tenant = max_queue_per_tenant or max(1, max_queue // 2)
         self.max_admissions = max_admissions
+        self.max_rows_per_tenant = max_rows_per_tenant or decoder.max_rows
         # static request batching (the baseline of `splitasr bench arrivals`): new requests join only an
         # empty batch, which then runs until every request in it is done
         self.static = static
@@ -177,6 +182,7 @@ class DecodeWorker:
                 self._reset_decoder()
 
     def _cycle(self) -> None:
+        start = time.perf_counter()
         self._drop_cancelled()
         self._complete([self._running[id(r)] for r in self.decoder.poll() if id(r) in self._running])
         self._admit()
@@ -187,14 +193,26 @@ class DecodeWorker:
                 elif self._running and self.decoder.checking:
                     self._lock.wait(0.005)
             return
-        start = time.perf_counter()
+        stepping = time.perf_counter()
         rows = self.decoder.live_rows
+        held = self.decoder.rows_by_request()
         done = self.decoder.step()
+        end = time.perf_counter()
         self.stats.steps += 1
         self.stats.max_rows = max(self.stats.max_rows, rows)
+        self._charge(held, end - start)
         if self._on_step:
-            self._on_step(rows, time.perf_counter() - start)
+            self._on_step(rows, end - stepping)
         self._complete([self._running[id(r)] for r in done if id(r) in self._running])
+
+    def _charge(self, held: dict[int, int], seconds: float) -> None:
+        """Share a cycle's ``seconds`` (admissions and the step) among the requests by their rows."""
+        total = sum(held.values())
+        with self._lock:
+            for key, rows in held.items():
+                job = self._running.get(key)
+                if job is not None:
+                    job.compute_s += seconds * rows / total
 
     def _drop_cancelled(self) -> None:
         with self._lock:
@@ -204,16 +222,14 @@ class DecodeWorker:
                 self.stats.cancelled += 1
         with self._lock:
             running = list(self._running.values())
-        now = time.perf_counter()
         for job in running:
-            if job.time_limit_s is not None and job.started_at is not None and now - job.started_at > job.time_limit_s:
+            if job.time_limit_s is not None and job.compute_s > job.time_limit_s and not job.future.done():
                 self.stats.timed_out += 1
-                seconds = audio_seconds(job)
                 _fail(job.future, DecodeTimeout(
-                    f"decoding this audio ({seconds:.1f} s) took longer than its limit of {job.time_limit_s:.0f} s "
-                    "(SPLITASR_DECODE_TIME_LIMIT_RTF x its length, at least SPLITASR_DECODE_TIME_LIMIT_MIN_S) and "
-                    "was stopped: the server may be overloaded (retry later), or the audio mostly noise (try the "
-                    "VAD filter)"))
+                    f"decoding this audio ({audio_seconds(job):.1f} s) took more than its limit of "
+                    f"{job.time_limit_s:g} s of decoding (SPLITASR_DECODE_TIME_LIMIT_RTF x its length, at least "
+                    "SPLITASR_DECODE_TIME_LIMIT_MIN_S) and was stopped: audio that is mostly noise or music "
+                    "costs the most (try the VAD filter)"))
         for job in [j for j in running if j.future.done()]:
             self.decoder.cancel(job.request)
             self.stats.cancelled += 1
@@ -227,20 +243,29 @@ class DecodeWorker:
         waiting = [(self._running[id(p.request)], p) for p in self.decoder.waiting() if id(p.request) in self._running]
         with self._lock:
             queued = list(self._queue)
+            tenant_rows: dict[str, int] = {}
+            for key, n in self.decoder.rows_by_request().items():
+                if key in self._running:
+                    tenant = self._running[key].tenant
+                    tenant_rows[tenant] = tenant_rows.get(tenant, 0) + n
         admitted = []
         if self.static and self._running:
             queued = []
         for job, p in _fair_order(waiting + [(j, None) for j in queued]):
             if encoders_left <= 0 or rows_left <= 0:
                 break
+            held = tenant_rows.get(job.tenant, 0)
+            if held and held + (p.max_rows if p is not None else 1) > self.max_rows_per_tenant:
+                continue  # this tenant has its share of rows: others' requests go first
             if p is None:  # a new job: start its request
                 p = self._start(job, rows_left)
                 if p is None:
                     continue
-            if p.max_rows > rows_left:
+            if p.max_rows > rows_left or (held and held + p.max_rows > self.max_rows_per_tenant):
                 continue
             admitted.append(p)
             rows_left -= p.max_rows
+            tenant_rows[job.tenant] = held + p.max_rows
             if p.needs_encoder:
                 encoders_left -= 1
         if admitted:
@@ -263,7 +288,6 @@ class DecodeWorker:
         with self._lock:
             self._queue.remove(job)
         job.slot = slot
-        job.started_at = time.perf_counter()
         try:
             job.request = self.decoder.start(job.audio, job.options, slot)
         except Exception as exc:  # noqa: BLE001

@@ -251,3 +251,36 @@ def test_one_tenant_cannot_take_every_place_in_the_queue(backbone_cache_dir, tmp
         assert other.text.strip() and all(r.text.strip() for r in greedy)
     finally:
         small.close(10)
+
+
+def test_one_tenant_cannot_take_every_row_of_the_batch(backbone_cache_dir, tmp_path, cards, long_clip):
+    """With 4 rows and keys, one tenant's requests hold at most 3 (three quarters): its fourth request
+    waits although a row is free, and another tenant's request takes that row at once and finishes first."""
+    backbone = WhisperBackbone.load("tiny.en", cache_dir=backbone_cache_dir, device="cpu")
+    keys = "greedy-key-0123456789:greedy,other-key-0123456789:other"
+    small = Engine(Settings(cache_dir=tmp_path, max_batch_rows=4, api_keys=keys, _env_file=None), backbone=backbone)
+    small.load()
+    finished: list[str] = []
+
+    async def main():
+        async def one(tenant, audio):
+            result = await small.transcribe_audio(audio, DecodingOptions(), tenant=tenant)
+            finished.append(tenant)
+            return result
+
+        greedy = [asyncio.create_task(one("greedy", long_clip)) for _ in range(4)]
+        deadline = time.monotonic() + 60
+        while small.worker.live_rows < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # some steps with the fourth request waiting
+        assert small.worker.live_rows == 3 and small.worker.queued == 1
+        other = await one("other", cards[0])
+        return other, await asyncio.gather(*greedy)
+
+    try:
+        other, greedy = asyncio.run(asyncio.wait_for(main(), 300))
+        assert other.text.strip() and all(r.text == greedy[0].text for r in greedy)
+        assert finished.index("other") < 3, finished  # before the greedy tenant's last requests
+        assert small.worker.stats.max_rows <= 4
+    finally:
+        small.close(10)

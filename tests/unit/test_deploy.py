@@ -115,7 +115,7 @@ def test_readme_configuration_table_is_complete_and_true():
     section = section[: section.index("\n## ", 1)]
     rows = {m[0]: m[1] for m in re.findall(r"^\| `(SPLITASR_[A-Z0-9_]+)` \| ([^|]+) \|", section, re.MULTILINE)}
     assert set(rows) == {env_name(f) for f in Settings.model_fields}, "one README row per setting"
-    derived = {"cache_dir", "store_dir", "jobs_dir", "max_queued_requests_per_tenant"}  # computed from others
+    derived = {"cache_dir", "store_dir", "jobs_dir", "max_queued_requests_per_tenant", "max_batch_rows_per_tenant"}  # computed from others
     for name, field in Settings.model_fields.items():
         if name in derived:
             continue

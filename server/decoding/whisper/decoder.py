@@ -13,6 +13,7 @@ step boundary, and :meth:`~WhisperDecoder.step` until it is done.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, wait
 
@@ -137,6 +138,10 @@ class WhisperDecoder:
                 done.append(request)
                 self._retire(request)
         return done
+
+    def rows_by_request(self) -> dict[int, int]:
+        """Live rows of each running request, by ``id(request)``."""
+        return dict(Counter(id(r.owner.window.request) for r in self.batch.rows))
 
     @property
     def checking(self) -> bool:
