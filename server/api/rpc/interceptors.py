@@ -38,6 +38,7 @@ from ...errors import (
     ServerBusy,
     SplitASRError,
     StorageFull,
+    StoredAdapterCorrupt,
     TooLarge,
     Unauthenticated,
 )
@@ -68,7 +69,8 @@ STATUS_BY_ERROR: tuple[tuple[type[SplitASRError], grpc.StatusCode], ...] = (
     (ServerBusy, grpc.StatusCode.UNAVAILABLE),  # the whole server is full: retry after its RetryInfo
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),  # a quota (RateLimited, a tenant's streams ...)
     (StorageFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (NotReady, grpc.StatusCode.UNAVAILABLE),
+    (NotReady, grpc.StatusCode.UNAVAILABLE),  # StoreUnavailable too
+    (StoredAdapterCorrupt, grpc.StatusCode.DATA_LOSS),
 )
 
 
