@@ -184,7 +184,11 @@ def test_an_unreachable_store_is_a_retryable_error(s3):
         S3AdapterStore(f"s3://{BUCKET}/x", endpoint_url=f"http://127.0.0.1:{free_port()}")
     with pytest.raises(StoreUnavailable, match="refused"):
         S3AdapterStore("s3://no-such-bucket/x", endpoint_url=s3.endpoint)
-    assert StoreUnavailable.http_status == 503
+    from splitasr.api.rpc.interceptors import status_for
+
+    assert StoreUnavailable.http_status == 503 and StoredAdapterCorrupt.http_status == 500
+    assert status_for(StoreUnavailable("x"))[0].name == "UNAVAILABLE"  # retryable, as REST's 503 + Retry-After
+    assert status_for(StoredAdapterCorrupt("x"))[0].name == "DATA_LOSS"
 
 
 def test_the_settings_name_a_bad_store_url():
