@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 
 BLOB_GRACE_S = 600.0  # a blob no name points at stays this long after it was last written
 CACHE_BYTES = 128 * 1024 * 1024  # recently read blobs kept in memory (pinned ones always are)
+SWEEP_BATCH_BYTES = 64 * 1024 * 1024  # blobs a sweep removes before it reads the indices again
 INDEX_WRITE_ATTEMPTS = 64  # conditional index writes lost to other writers before giving up (503)
 _MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
 _CONFLICT = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "412", "409"})
@@ -321,31 +322,40 @@ class S3AdapterStore(BaseStore):
     def sweep(self) -> dict[str, int]:
         """Remove blobs no name points at that were last written over ``blob_grace_s`` ago (and that
         no request in this process holds); returns and logs the counts."""
-        removed: dict[str, bytes] = {}
-        kept = 0
+        removed = kept = 0
         with self._s3("sweep"):
             referenced = self._referenced()
             cutoff = time.time() - self.blob_grace_s
-            for item in list(self._keys("blobs/")):
+            candidates = []
+            for item in self._keys("blobs/"):
                 sha = item["Key"].rsplit("/", 1)[-1].removesuffix(".safetensors")
                 with self._lock:
                     held = sha in self._pins
                 if sha in referenced or held or item["LastModified"].timestamp() > cutoff:
                     kept += 1
-                    continue
-                got = self._get(item["Key"])  # kept until the indices are read again below
-                self.client.delete_object(Bucket=self.bucket, Key=item["Key"])
-                if got is not None:
-                    removed[sha] = got[0]
-            if removed:  # an upload of the same bytes may have named one of them meanwhile: put it back
-                for sha in self._referenced() & set(removed):
+                else:
+                    candidates.append((sha, item["Key"], item["Size"]))
+            while candidates:  # in batches, so that the copies kept meanwhile stay small
+                batch, size = [], 0
+                while candidates and (not batch or size + candidates[0][2] <= SWEEP_BATCH_BYTES):
+                    batch.append(candidates.pop(0))
+                    size += batch[-1][2]
+                copies = {}
+                for sha, key, _ in batch:
+                    got = self._get(key)  # kept until the indices are read again below
+                    self.client.delete_object(Bucket=self.bucket, Key=key)
+                    if got is not None and hashlib.sha256(got[0]).hexdigest() == sha:
+                        copies[sha] = got[0]
+                    removed += 1
+                # an upload of the same bytes may have named one of them meanwhile: put it back
+                for sha in self._referenced() & set(copies):
                     log.warning("adapter store %s: blob %s was named during the sweep; restored", self.url, sha)
-                    self._put_blob(sha, removed.pop(sha))
-                    kept += 1
-        counts = {"removed_blobs": len(removed), "removed_temp_files": 0, "kept_blobs": kept}
+                    self._put_blob(sha, copies[sha])
+                    removed, kept = removed - 1, kept + 1
+        counts = {"removed_blobs": removed, "removed_temp_files": 0, "kept_blobs": kept}
         level = logging.WARNING if removed else logging.INFO
         log.log(level, "adapter store %s: removed %d blobs no name points at; %d blobs in use or recent", self.url,
-                len(removed), kept, extra=counts)
+                removed, kept, extra=counts)
         return counts
 
     def _sweep_every(self, interval_s: float) -> None:
