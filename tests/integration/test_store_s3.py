@@ -157,9 +157,9 @@ def test_deleted_blobs_are_swept_but_a_request_holding_one_keeps_it(s3):
 
 def test_an_upload_racing_a_sweep_keeps_its_blob(s3):
     """The same bytes deleted under one name and uploaded again under another while a thread sweeps
-    with no grace period: the new name never loses its blob. (Both repairs run here: in three runs
-    the sweep put back a blob named meanwhile 16-18 times and an upload rewrote a swept blob 8-11
-    times, out of 20 uploads each.)"""
+    with no grace period: the new name never loses its blob. (Both repairs run here, as the warnings
+    show: the sweep putting back a blob named meanwhile, and an upload writing again a blob swept
+    between its two writes; each ran several times in every one of three runs.)"""
     uploader, sweeper = s3.store("race"), s3.store("race", blob_grace_s=0)
     stop = threading.Event()
 
