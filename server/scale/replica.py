@@ -100,7 +100,8 @@ class ReplicaMetrics:
         self.queued = serve_metrics.Gauge(
             "splitasr_replica_queued_requests", description="Requests waiting for a place in this replica's batch.")
         self.decoding = serve_metrics.Gauge(
-            "splitasr_replica_decoding_requests", description="Requests being decoded (started in this replica's running batch).")
+            "splitasr_replica_decoding_requests",
+            description="Requests being decoded (started in this replica's running batch).")
         self.rows = serve_metrics.Histogram(
             "splitasr_replica_batch_rows", description="Rows in one forward pass (decoder step).",
             boundaries=ROWS_BUCKETS)
