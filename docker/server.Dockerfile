@@ -41,7 +41,8 @@ COPY docker/install.sh /usr/local/bin/splitasr-install
 # failing fast if it is unreachable; then .[server]. (An ARG read by RUN, not an ENV, so that a
 # changed URL never reuses a cached layer.)
 ARG TORCH_INDEX_URL=""
-# extras beyond `server`: `scale` adds Ray Serve for `serve --replicas` and KubeRay (deploy/kuberay/)
+# extras beyond `server` (comma-separated): `scale` adds Ray Serve for `serve --replicas` and KubeRay
+# (deploy/kuberay/), `s3` boto3 for an adapter store in S3 (SPLITASR_ADAPTER_STORE_URL)
 ARG EXTRAS=""
 RUN TORCH_INDEX_URL="${TORCH_INDEX_URL:-$SPLITASR_TORCH_DEFAULT_INDEX}" SPLITASR_EXTRAS="${EXTRAS}" \
     sh /usr/local/bin/splitasr-install server

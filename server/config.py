@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     vad_min_silence_ms: int = Field(
         2000, ge=100, le=60000, description="VAD filter: shortest silence that is dropped (shorter pauses stay).")
     store_dir: Path | None = Field(None, description="Adapter store (default: CACHE_DIR/adapters).")
+    adapter_store_url: str | None = Field(
+        None, description="s3://bucket/prefix: keep adapters in S3 (shared by replicas on many hosts); none = STORE_DIR.")
+    adapter_store_endpoint_url: str | None = Field(
+        None, description="Endpoint of an S3-compatible server (MinIO, Ceph ...) for ADAPTER_STORE_URL; none = AWS S3.")
     store_sweep_interval_s: float = Field(
         3600.0, ge=0, description="Remove blobs no name points at and temp files this often (also at start); 0 = at start only.")
     api_keys_file: Path | None = Field(None, description="File of 'TOKEN TENANT' lines; none = one open tenant.")
@@ -176,6 +180,24 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError(f"{item!r} is not an IP address or network (e.g. 10.0.0.0/8)") from None
         return ",".join(items) or None
+
+    @field_validator("adapter_store_url")
+    @classmethod
+    def _store_url(cls, value: str | None) -> str | None:
+        from urllib.parse import urlparse
+
+        if value:
+            parsed = urlparse(value)
+            if parsed.scheme != "s3" or not parsed.netloc or parsed.query or parsed.fragment:
+                raise ValueError("use s3://bucket/prefix (the prefix is optional)")
+        return value or None
+
+    @field_validator("adapter_store_endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("use an http:// or https:// URL")
+        return value or None
 
     @field_validator("cache_dir")
     @classmethod

@@ -131,6 +131,19 @@ class NotReady(SplitASRError):
     code = "not_ready"
 
 
+class StoreUnavailable(NotReady):
+    """The adapter store (an S3 server) could not be reached or refused the request; retry later."""
+
+    code = "store_unavailable"
+
+
+class StoredAdapterCorrupt(SplitASRError):
+    """A stored adapter's bytes no longer match the sha256 they are stored under: it is not loaded."""
+
+    http_status = 500
+    code = "adapter_corrupt"
+
+
 class BackboneUnavailable(SplitASRError):
     """A backbone source is missing, tampered with or cannot be converted."""
 

@@ -31,7 +31,7 @@ from ..tenants import AuthFailureLimiter, RateLimiter
 from ..vad_filter import VadFilterOptions
 from .pool import SlotPool
 from .silence import transcribe_speech
-from .store import AdapterRecord, AdapterStore
+from .store import AdapterRecord, open_store
 from .streams import StreamSlots
 from .vad import has_speech
 from .worker import PRIORITY_FILE, DecodeWorker, Job
@@ -77,8 +77,8 @@ class Engine:
             max_experts=settings.adapter_max_experts,
             max_file_bytes=settings.max_adapter_bytes,
         )
-        self.store = AdapterStore(
-            settings.adapter_store_dir,
+        self.store = open_store(
+            settings.adapter_store_dir, settings.adapter_store_url, endpoint_url=settings.adapter_store_endpoint_url,
             max_adapters_per_tenant=settings.max_adapters_per_tenant,
             max_bytes_per_tenant=settings.max_adapter_bytes_per_tenant,
             sweep_interval_s=settings.store_sweep_interval_s,

@@ -1,4 +1,10 @@
-"""AdapterStore: adapter files on disk, content-addressed, with per-tenant names.
+"""Adapter stores: adapter files, content-addressed, with per-tenant names.
+
+Two backends share one interface (:class:`BaseStore`) and one behaviour: :class:`AdapterStore`, a
+local (or shared-filesystem) folder, described here, and
+:class:`~splitasr.engine.store_s3.S3AdapterStore`, an S3 bucket that replicas on several machines
+share (``SPLITASR_ADAPTER_STORE_URL=s3://bucket/prefix``). :func:`open_store` picks one from the
+settings.
 
 Layout under ``root``::
 
@@ -43,12 +49,13 @@ import os
 import re
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import InvalidInput, NotFound, PermissionDenied, StorageFull, TooLarge
+from ..errors import InvalidInput, NotFound, PermissionDenied, StorageFull, TooLarge, UsageError
 from ..fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -103,7 +110,95 @@ def _space_errors(what: str):
 Validator = Callable[[bytes], str]
 
 
-class AdapterStore:
+class BaseStore(ABC):
+    """What the engine and the transports use, whichever backend holds the files.
+
+    Guarantees every backend keeps: a write is all or nothing (no half-written adapter is ever
+    readable); a tenant reaches a blob only through a name it owns; quotas are checked against the
+    index as stored, so they hold across every process sharing the store; a missing adapter is
+    :class:`~splitasr.errors.NotFound`; a request holding a blob (:meth:`pinned`) can read it until it
+    lets go, whatever deletes happen meanwhile."""
+
+    max_adapters: int
+    max_bytes: int
+
+    @abstractmethod
+    def list(self, tenant: str) -> list[AdapterRecord]: ...
+
+    @abstractmethod
+    def get(self, tenant: str, name: str) -> AdapterRecord:
+        """The tenant's record of that name; :class:`NotFound` when there is none."""
+
+    def find_by_hash(self, tenant: str, sha256: str) -> AdapterRecord | None:
+        """The tenant's record for ``sha256``, or None. Other tenants' adapters are invisible."""
+        sha256 = check_sha256(sha256)
+        return next((r for r in self.list(tenant) if r.sha256 == sha256), None)
+
+    @abstractmethod
+    def read(self, sha256: str) -> bytes:
+        """The blob's bytes; :class:`NotFound` when it was deleted."""
+
+    @abstractmethod
+    def pinned(self, *sha256s: str | None) -> contextlib.AbstractContextManager[None]:
+        """Hold these blobs for the ``with`` block (see the backends)."""
+
+    @abstractmethod
+    def pinned_count(self) -> int: ...
+
+    @abstractmethod
+    def put(self, tenant: str, name: str, data: bytes, validate: Validator,
+            expected_sha256: str | None = None) -> AdapterRecord: ...
+
+    @abstractmethod
+    def delete(self, tenant: str, name: str) -> AdapterRecord: ...
+
+    @abstractmethod
+    def sweep(self) -> dict[str, int]: ...
+
+    def close(self) -> None:
+        """Stop background work (the periodic sweep)."""
+
+    @staticmethod
+    def _checked(name: str, data: bytes, validate: Validator, expected_sha256: str | None) -> tuple[str, str]:
+        """(sha256, kind) of an upload whose name, announced hash and content are acceptable."""
+        check_name(name)
+        sha256 = hashlib.sha256(data).hexdigest()
+        if expected_sha256 and check_sha256(expected_sha256) != sha256:
+            raise InvalidInput(f"upload is corrupt: sha256 is {sha256}, the client announced {expected_sha256}")
+        return sha256, validate(data)
+
+    def _check_quota(self, index: dict[str, AdapterRecord], name: str, size: int) -> None:
+        others = [r for n, r in index.items() if n != name]
+        if len(others) + 1 > self.max_adapters:
+            raise TooLarge(f"adapter quota reached: at most {self.max_adapters} adapters per tenant; delete one first")
+        used = sum(r.size for r in others)
+        if used + size > self.max_bytes:
+            raise TooLarge(
+                f"storage quota reached: {used + size} bytes would exceed {self.max_bytes} bytes per tenant"
+            )
+
+
+def open_store(root: Path, url: str | None = None, *, endpoint_url: str | None = None,
+               max_adapters_per_tenant: int = 100, max_bytes_per_tenant: int = 1 << 30,
+               sweep_interval_s: float = 0.0) -> BaseStore:
+    """The store the settings name: ``url`` ``s3://bucket/prefix`` (an S3 or S3-compatible server at
+    ``endpoint_url``), else the folder ``root``."""
+    quotas = {"max_adapters_per_tenant": max_adapters_per_tenant, "max_bytes_per_tenant": max_bytes_per_tenant,
+              "sweep_interval_s": sweep_interval_s}
+    if url:
+        try:
+            from .store_s3 import S3AdapterStore  # needs boto3 (the `s3` extra)
+        except ImportError as exc:
+            raise UsageError(f"SPLITASR_ADAPTER_STORE_URL={url} needs boto3 ({exc.name} is missing): "
+                             "pip install 'splitasr[s3]'") from None
+
+        return S3AdapterStore(url, endpoint_url=endpoint_url, **quotas)
+    return AdapterStore(root, **quotas)
+
+
+class AdapterStore(BaseStore):
+    """The local backend: a folder (on a local filesystem, or NFSv4 shared by several hosts)."""
+
     def __init__(self, root: Path, *, max_adapters_per_tenant: int = 100, max_bytes_per_tenant: int = 1 << 30,
                  sweep_interval_s: float = 0.0):
         """``sweep_interval_s``: run :meth:`sweep` this often in a daemon thread (0 = at start-up only)."""
@@ -302,11 +397,7 @@ class AdapterStore:
     def put(self, tenant: str, name: str, data: bytes, validate: Validator,
             expected_sha256: str | None = None) -> AdapterRecord:
         """Validate and store ``data`` under ``tenant``/``name`` (replacing an earlier one of that name)."""
-        check_name(name)
-        sha256 = hashlib.sha256(data).hexdigest()
-        if expected_sha256 and check_sha256(expected_sha256) != sha256:
-            raise InvalidInput(f"upload is corrupt: sha256 is {sha256}, the client announced {expected_sha256}")
-        kind = validate(data)
+        sha256, kind = self._checked(name, data, validate, expected_sha256)
         with self._exclusive():
             index = self._read_index(tenant)
             self._check_quota(index, name, len(data))
@@ -340,16 +431,6 @@ class AdapterStore:
                 self._write_index(tenant, index)
             self._collect(record.sha256)
         return record
-
-    def _check_quota(self, index: dict[str, AdapterRecord], name: str, size: int) -> None:
-        others = [r for n, r in index.items() if n != name]
-        if len(others) + 1 > self.max_adapters:
-            raise TooLarge(f"adapter quota reached: at most {self.max_adapters} adapters per tenant; delete one first")
-        used = sum(r.size for r in others)
-        if used + size > self.max_bytes:
-            raise TooLarge(
-                f"storage quota reached: {used + size} bytes would exceed {self.max_bytes} bytes per tenant"
-            )
 
     def _collect(self, sha256: str) -> None:
         """Delete a blob that no tenant's name points at any more (later, if a request holds it)."""

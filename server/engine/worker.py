@@ -72,10 +72,23 @@ class Job:
 class WorkerStats:
     steps: int = 0
     max_rows: int = 0  # most rows in one decoder step
+    max_adapters: int = 0  # most distinct adapters among one step's requests (the base model counts as one)
+    max_tenants: int = 0  # most tenants among one step's requests
     admitted_mid_flight: int = 0  # requests that joined while other rows were decoding
     cancelled: int = 0
     superseded: int = 0
     timed_out: int = 0
+
+
+@dataclass(frozen=True)
+class StepShape:
+    """One decoder step, as :attr:`DecodeWorker.step_listeners` see it."""
+
+    rows: int  # rows in the forward pass
+    requests: int  # requests those rows belong to
+    adapters: int  # distinct adapters among them (the base model counts as one)
+    tenants: int  # distinct tenants among them
+    seconds: float
 
 
 class DecodeWorker:
@@ -108,6 +121,8 @@ class DecodeWorker:
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.stats = WorkerStats()
+        # called after every step, in the worker's thread (e.g. per-replica metrics in splitasr.scale)
+        self.step_listeners: list[Callable[[StepShape], None]] = []
 
     # lifecycle -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -196,13 +211,23 @@ class DecodeWorker:
         stepping = time.perf_counter()
         rows = self.decoder.live_rows
         held = self.decoder.rows_by_request()
+        with self._lock:  # the requests whose rows are in this step (not those waiting for a pass)
+            in_step = [job for key, job in self._running.items() if key in held]
+        adapters, tenants = len({j.adapter for j in in_step}), len({j.tenant for j in in_step})
         done = self.decoder.step()
         end = time.perf_counter()
+        seconds = end - stepping
         self.stats.steps += 1
         self.stats.max_rows = max(self.stats.max_rows, rows)
+        self.stats.max_adapters = max(self.stats.max_adapters, adapters)
+        self.stats.max_tenants = max(self.stats.max_tenants, tenants)
         self._charge(held, end - start)
         if self._on_step:
-            self._on_step(rows, end - stepping)
+            self._on_step(rows, seconds)
+        if self.step_listeners:
+            shape = StepShape(rows, len(in_step), adapters, tenants, seconds)
+            for listener in self.step_listeners:
+                listener(shape)
         self._complete([self._running[id(r)] for r in done if id(r) in self._running])
 
     def _charge(self, held: dict[int, int], seconds: float) -> None:

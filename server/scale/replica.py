@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Hashable, Iterable
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from ..adapters import Adapter
 from ..config import Settings
 from ..decoding import DecodingOptions, Transcription
 from ..engine.engine import Engine
-from ..engine.worker import PRIORITY_FILE
+from ..engine.worker import PRIORITY_FILE, StepShape
 from ..errors import SplitASRError
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,63 @@ class ResidentAdapters:
                                           "waiting_lora_adapters": ",".join(sorted(self.loading))})
 
 
+ROWS_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+
+
+class ReplicaMetrics:
+    """This replica's adapter pool, queue and batches as Ray metrics. Serve adds the ``deployment``,
+    ``replica`` and ``application`` labels, so each series is one replica's; Ray exports them from
+    every node's metrics agent with a ``ray_`` prefix (counters as ``..._total``)."""
+
+    def __init__(self):
+        def counter(name: str, description: str) -> serve_metrics.Counter:
+            return serve_metrics.Counter(name, description=description)
+
+        self.pool = {
+            "hit": counter("splitasr_replica_adapter_hits", "Requests whose adapter was already in a slot."),
+            "miss": counter("splitasr_replica_adapter_misses", "Requests that loaded their adapter into a slot."),
+            "eviction": counter("splitasr_replica_adapter_evictions", "Adapters evicted from a slot (LRU)."),
+        }
+        self.queued = serve_metrics.Gauge(
+            "splitasr_replica_queued_requests", description="Requests waiting for a place in this replica's batch.")
+        self.decoding = serve_metrics.Gauge(
+            "splitasr_replica_decoding_requests",
+            description="Requests being decoded (started in this replica's running batch).")
+        self.rows = serve_metrics.Histogram(
+            "splitasr_replica_batch_rows", description="Rows in one forward pass (decoder step).",
+            boundaries=ROWS_BUCKETS)
+        self.adapters = serve_metrics.Histogram(
+            "splitasr_replica_batch_adapters", description="Distinct adapters in one forward pass (decoder step).",
+            boundaries=ROWS_BUCKETS)
+
+    def watch(self, engine: Engine) -> None:
+        """Count ``engine``'s pool events and steps (after :meth:`Engine.load`)."""
+        pool, worker = engine.pool, engine.worker
+        inner = pool.on_event
+
+        def on_pool_event(event: str, seconds: float) -> None:
+            if inner:
+                inner(event, seconds)
+            if event in self.pool:
+                self.pool[event].inc()
+
+        pool.on_event = on_pool_event
+
+        def on_step(step: StepShape) -> None:
+            self.rows.observe(step.rows)
+            self.adapters.observe(step.adapters)
+            self.report_queue(engine)
+
+        worker.step_listeners.append(on_step)
+        self.report_queue(engine)
+
+    def report_queue(self, engine: Engine) -> None:
+        worker = engine.worker
+        queued = worker.queued
+        self.queued.set(queued)
+        self.decoding.set(worker.pending - queued)
+
+
 @serve.deployment(name="SplitASRReplica")
 class Replica:
     """One engine; ``transcribe`` decodes with the adapter named by the request's multiplexed model id."""
@@ -92,6 +150,8 @@ class Replica:
 
         self.resident = ResidentAdapters(self.settings.adapter_slots)
         self.resident.report(())
+        self.metrics = ReplicaMetrics()
+        self.metrics.watch(self.engine)
 
         async def stage(sha256: str) -> StagedAdapter:
             self.resident.loading.add(sha256)
@@ -121,8 +181,11 @@ class Replica:
                 if serve.get_multiplexed_model_id() != adapter:
                     raise RuntimeError("the request's multiplexed model id is not its adapter")
                 await self.get_adapter(adapter)
-            result = await self.engine.transcribe_audio(audio, options, adapter, rescorer, priority=priority,
-                                                        tenant=tenant, key=key)
+            try:  # every decoder step reports the queue too
+                result = await self.engine.transcribe_audio(audio, options, adapter, rescorer, priority=priority,
+                                                            tenant=tenant, key=key)
+            finally:
+                self.metrics.report_queue(self.engine)
             return result, self.tag
         except SplitASRError as exc:
             return exc, self.tag
@@ -145,6 +208,7 @@ class Replica:
             "resident_adapters": sorted(pool.resident_adapters()) if pool else [],
             "cold_loads": self.cold_loads,
             "pool": {"hits": stats.hits, "misses": stats.misses, "evictions": stats.evictions} if stats else {},
+            "worker": asdict(self.engine.worker.stats) if self.engine.worker else {},
             "slots": self.settings.adapter_slots,
         }
 

@@ -88,9 +88,17 @@ def test_mixed_batch_equals_each_row_alone(engine, adapters, cards):
     plan = [None, adapters["lora"], adapters["glora"], adapters["saml"]]
     jobs = [(a, s, GREEDY) for a, s in zip(cards, plan)]
     before = engine.worker.stats.max_rows
-    engine.worker.stats.max_rows = 0
-    batched = run(engine, jobs)
+    engine.worker.stats.max_rows = engine.worker.stats.max_adapters = 0
+    shapes = []
+    engine.worker.step_listeners.append(shapes.append)
+    try:
+        batched = run(engine, jobs)
+    finally:
+        engine.worker.step_listeners.remove(shapes.append)
     assert engine.worker.stats.max_rows >= 2, "concurrent requests should share decoder steps"
+    # one forward pass held rows of several adapters (the base model's among them)
+    assert engine.worker.stats.max_adapters >= 2 and max(s.adapters for s in shapes) == engine.worker.stats.max_adapters
+    assert all(s.requests <= s.rows and s.adapters <= s.requests for s in shapes)
     engine.worker.stats.max_rows = max(before, engine.worker.stats.max_rows)
     for b, job in zip(batched, jobs):
         assert tokens(b) == tokens(alone(engine, job))

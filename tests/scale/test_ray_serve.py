@@ -8,6 +8,8 @@ Ray Serve is not installed (``pip install -e ".[server,dev,scale]"``).
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+import re
 import socket
 import threading
 import time
@@ -40,6 +42,7 @@ class Cluster:
     metrics_url: str
     spec: BackboneSpec
     audio: bytes
+    settings: Settings
 
     def headers(self, tenant: str = "alice") -> dict[str, str]:
         return {"Authorization": f"Bearer {TOKENS[tenant]}"}
@@ -95,7 +98,9 @@ def cluster(cache_root, tmp_path_factory, real_speech) -> Iterator[Cluster]:
                         api_keys=",".join(f"{token}:{tenant}" for tenant, token in TOKENS.items()),
                         _env_file=None)
     metrics_port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=metrics_port)
+    # replicas report their metrics to Ray's agent every 0.5 s (10 s by default): gauges sampled during a burst
+    ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=metrics_port,
+             _system_config={"metrics_report_interval_ms": 500})
     try:
         serve.start(http_options={"host": settings.host, "port": settings.port})
         serve.run(build_app(settings, REPLICAS), name=APP, route_prefix="/")
@@ -106,7 +111,7 @@ def cluster(cache_root, tmp_path_factory, real_speech) -> Iterator[Cluster]:
             time.sleep(0.5)
         audio = next(r for r in real_speech if r["audio_filepath"].endswith("goforward.flac"))["path"].read_bytes()
         yield Cluster(url, f"127.0.0.1:{settings.grpc_port}", f"http://127.0.0.1:{metrics_port}/metrics", spec,
-                      audio)
+                      audio, settings)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -225,6 +230,124 @@ def test_replicas_export_their_staged_adapters_in_vllms_shape(cluster, adapters)
         assert time.monotonic() < deadline, series[:6]
         time.sleep(2.0)
     assert all('max_lora="1"' in line and 'deployment="SplitASRReplica"' in line for line in series)
+
+
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def scrape(cluster: Cluster, prefix: str = "ray_splitasr_replica_") -> list[tuple[str, dict[str, str], float]]:
+    """(name, labels, value) of every sample of Ray's metrics export whose name starts with ``prefix``."""
+    samples = []
+    for line in httpx.get(cluster.metrics_url, timeout=10).text.splitlines():
+        match = _SAMPLE.match(line)
+        if match and match[1].startswith(prefix):
+            samples.append((match[1], dict(_LABEL.findall(match[2] or "")), float(match[3])))
+    return samples
+
+
+def per_replica(samples, name: str, **labels: str) -> dict[str, float]:
+    """replica id -> the value of metric ``name`` (a counter's ``_total`` suffix optional)."""
+    out: dict[str, float] = {}
+    for sample, tags, value in samples:
+        if sample.removesuffix("_total") == name and all(tags.get(k) == v for k, v in labels.items()):
+            assert tags["deployment"] == "SplitASRReplica" and tags["application"] == APP, tags
+            out[tags["replica"]] = out.get(tags["replica"], 0.0) + value
+    return out
+
+
+def test_replicas_export_adapter_hits_misses_queue_and_rows_as_ray_metrics(cluster, adapters):
+    """A burst for one adapter on one replica: Ray's export shows that replica's requests in progress
+    while it runs, then every replica's hits / misses / evictions equal its own pool's counts, and its
+    forward passes held more than one row."""
+    busy: collections.Counter = collections.Counter()  # replica -> most requests in progress seen at once
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            samples = scrape(cluster)
+            now = collections.Counter(per_replica(samples, "ray_splitasr_replica_decoding_requests"))
+            now.update(per_replica(samples, "ray_splitasr_replica_queued_requests"))
+            for replica, value in now.items():
+                busy[replica] = max(busy[replica], value)
+            time.sleep(0.2)
+
+    warm = cluster.transcribe("b")  # b is staged on one replica: the burst follows it there
+    assert warm.status_code == 200, warm.text
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    started = time.monotonic()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:  # alice's share of a replica's queue: 4
+            burst = list(pool.map(lambda _: cluster.transcribe("b"), range(4)))
+            while time.monotonic() < started + 3:  # a scrape or two after the burst too
+                time.sleep(0.2)
+    finally:
+        stop.set()
+        watcher.join(60)
+    assert all(r.status_code == 200 for r in burst), [r.text for r in burst if r.status_code != 200]
+    served = collections.Counter(r.headers["X-SplitASR-Replica"] for r in burst).most_common(1)[0][0]
+    assert busy[served] >= 2, f"the replica that served the burst never showed two requests at once: {dict(busy)}"
+
+    deadline = time.monotonic() + 120  # the counters reach the export within a report interval or two
+    while True:
+        infos = on_every_replica("info")
+        samples = scrape(cluster)
+        exported = {event: per_replica(samples, f"ray_splitasr_replica_adapter_{event}")
+                    for event in ("hits", "misses", "evictions")}
+        expected = {event: {tag: float(info["pool"][event]) for tag, info in infos.items()}
+                    for event in ("hits", "misses", "evictions")}
+        steps = per_replica(samples, "ray_splitasr_replica_batch_rows_count")  # one observation per step
+        if all(exported[e].get(tag, 0.0) == n for e in expected for tag, n in expected[e].items()) and \
+                steps.get(served) == infos[served]["worker"]["steps"]:
+            break
+        assert time.monotonic() < deadline, (exported, expected, steps, infos[served]["worker"])
+        time.sleep(1.0)
+    assert expected["misses"][served] >= 1 and expected["hits"][served] >= 4, expected  # b loaded once, then hit
+    single = per_replica(samples, "ray_splitasr_replica_batch_rows_bucket", le="1.0") or \
+        per_replica(samples, "ray_splitasr_replica_batch_rows_bucket", le="1")
+    assert single[served] < steps[served], "no forward pass on the burst's replica held two rows"
+    print(f"busy per replica {dict(busy)}; exported {exported}; steps {steps}, single-row steps {single}")
+
+
+def test_a_mixed_burst_shares_one_forward_pass_on_a_replica(cluster, adapters):
+    """Four tenants' requests, each with its own adapter, sent at once to one replica (an application
+    of one replica with 4 slots, beside the main one): they decode in the same forward passes, and each
+    gives the text it gives alone."""
+    from ray import serve
+    from splitasr.audio import decode_audio
+    from splitasr.decoding import DecodingOptions
+    from splitasr.engine.worker import PRIORITY_FILE
+    from splitasr.scale.replica import Replica
+
+    bobs = cluster.upload("mixed", adapter_bytes(cluster.spec, "lora", 77), tenant="bob")
+    plan = {"t1": adapters["a"], "t2": adapters["b"], "t3": adapters["c"], "t4": bobs}
+    fields = cluster.settings.model_copy(update={"adapter_slots": 4, "grpc_port": 0}).model_dump(mode="json")
+    handle = serve.run(Replica.options(num_replicas=1, max_ongoing_requests=8, ray_actor_options={"num_cpus": 0.25})
+                       .bind(fields), name="mixed", route_prefix=None)
+    audio = decode_audio(cluster.audio)
+
+    def call(tenant: str, sha: str):
+        return handle.options(multiplexed_model_id=sha).transcribe.remote(audio, DecodingOptions(), sha, None,
+                                                                           PRIORITY_FILE, tenant, None)
+
+    try:
+        alone = {t: call(t, sha).result(timeout_s=300) for t, sha in plan.items()}  # one at a time: staged
+        before = handle.info.remote().result(timeout_s=60)["worker"]
+        responses = {t: call(t, sha) for t, sha in plan.items()}  # all four at once
+        together = {t: r.result(timeout_s=300) for t, r in responses.items()}
+        info = handle.info.remote().result(timeout_s=60)
+    finally:
+        serve.delete("mixed")
+    for tenant in plan:
+        result, _ = together[tenant]
+        assert not isinstance(result, BaseException), result
+        assert result.text == alone[tenant][0].text, tenant
+    assert before["max_adapters"] == 1 and before["max_tenants"] == 1, before  # alone, nothing shared
+    assert sorted(info["resident_adapters"]) == sorted(plan.values())
+    assert info["worker"]["max_adapters"] == 4 and info["worker"]["max_tenants"] == 4, info["worker"]
+    assert info["worker"]["max_rows"] >= 4
+    print(f"mixed burst on one replica: {info['worker']}")
 
 
 def test_a_replica_killed_mid_traffic(cluster, adapters):

