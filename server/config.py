@@ -8,7 +8,9 @@ name (``describe_invalid_settings``); an empty variable means the default.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -229,6 +231,17 @@ class Settings(BaseSettings):
     @property
     def training_jobs_dir(self) -> Path:
         return (self.jobs_dir or self.cache_dir / "jobs").expanduser()
+
+
+def unknown_settings(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each ``SPLITASR_*`` variable that names no setting (a misspelling would otherwise
+    be dropped without a word), with the closest real name."""
+    known = [ENV_PREFIX + name.upper() for name in Settings.model_fields]
+    out = []
+    for name in sorted(n for n in environ if n.upper().startswith(ENV_PREFIX) and n.upper() not in known):
+        close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.75)
+        out.append(f"{name} is not a setting and is ignored" + (f"; did you mean {close[0]}?" if close else ""))
+    return out
 
 
 def describe_invalid_settings(exc: ValidationError) -> str:

@@ -38,8 +38,9 @@ def overrides(args: argparse.Namespace, *names: str) -> dict:
 def run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
+    import os
 
-    from ..config import Settings
+    from ..config import Settings, unknown_settings
     from ..errors import UsageError
     from ..observability import configure_logging
     from ..tenants import ApiKeys, is_loopback
@@ -51,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
         args, "host", "port", "grpc_port", "backbone", "device", "quantize", "dtype", "api_keys_file", "allow_insecure_open",
         "replicas"))
     configure_logging(settings.log_level, settings.log_format)
+    for warning in unknown_settings(os.environ):
+        logging.getLogger("splitasr").warning("%s", warning)
     keys = ApiKeys.load(settings.api_keys_file, settings.api_keys)
     logging.getLogger("splitasr").info("%s%s", keys.describe(), f" (settings also from {env_file})" if env_file else "")
     if keys.open:

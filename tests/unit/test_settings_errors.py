@@ -49,3 +49,16 @@ def test_model_level_problems_are_reported_too():
     with pytest.raises(ValidationError) as info:
         Strict(_env_file=None)
     assert "set both A and B" in describe_invalid_settings(info.value)
+
+
+def test_a_misspelled_setting_is_named_with_the_closest_real_one(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPLITASR_")}
+    env.update(SPLITASR_MAX_QUEUE_REQUESTS="5", SPLITASR_NOT_A_THING="1",
+               SPLITASR_HOST="0.0.0.0",  # refused right after the warnings: the test needs no model
+               SPLITASR_LOG_FORMAT="json")
+    result = subprocess.run([sys.executable, "-m", "splitasr.cli", "serve"], check=False, cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert ("SPLITASR_MAX_QUEUE_REQUESTS is not a setting and is ignored; did you mean "
+            "SPLITASR_MAX_QUEUED_REQUESTS?") in result.stderr
+    assert "SPLITASR_NOT_A_THING is not a setting and is ignored\"" in result.stderr  # (json log lines)
