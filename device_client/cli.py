@@ -27,6 +27,7 @@ from .audio import microphone
 from .client import SplitASRClient
 from .config import DeviceConfig, load_config
 from .errors import DeviceError, UsageError
+from .opus import DEFAULT_BITRATE
 from .progress import ProgressBar
 from .results import EnrollResult, StreamUpdate
 
@@ -109,8 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--codec", choices=("linear16", "opus"), default="linear16",
                            help="how audio travels: raw 16-bit PCM (default) or Ogg Opus, about a tenth of "
                                 "the bytes (needs: pip install \"splitasr[opus]\")")
-            p.add_argument("--opus-bitrate", type=int, default=16_000, metavar="BIT/S",
-                           help="Opus target bitrate in bit/s, 6000..256000 (default 16000)")
+            p.add_argument("--opus-bitrate", type=int, default=DEFAULT_BITRATE, metavar="BIT/S",
+                           help=f"Opus target bitrate in bit/s, 6000..256000 (default {DEFAULT_BITRATE})")
 
     sub.add_parser("status", parents=[common], help="server health and whether this device's adapter is enrolled")
     sub.add_parser("list", parents=[common], help="list your adapters on the server")
