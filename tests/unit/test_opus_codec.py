@@ -7,6 +7,8 @@ import struct
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from splitasr.audio import decode_audio
 from splitasr.engine.ogg_opus import OggOpusDecoder, ogg_crc
 from splitasr.errors import BadAudio
@@ -138,3 +140,43 @@ def test_resampling_keeps_the_length_and_the_tone():
     assert len(out) == 16_000
     expected = 10_000 * np.sin(2 * np.pi * 440 * np.arange(16_000) / 16_000)
     assert np.abs(out[100:-100] - expected[100:-100]).max() < 150
+
+
+_STREAM: dict[str, bytes] = {}
+
+
+def _small_stream() -> bytes:
+    if "s" not in _STREAM:
+        tone = (6000 * np.sin(2 * np.pi * 220 * np.arange(8000) / 16_000)).astype(np.int16)
+        _STREAM["s"] = b"".join(_encode(tone))
+    return _STREAM["s"]
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(st.data())
+def test_any_flipped_byte_is_refused_and_any_cut_inside_a_page_too(data):
+    stream = _small_stream()
+    at = data.draw(st.integers(0, len(stream) - 1))
+    bit = data.draw(st.integers(0, 7))
+    flipped = stream[:at] + bytes([stream[at] ^ (1 << bit)]) + stream[at + 1:]
+    with pytest.raises(BadAudio):
+        OggOpusDecoder()(flipped, last=True)
+    cut = data.draw(st.integers(1, len(stream) - 1))
+    boundaries = np.cumsum([len(p) for *_, p in _pages(stream)]).tolist()
+    if cut in boundaries[1:]:  # a stream that stops between pages (after its headers) is taken as it is
+        assert OggOpusDecoder()(stream[:cut], last=True).dtype == np.float32
+    else:
+        with pytest.raises(BadAudio):
+            OggOpusDecoder()(stream[:cut], last=True)
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(st.binary(max_size=2000), st.integers(1, 500))
+def test_arbitrary_bytes_are_audio_or_bad_audio_never_another_error(blob, piece):
+    decoder = OggOpusDecoder(max_seconds=600)
+    try:
+        for i in range(0, len(blob), piece):
+            decoder(blob[i: i + piece])
+        decoder(b"", last=True)
+    except BadAudio:
+        pass
