@@ -106,6 +106,7 @@ class OggOpusEncoder:
         soundfile._snd.sf_command(self._file._file, _SFC_SET_OGG_PAGE_LATENCY_MS, latency,
                                   soundfile._ffi.sizeof("double"))
         self.closed = False
+        self._carry = b""
 
     def encode(self, pcm: bytes | np.ndarray) -> bytes:
         """16-bit little-endian mono samples (bytes) or int16 samples -> Ogg bytes (may be b"")."""
@@ -113,7 +114,12 @@ class OggOpusEncoder:
 
         if self.closed:
             raise DeviceError("the Opus stream is closed")
-        samples = np.frombuffer(pcm, dtype="<i2") if isinstance(pcm, (bytes, bytearray, memoryview)) else pcm
+        if isinstance(pcm, (bytes, bytearray, memoryview)):
+            data = self._carry + bytes(pcm)  # a chunk may end inside a sample: its byte waits
+            usable = len(data) - len(data) % 2
+            samples, self._carry = np.frombuffer(data[:usable], dtype="<i2"), data[usable:]
+        else:
+            samples = pcm
         if len(samples):
             self._file.write(np.asarray(samples, dtype=np.int16))
         return self._sink.take()

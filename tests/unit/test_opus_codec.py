@@ -80,6 +80,13 @@ def test_server_decoder_gives_back_the_audio_in_step_with_the_original(real_spee
     assert len(decode_audio(stream)) == len(samples)
 
 
+def test_chunks_may_end_inside_a_sample(real_speech):
+    pcm = _speech(real_speech, 1).tobytes()
+    encoder = OggOpusEncoder(16_000)
+    stream = b"".join([encoder.encode(pcm[i: i + 333]) for i in range(0, len(pcm), 333)] + [encoder.close()])
+    assert len(OggOpusDecoder()(stream, last=True)) == len(pcm) // 2
+
+
 def test_decoder_output_starts_before_the_stream_ends(real_speech):
     stream = b"".join(_encode(_speech(real_speech)))
     decoder = OggOpusDecoder()
