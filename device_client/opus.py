@@ -1,6 +1,6 @@
 """Opus on the device: 16-bit mono PCM chunks -> an Ogg Opus stream (RFC 7845), page by page.
 
-A stream sent as ``OGG_OPUS`` costs about a tenth of LINEAR16 (20 kbit/s against 256 kbit/s). The
+A stream sent as ``OGG_OPUS`` costs about a ninth of LINEAR16 (24 kbit/s against 256 kbit/s). The
 encoder is libsndfile's, shipped inside the ``soundfile`` wheel (libsndfile 1.2 with libopus and
 libogg built in, no system library): ``pip install "splitasr[opus]"``. libsndfile writes the
 OpusHead and OpusTags header pages, then audio pages; it is told to end a page every
@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 
 # The input rates libopus encodes (RFC 6716, section 2); anything else is resampled first.
 OPUS_RATES_HZ = (8_000, 12_000, 16_000, 24_000, 48_000)
-# bit/s: LINEAR16's WER on the real-speech fixtures, ~0.19 MB per audio minute (docs/results.md)
-DEFAULT_BITRATE = 20_000
+# bit/s: no word lost against LINEAR16 on the real-speech fixtures, ~0.22 MB per audio minute
+# (docs/results.md: 16 and 20 kbit/s each lost words there)
+DEFAULT_BITRATE = 24_000
 _SFC_SET_OGG_PAGE_LATENCY_MS = 0x1302  # libsndfile's sndfile.h (1.1 and later)
 _MIN_BITRATE, _MAX_BITRATE = 6_000, 256_000  # libsndfile's range for SFC_SET_COMPRESSION_LEVEL (per channel)
 

@@ -21,11 +21,11 @@ then the stream half-closes, which ends that utterance. Interim results are on. 
   of audio.
 
 Each pass runs once per codec in ``codecs``: ``linear16`` (raw PCM) and ``opus`` (an Ogg Opus
-stream from the device's encoder, :mod:`splitasr_device.opus`, at ``opus_bitrate``, 20 kbit/s by default).
+stream from the device's encoder, :mod:`splitasr_device.opus`, at ``opus_bitrate``, the device's default).
 
 WER (``wer``): every fixture streamed alone, in real time, once per codec (the text is its finals
 joined), against the same fixtures sent whole to ``Recognize`` (file WER), scored against the
-manifest's references with the project's normaliser (:func:`splitasr.metrics.wer`). This needs a
+manifest's references (:func:`splitasr.metrics.wer` after Whisper's English normaliser). This needs a
 ``manifest.jsonl`` in the audio folder (the real-speech fixtures have one).
 
 Also the device client's peak RSS while streaming (``splitasr-device stream --realtime`` in a child
@@ -50,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from splitasr_device.opus import DEFAULT_BITRATE
 
 from ..api.rpc.server import BackgroundGrpc
 from ..audio import SAMPLE_RATE_HZ, decode_audio
@@ -126,7 +127,7 @@ def _percentiles(values: list[float]) -> dict:
 
 
 # --- the devices (in the child process) -------------------------------------------------------------
-def _one_stream(address: str, script: Script, codec: str = "linear16", opus_bitrate: int = 20_000) -> dict:
+def _one_stream(address: str, script: Script, codec: str = "linear16", opus_bitrate: int = DEFAULT_BITRATE) -> dict:
     from splitasr_device import SplitASRClient
 
     pcm, step = script.pcm(), int(SAMPLE_RATE_HZ * CHUNK_S) * 2
@@ -169,7 +170,7 @@ def _one_stream(address: str, script: Script, codec: str = "linear16", opus_bitr
 
 
 def _streams_at_once(address: str, scripts: list[Script], codec: str = "linear16",
-                     opus_bitrate: int = 20_000) -> list[dict]:
+                     opus_bitrate: int = DEFAULT_BITRATE) -> list[dict]:
     results: list = [None] * len(scripts)
 
     def one(i: int) -> None:
@@ -208,18 +209,25 @@ def _file_texts(address: str, paths: list[Path]) -> list[str]:
 
 
 def _wer_pass(devices, address: str, audio_dir: Path, codecs: tuple[str, ...], opus_bitrate: int) -> dict:
+    """WER of Recognize (file) and of each codec's streams, with Whisper's English normaliser (as
+    ``bench rtf`` and ``splitasr eval``), and the texts themselves."""
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
     from ..metrics import wer
 
+    norm = EnglishTextNormalizer({})
     rows = [json.loads(line) for line in (audio_dir / "manifest.jsonl").read_text().splitlines() if line.strip()]
     paths = [audio_dir / row["audio_filepath"] for row in rows]
-    refs = [row["text"] for row in rows]
+    refs = [norm(row["text"]) for row in rows]
     files = devices.submit(_file_texts, address, paths).result()
-    out = {"fixtures": len(paths), "file": round(wer(refs, files), 4)}
+    out = {"fixtures": len(paths), "normalizer": "whisper-english", "file": round(wer(refs, [norm(t) for t in files]), 4)}
+    texts = {"file": files}
     for codec in codecs:
-        texts, sent, seconds = devices.submit(_streamed_texts, address, paths, codec, opus_bitrate).result()
-        out[codec] = round(wer(refs, texts), 4)
+        texts[codec], sent, seconds = devices.submit(_streamed_texts, address, paths, codec, opus_bitrate).result()
+        out[codec] = round(wer(refs, [norm(t) for t in texts[codec]]), 4)
         out[f"{codec}_bytes_per_audio_minute"] = round(sent / (seconds / 60))
         out[f"{codec}_minus_file_points"] = round(100 * (out[codec] - out["file"]), 2)
+    out["texts"] = texts
     return out
 
 
@@ -293,7 +301,7 @@ def _client_peak_rss_mib(address: str, path: Path) -> float:
 
 def run(*, backbone: str = "tiny.en", streams: tuple[int, ...] = (8,), audio_dir: Path = DEFAULT_AUDIO_DIR,
         threads: int | None = None, cache_dir: Path, rss: bool = True, codecs: tuple[str, ...] = ("linear16",),
-        wer: bool = True, opus_bitrate: int = 20_000) -> dict:
+        wer: bool = True, opus_bitrate: int = DEFAULT_BITRATE) -> dict:
     """One pass of N concurrent streams for each codec and each N in ``streams`` (one server, in this
     order), then (``wer``) the WER pass."""
     if threads:

@@ -24,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="concurrent streams, or a comma-separated list of counts run one after another (default 8)")
     stream.add_argument("--codec", default="linear16",
                         help="linear16, opus, or both comma-separated (linear16,opus): each pass runs per codec")
-    stream.add_argument("--opus-bitrate", type=int, default=20_000, help="bit/s for --codec opus (default 20000)")
+    stream.add_argument("--opus-bitrate", type=int, help="bit/s for --codec opus (default: the device's, 24000)")
     stream.add_argument("--no-wer", action="store_true",
                         help="skip the WER pass (each fixture streamed alone per codec, against Recognize)")
     stream.add_argument("--no-rss", action="store_true", help="skip the device client's RSS measurement")
@@ -154,6 +154,8 @@ def run_stream(args: argparse.Namespace) -> int:
     from ..config import Settings
 
     kwargs = {"audio_dir": args.audio_dir} if args.audio_dir else {}
+    if args.opus_bitrate:
+        kwargs["opus_bitrate"] = args.opus_bitrate
     try:
         counts = tuple(int(n) for n in args.streams.split(",") if n.strip())
     except ValueError:
@@ -164,8 +166,7 @@ def run_stream(args: argparse.Namespace) -> int:
     if not codecs or set(codecs) - {"linear16", "opus"}:
         raise SystemExit(f"--codec must be linear16, opus or linear16,opus; got {args.codec!r}")
     result = stream.run(backbone=args.backbone, streams=counts, threads=args.threads, cache_dir=Settings().cache_dir,
-                        rss=not args.no_rss, codecs=codecs, wer=not args.no_wer, opus_bitrate=args.opus_bitrate,
-                        **kwargs)
+                        rss=not args.no_rss, codecs=codecs, wer=not args.no_wer, **kwargs)
     _emit(result, args.json)
     return 0
 
