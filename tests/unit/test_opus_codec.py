@@ -187,3 +187,27 @@ def test_arbitrary_bytes_are_audio_or_bad_audio_never_another_error(blob, piece)
         decoder(b"", last=True)
     except BadAudio:
         pass
+
+
+def test_a_stereo_stream_from_another_encoder_is_mixed_to_mono():
+    """An Ogg Opus file written by FFmpeg (PyAV), stereo at 48 kHz: both ears averaged, 16 kHz out."""
+    import io
+
+    import av
+
+    rate, seconds = 48_000, 2
+    t = np.arange(rate * seconds) / rate
+    left, right = 0.3 * np.sin(2 * np.pi * 440 * t), 0.3 * np.sin(2 * np.pi * 440 * t)
+    sink = io.BytesIO()
+    with av.open(sink, "w", format="ogg") as container:
+        stream = container.add_stream("libopus", rate=rate, layout="stereo")
+        for start in range(0, len(t), 960):
+            frame = av.AudioFrame.from_ndarray(np.stack([left, right])[:, start: start + 960].astype(np.float32),
+                                               format="fltp", layout="stereo")
+            frame.sample_rate, frame.pts = rate, start
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    out = OggOpusDecoder()(sink.getvalue(), last=True)
+    assert abs(len(out) - 16_000 * seconds) <= 320  # FFmpeg pads to whole 20 ms frames and trims by granule
+    tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(len(out)) / 16_000)
+    assert np.corrcoef(out[800:-800], tone[800:-800])[0, 1] > 0.95
