@@ -39,18 +39,20 @@ def _final_text(responses) -> str:
     return " ".join(r.results[0].transcript.strip() for r in responses if r.results and r.results[0].is_final)
 
 
-def _stream(client: SplitASRClient, path, codec: str) -> tuple[str, int]:
+def _stream(client: SplitASRClient, path, codec: str) -> tuple[str, int, list[float]]:
     before = client.bytes_sent
-    text = " ".join(u.text.strip() for u in client.stream(path, interim_results=False, codec=codec) if u.is_final)
-    return text, client.bytes_sent - before
+    finals = [u for u in client.stream(path, interim_results=False, codec=codec) if u.is_final]
+    text = " ".join(u.text.strip() for u in finals)
+    return text, client.bytes_sent - before, [t for u in finals for t in (u.start, u.end)]
 
 
 def test_opus_from_the_device_gives_the_linear16_transcript_at_a_tenth_of_the_bytes(grpc_server, real_speech):
     path = real_speech[0]["path"]  # 7.1 s of LibriVox speech
     with SplitASRClient(grpc_server.address, token=TOKENS["alice"]) as client:
-        pcm_text, pcm_bytes = _stream(client, path, "linear16")
-        opus_text, opus_bytes = _stream(client, path, "opus")
+        pcm_text, pcm_bytes, pcm_times = _stream(client, path, "linear16")
+        opus_text, opus_bytes, opus_times = _stream(client, path, "opus")
     assert pcm_text and opus_text == pcm_text
+    assert opus_times == pytest.approx(pcm_times, abs=0.05), "one timeline: no codec delay in the reported times"
     assert opus_bytes < pcm_bytes / 8, (opus_bytes, pcm_bytes)
     assert opus_bytes / (real_speech[0]["duration"] / 60) < 0.25e6, "at most 0.25 MB per audio minute"
 
