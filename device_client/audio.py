@@ -36,6 +36,14 @@ class Pcm:
     def seconds(self) -> float:
         return len(self.data) / SAMPLE_WIDTH_BYTES / self.rate_hz
 
+    def resampled(self, rate_hz: int) -> Pcm:
+        """The same recording at ``rate_hz`` (band-limited; for codecs that take fixed rates)."""
+        import numpy as np
+
+        from .opus import resample_pcm
+
+        return _pcm(resample_pcm(np.frombuffer(self.data, dtype="<i2"), self.rate_hz, rate_hz), rate_hz)
+
 
 def _mix_to_mono(samples: np.ndarray, channels: int) -> np.ndarray:
     """Interleaved int16 frames -> their mean per frame (rounded down), int16."""

@@ -31,6 +31,7 @@ from ._proto import (
 )
 from .audio import Pcm, chunks, paced, read_pcm
 from .errors import DeviceError
+from .opus import DEFAULT_BITRATE, OPUS_RATES_HZ
 from .results import (
     AdapterInfo,
     EnrollResult,
@@ -288,18 +289,23 @@ class SplitASRClient:
                interim_results: bool = True, sample_rate_hz: int = 16_000,
                chunk_ms: int = 100, endpoint_silence_ms: int | None = None,
                speech_threshold: float | None = None,
-               max_utterance_seconds: float | None = None) -> Iterator[StreamUpdate]:
+               max_utterance_seconds: float | None = None,
+               codec: str = "linear16", opus_bitrate: int = DEFAULT_BITRATE) -> Iterator[StreamUpdate]:
         """Stream audio and yield interim and final results as they arrive.
 
         ``source``: an audio file, a :class:`Pcm`, or an iterable of LINEAR16 mono chunks at
         ``sample_rate_hz`` (e.g. :func:`splitasr_device.audio.microphone`). ``realtime`` paces a file
         as if it were being recorded. ``endpoint_silence_ms`` (silence that ends an utterance),
         ``speech_threshold`` (VAD probability that counts as speech) and ``max_utterance_seconds``:
-        the stream's endpointing; None = the server's defaults.
+        the stream's endpointing; None = the server's defaults. ``codec``: "linear16" (raw PCM,
+        256 kbit/s at 16 kHz) or "opus" (an Ogg Opus stream at ``opus_bitrate`` bit/s; needs the
+        ``splitasr[opus]`` extra; a file at a rate Opus does not take is resampled to 16 kHz first).
         """
         if isinstance(source, (str, Path)):
             source = read_pcm(source)
         if isinstance(source, Pcm):
+            if codec == "opus" and source.rate_hz not in OPUS_RATES_HZ:
+                source = source.resampled(16_000)
             sample_rate_hz = source.rate_hz
             source = chunks(source, chunk_ms)
         if realtime:
@@ -314,7 +320,8 @@ class SplitASRClient:
             if value is not None:
                 setattr(config.endpointing, name, value)
         return recognize_stream(open_call, source, sample_rate_hz, config,
-                                interim_results=interim_results, policy=self.retry, count=self._count)
+                                interim_results=interim_results, policy=self.retry, count=self._count,
+                                codec=codec, opus_bitrate=opus_bitrate)
 
     # status --------------------------------------------------------------------------------------
     def health(self, service: str = "") -> str:

@@ -18,6 +18,7 @@ import grpc
 
 from ._proto import recognizer_pb2 as pb
 from .audio import SAMPLE_WIDTH_BYTES
+from .opus import DEFAULT_BITRATE, OggOpusEncoder
 from .results import StreamUpdate, stream_update
 from .retry import RetryPolicy, retry_delay, retryable
 
@@ -88,6 +89,12 @@ class AudioFeed:
             self._unfinalised.append(item)
             return item
 
+    def ended(self, attempt: int) -> bool:
+        """Whether ``attempt`` stopped because the audio ended (not because it was superseded)."""
+        with self._cond:
+            return attempt == self._attempt and not self._closed and bool(self._incoming) \
+                and self._incoming[0] is _END
+
     def finalised(self, end_seconds: float) -> None:
         """Forget the audio before stream time ``end_seconds`` (a final result covers it)."""
         with self._cond:
@@ -106,29 +113,58 @@ class AudioFeed:
 
 
 def _requests(feed: AudioFeed, attempt: int, resend: list[bytes], config: pb.RecognitionConfig,
-              interim: bool, count: Callable[[int], None]) -> Iterator[pb.StreamingRecognizeRequest]:
+              interim: bool, count: Callable[[int], None],
+              encoder: Callable[[], OggOpusEncoder] | None = None) -> Iterator[pb.StreamingRecognizeRequest]:
+    """The messages of one attempt. With ``encoder`` (Opus), each attempt is a new Ogg Opus stream
+    (its own headers), encoded from the PCM the feed keeps, so a resumed stream starts cleanly."""
     first = pb.StreamingRecognizeRequest(streaming_config=pb.StreamingRecognitionConfig(
         config=config, interim_results=interim, time_offset_seconds=feed.offset_seconds))
     count(first.ByteSize())
     yield first
+    opus = encoder() if encoder is not None else None
+
+    def message(chunk: bytes) -> pb.StreamingRecognizeRequest | None:
+        data = opus.encode(chunk) if opus is not None else chunk
+        if not data:
+            return None
+        count(len(data))
+        return pb.StreamingRecognizeRequest(audio=data)
+
     for chunk in resend:
-        count(len(chunk))
-        yield pb.StreamingRecognizeRequest(audio=chunk)
+        if (request := message(chunk)) is not None:
+            yield request
     while (chunk := feed.next_chunk(attempt)) is not None:
-        count(len(chunk))
-        yield pb.StreamingRecognizeRequest(audio=chunk)
+        if (request := message(chunk)) is not None:
+            yield request
+    if opus is not None and feed.ended(attempt):  # the audio ended: the last page, end of stream
+        tail = opus.close()
+        count(len(tail))
+        yield pb.StreamingRecognizeRequest(audio=tail)
 
 
 def recognize_stream(open_call: Callable[[Iterator[pb.StreamingRecognizeRequest]], Iterator],
                      source: Iterable[bytes], rate_hz: int, config: pb.RecognitionConfig, *,
                      interim_results: bool, policy: RetryPolicy,
                      count: Callable[[int], None] = lambda n: None,
-                     sleep: Callable[[float], None] = time.sleep) -> Iterator[StreamUpdate]:
-    """Updates for the audio in ``source``; reconnects on UNAVAILABLE up to ``policy.attempts`` times
-    in a row (a response in between resets the count), after the server's RetryInfo delay when it
-    sends one (a full server), else after ``policy``'s backoff."""
-    config.encoding = pb.LINEAR16
-    config.sample_rate_hz = rate_hz
+                     sleep: Callable[[float], None] = time.sleep,
+                     codec: str = "linear16", opus_bitrate: int = DEFAULT_BITRATE) -> Iterator[StreamUpdate]:
+    """Updates for the audio in ``source`` (LINEAR16 chunks at ``rate_hz``), sent as ``codec``
+    ("linear16", or "opus": an Ogg Opus stream at ``opus_bitrate`` bit/s); reconnects on UNAVAILABLE up
+    to ``policy.attempts`` times in a row (a response in between resets the count), after the server's
+    RetryInfo delay when it sends one (a full server), else after ``policy``'s backoff."""
+    encoder = None
+    if codec == "opus":
+        OggOpusEncoder(rate_hz, opus_bitrate).close()  # a missing extra or a bad rate fails here, at once
+        config.encoding = pb.OGG_OPUS
+        config.sample_rate_hz = 0
+
+        def encoder() -> OggOpusEncoder:
+            return OggOpusEncoder(rate_hz, opus_bitrate)
+    elif codec == "linear16":
+        config.encoding = pb.LINEAR16
+        config.sample_rate_hz = rate_hz
+    else:
+        raise ValueError(f"codec must be 'linear16' or 'opus', not {codec!r}")
     feed = AudioFeed(source, rate_hz)
     feed.start()
     failures = 0
@@ -136,7 +172,7 @@ def recognize_stream(open_call: Callable[[Iterator[pb.StreamingRecognizeRequest]
     try:
         while True:
             attempt, resend = feed.new_attempt()
-            call = open_call(_requests(feed, attempt, resend, config, interim_results, count))
+            call = open_call(_requests(feed, attempt, resend, config, interim_results, count, encoder))
             try:
                 for response in call:
                     failures = 0

@@ -12,9 +12,11 @@ class AudioEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     AUDIO_ENCODING_UNSPECIFIED: _ClassVar[AudioEncoding]
     LINEAR16: _ClassVar[AudioEncoding]
     ENCODED_FILE: _ClassVar[AudioEncoding]
+    OGG_OPUS: _ClassVar[AudioEncoding]
 AUDIO_ENCODING_UNSPECIFIED: AudioEncoding
 LINEAR16: AudioEncoding
 ENCODED_FILE: AudioEncoding
+OGG_OPUS: AudioEncoding
 
 class AdapterRef(_message.Message):
     __slots__ = ("name", "sha256")

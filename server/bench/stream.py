@@ -20,6 +20,14 @@ then the stream half-closes, which ends that utterance. Interim results are on. 
 - ``bytes_per_audio_minute``: protobuf payload bytes the devices sent (configs and audio) per minute
   of audio.
 
+Each pass runs once per codec in ``codecs``: ``linear16`` (raw PCM) and ``opus`` (an Ogg Opus
+stream from the device's encoder, :mod:`splitasr_device.opus`, at ``opus_bitrate``, the device's default).
+
+WER (``wer``): every fixture streamed alone, in real time, once per codec (the text is its finals
+joined), against the same fixtures sent whole to ``Recognize`` (file WER), scored against the
+manifest's references (:func:`splitasr.metrics.wer` after Whisper's English normaliser). This needs a
+``manifest.jsonl`` in the audio folder (the real-speech fixtures have one).
+
 Also the device client's peak RSS while streaming (``splitasr-device stream --realtime`` in a child
 process) and its installed size (the client package plus grpcio and protobuf).
 """
@@ -27,6 +35,7 @@ process) and its installed size (the client package plus grpcio and protobuf).
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import math
 import multiprocessing
 import statistics
@@ -41,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from splitasr_device.opus import DEFAULT_BITRATE
 
 from ..api.rpc.server import BackgroundGrpc
 from ..audio import SAMPLE_RATE_HZ, decode_audio
@@ -117,7 +127,7 @@ def _percentiles(values: list[float]) -> dict:
 
 
 # --- the devices (in the child process) -------------------------------------------------------------
-def _one_stream(address: str, script: Script) -> dict:
+def _one_stream(address: str, script: Script, codec: str = "linear16", opus_bitrate: int = DEFAULT_BITRATE) -> dict:
     from splitasr_device import SplitASRClient
 
     pcm, step = script.pcm(), int(SAMPLE_RATE_HZ * CHUNK_S) * 2
@@ -134,7 +144,8 @@ def _one_stream(address: str, script: Script) -> dict:
     interims = [0, 0]
     finals: dict[int, float] = {}
     with SplitASRClient(address) as client:
-        for update in client.stream(source(), sample_rate_hz=SAMPLE_RATE_HZ, interim_results=True):
+        for update in client.stream(source(), sample_rate_hz=SAMPLE_RATE_HZ, interim_results=True, codec=codec,
+                                    opus_bitrate=opus_bitrate):
             clip, now = script.clip_at(update.start), time.perf_counter()
             if update.is_final:
                 finals[clip] = now
@@ -158,12 +169,13 @@ def _one_stream(address: str, script: Script) -> dict:
     }
 
 
-def _streams_at_once(address: str, scripts: list[Script]) -> list[dict]:
+def _streams_at_once(address: str, scripts: list[Script], codec: str = "linear16",
+                     opus_bitrate: int = DEFAULT_BITRATE) -> list[dict]:
     results: list = [None] * len(scripts)
 
     def one(i: int) -> None:
         try:
-            results[i] = _one_stream(address, scripts[i])
+            results[i] = _one_stream(address, scripts[i], codec, opus_bitrate)
         except Exception as exc:  # noqa: BLE001 - a failed stream is reported, the others go on
             results[i] = {"error": f"{type(exc).__name__}: {exc}"}
 
@@ -173,6 +185,50 @@ def _streams_at_once(address: str, scripts: list[Script]) -> list[dict]:
     for t in threads:
         t.join()
     return results
+
+
+def _streamed_texts(address: str, paths: list[Path], codec: str, opus_bitrate: int) -> tuple[list[str], int, float]:
+    """Each file streamed alone in real time: its finals joined; bytes sent; seconds of audio."""
+    from splitasr_device import SplitASRClient
+
+    texts, seconds = [], 0.0
+    with SplitASRClient(address) as client:
+        for path in paths:
+            updates = client.stream(path, realtime=True, interim_results=False, codec=codec,
+                                    opus_bitrate=opus_bitrate)
+            texts.append(" ".join(u.text.strip() for u in updates if u.is_final))
+            seconds += len(decode_audio(path)) / SAMPLE_RATE_HZ
+        return texts, client.bytes_sent, seconds
+
+
+def _file_texts(address: str, paths: list[Path]) -> list[str]:
+    from splitasr_device import SplitASRClient
+
+    with SplitASRClient(address) as client:
+        return [client.transcribe(path).text for path in paths]
+
+
+def _wer_pass(devices, address: str, audio_dir: Path, codecs: tuple[str, ...], opus_bitrate: int) -> dict:
+    """WER of Recognize (file) and of each codec's streams, with Whisper's English normaliser (as
+    ``bench rtf`` and ``splitasr eval``), and the texts themselves."""
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+    from ..metrics import wer
+
+    norm = EnglishTextNormalizer({})
+    rows = [json.loads(line) for line in (audio_dir / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    paths = [audio_dir / row["audio_filepath"] for row in rows]
+    refs = [norm(row["text"]) for row in rows]
+    files = devices.submit(_file_texts, address, paths).result()
+    out = {"fixtures": len(paths), "normalizer": "whisper-english", "file": round(wer(refs, [norm(t) for t in files]), 4)}
+    texts = {"file": files}
+    for codec in codecs:
+        texts[codec], sent, seconds = devices.submit(_streamed_texts, address, paths, codec, opus_bitrate).result()
+        out[codec] = round(wer(refs, [norm(t) for t in texts[codec]]), 4)
+        out[f"{codec}_bytes_per_audio_minute"] = round(sent / (seconds / 60))
+        out[f"{codec}_minus_file_points"] = round(100 * (out[codec] - out["file"]), 2)
+    out["texts"] = texts
+    return out
 
 
 # --- the server side --------------------------------------------------------------------------------
@@ -213,8 +269,16 @@ def _installed_bytes() -> dict:
     package = Path(splitasr_device.__file__).parent
     sizes["splitasr_device"] = sum(p.stat().st_size for p in package.rglob("*") if p.is_file() and
                                    "__pycache__" not in p.parts)
+    extra = {}  # the opus extra (not in the base install's total): soundfile (libsndfile inside) and cffi
+    for dist in ("soundfile", "cffi", "pycparser"):
+        try:
+            files = importlib.metadata.distribution(dist).files or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        extra[dist] = sum(f.locate().stat().st_size for f in files if Path(f.locate()).is_file())
     return {"total_mib": round(sum(sizes.values()) / 2**20, 1),
-            **{f"{k}_mib": round(v / 2**20, 2) for k, v in sizes.items()}}
+            **{f"{k}_mib": round(v / 2**20, 2) for k, v in sizes.items()},
+            "opus_extra_mib": round(sum(extra.values()) / 2**20, 1) if extra else None}
 
 
 def _client_peak_rss_mib(address: str, path: Path) -> float:
@@ -236,8 +300,10 @@ def _client_peak_rss_mib(address: str, path: Path) -> float:
 
 
 def run(*, backbone: str = "tiny.en", streams: tuple[int, ...] = (8,), audio_dir: Path = DEFAULT_AUDIO_DIR,
-        threads: int | None = None, cache_dir: Path, rss: bool = True) -> dict:
-    """One pass of N concurrent streams for each N in ``streams`` (one server, in this order)."""
+        threads: int | None = None, cache_dir: Path, rss: bool = True, codecs: tuple[str, ...] = ("linear16",),
+        wer: bool = True, opus_bitrate: int = DEFAULT_BITRATE) -> dict:
+    """One pass of N concurrent streams for each codec and each N in ``streams`` (one server, in this
+    order), then (``wer``) the WER pass."""
     if threads:
         torch.set_num_threads(threads)
     files = _audio_files(audio_dir)
@@ -249,26 +315,36 @@ def run(*, backbone: str = "tiny.en", streams: tuple[int, ...] = (8,), audio_dir
         engine = Engine(settings)
         engine.load()
         server = BackgroundGrpc(settings, engine)
-        passes = {}
+        passes: dict[str, dict] = {codec: {} for codec in codecs}
+        wer_figures = None
         try:
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as devices:
-                for n in streams:
-                    scripts = [Script(clips[(2 * i) % len(clips)], clips[(2 * i + 1) % len(clips)]) for i in range(n)]
-                    before = _engine_totals()
-                    runs = devices.submit(_streams_at_once, server.address, scripts).result()
-                    after = _engine_totals()
-                    passes[str(n)] = _summary(runs, (after[0] - before[0], after[1] - before[1]))
+                for codec in codecs:
+                    for n in streams:
+                        scripts = [Script(clips[(2 * i) % len(clips)], clips[(2 * i + 1) % len(clips)])
+                                   for i in range(n)]
+                        before = _engine_totals()
+                        runs = devices.submit(_streams_at_once, server.address, scripts, codec,
+                                              opus_bitrate).result()
+                        after = _engine_totals()
+                        passes[codec][str(n)] = _summary(runs, (after[0] - before[0], after[1] - before[1]))
+                if wer and (audio_dir / "manifest.jsonl").is_file():
+                    wer_figures = _wer_pass(devices, server.address, audio_dir, codecs, opus_bitrate)
+                elif wer:
+                    wer_figures = {"skipped": f"no manifest.jsonl (references) in {audio_dir}"}
             peak = _client_peak_rss_mib(server.address, max(files, key=lambda p: p.stat().st_size)) if rss else None
         finally:
             server.stop()
             engine.close(10)
     return {
         "backbone": backbone, "device": "cpu", "cpu": cpu_model(), "threads": torch.get_num_threads(),
-        "pacing": f"real time, {int(CHUNK_S * 1000)} ms LINEAR16 chunks at 16 kHz",
+        "pacing": f"real time, {int(CHUNK_S * 1000)} ms chunks of 16 kHz audio (LINEAR16, or Ogg Opus pages)",
         "script": f"per stream: clip, {ENDPOINT_SILENCE_S:g} s silence (endpoint), clip cut "
                   f"{HALF_CLOSE_TAIL_S:g} s after its speech, half-close",
         "endpoint_silence_s": settings.stream_endpoint_silence_ms / 1000,
+        "opus_bitrate": opus_bitrate if "opus" in codecs else None,
         "streams": passes,
+        "wer": wer_figures,
         "device_client_peak_rss_mib": peak,
         "device_client_installed": _installed_bytes(),
     }

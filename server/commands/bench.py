@@ -22,6 +22,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     stream.add_argument("--audio-dir", type=Path, help="folder of .flac/.wav files (default: the real-speech fixtures)")
     stream.add_argument("--streams", default="8",
                         help="concurrent streams, or a comma-separated list of counts run one after another (default 8)")
+    stream.add_argument("--codec", default="linear16",
+                        help="linear16, opus, or both comma-separated (linear16,opus): each pass runs per codec")
+    stream.add_argument("--opus-bitrate", type=int, help="bit/s for --codec opus (default: the device's, 24000)")
+    stream.add_argument("--no-wer", action="store_true",
+                        help="skip the WER pass (each fixture streamed alone per codec, against Recognize)")
     stream.add_argument("--no-rss", action="store_true", help="skip the device client's RSS measurement")
     stream.add_argument("--threads", type=int, help="CPU threads for the backbone (default: torch's)")
     stream.add_argument("--json", action="store_true", help="print only the JSON object")
@@ -149,14 +154,19 @@ def run_stream(args: argparse.Namespace) -> int:
     from ..config import Settings
 
     kwargs = {"audio_dir": args.audio_dir} if args.audio_dir else {}
+    if args.opus_bitrate:
+        kwargs["opus_bitrate"] = args.opus_bitrate
     try:
         counts = tuple(int(n) for n in args.streams.split(",") if n.strip())
     except ValueError:
         counts = ()
     if not counts or min(counts) < 1:
         raise SystemExit(f"--streams must be positive counts such as 8 or 1,8; got {args.streams!r}")
+    codecs = tuple(c.strip() for c in args.codec.split(",") if c.strip())
+    if not codecs or set(codecs) - {"linear16", "opus"}:
+        raise SystemExit(f"--codec must be linear16, opus or linear16,opus; got {args.codec!r}")
     result = stream.run(backbone=args.backbone, streams=counts, threads=args.threads, cache_dir=Settings().cache_dir,
-                        rss=not args.no_rss, **kwargs)
+                        rss=not args.no_rss, codecs=codecs, wer=not args.no_wer, **kwargs)
     _emit(result, args.json)
     return 0
 

@@ -100,3 +100,21 @@ def test_device_cli_trains_its_adapter_without_torch(device_venv, jobs_server, s
                               text=True, env=env, timeout=120)
     assert enrolled.returncode == 0, enrolled.stderr
     assert json.loads(enrolled.stdout)["uploaded_bytes"] == out.stat().st_size
+
+
+def test_device_opus_needs_only_the_opus_extra(device_venv, grpc_server, tmp_path, real_speech):
+    """--codec opus on the base install says which extra to install; with it (soundfile's wheel, no
+    system library) the same command streams Ogg Opus. Last in the module: it adds the extra."""
+    wav = tmp_path / "goforward.wav"
+    wav.write_bytes(encode_wav_pcm16(decode_audio(real_speech[-1]["path"])))
+    cli = [str(device_venv / "bin" / "splitasr-device"), "--server", grpc_server.address, "--json", "stream",
+           str(wav), "--codec", "opus", "--no-interim"]
+    env = {"SPLITASR_DEVICE_TOKEN": TOKENS["bob"], "PATH": "/usr/bin:/bin"}
+    before = subprocess.run(cli, check=False, capture_output=True, text=True, env=env, timeout=120)
+    assert before.returncode == 1
+    assert 'pip install "splitasr[opus]"' in before.stderr and "Traceback" not in before.stderr
+    requirement = next(r for r in (ROOT / "pyproject.toml").read_text().splitlines() if '"soundfile==' in r)
+    _pip(device_venv / "bin" / "python", requirement.strip().strip('",'))
+    after = subprocess.run(cli, check=False, capture_output=True, text=True, env=env, timeout=120)
+    assert after.returncode == 0, after.stderr
+    assert "forward" in json.loads(after.stdout.splitlines()[-1])["text"].lower()

@@ -166,3 +166,50 @@ def test_a_dropped_stream_resumes_after_the_last_final():
     (offset1, _), (offset2, resent) = servicer.streams
     assert offset1 == 0.0 and offset2 == pytest.approx(1.0)
     assert resent == signal[2 * rate:]  # exactly the audio after the final, nothing lost or repeated
+
+
+class _DroppingOpusRecognizer(recognizer_pb2_grpc.RecognizerServicer):
+    """Like _DroppingRecognizer, for OGG_OPUS: decodes each stream with the server's decoder."""
+
+    def __init__(self):
+        self.streams: list[tuple[float, int, int]] = []  # offset, encoding, 16 kHz samples decoded
+
+    def StreamingRecognize(self, request_iterator, context):
+        from splitasr.engine.ogg_opus import OggOpusDecoder
+
+        config = next(request_iterator).streaming_config
+        decoder, samples = OggOpusDecoder(), 0
+        first = not self.streams
+        for request in request_iterator:
+            samples += len(decoder(request.audio))
+            if first and samples >= 16_000 * 1.5:
+                self.streams.append((config.time_offset_seconds, config.config.encoding, samples))
+                yield pb.StreamingRecognizeResponse(results=[pb.StreamingRecognitionResult(
+                    transcript="one", is_final=True, start_seconds=0.0, result_end_seconds=1.0)])
+                context.abort(grpc.StatusCode.UNAVAILABLE, "server restarting")
+        samples += len(decoder(b"", last=True))  # a complete stream: headers first, end-of-stream page last
+        self.streams.append((config.time_offset_seconds, config.config.encoding, samples))
+        offset = config.time_offset_seconds
+        yield pb.StreamingRecognizeResponse(results=[pb.StreamingRecognitionResult(
+            transcript="two", is_final=True, start_seconds=offset, result_end_seconds=offset + samples / 16_000)])
+
+
+def test_a_dropped_opus_stream_resumes_as_a_new_ogg_stream_of_the_rest():
+    rate = 16_000
+    signal = (3000 * np.sin(2 * np.pi * 300 * np.arange(3 * rate) / rate)).astype("<i2").tobytes()
+    servicer = _DroppingOpusRecognizer()
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    recognizer_pb2_grpc.add_RecognizerServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        client = SplitASRClient(f"127.0.0.1:{port}", retry=RetryPolicy(attempts=3, base_delay_s=0.01))
+        pieces = [signal[i: i + 3200] for i in range(0, len(signal), 3200)]
+        updates = list(client.stream(pieces, sample_rate_hz=rate, codec="opus"))
+    finally:
+        server.stop(None)
+    assert [u.text for u in updates] == ["one", "two"]
+    (offset1, encoding, _), (offset2, _, resent) = servicer.streams
+    assert encoding == pb.OGG_OPUS and offset1 == 0.0 and offset2 == pytest.approx(1.0)
+    assert resent == 2 * rate  # the 2 s after the final, as its own Ogg Opus stream, trimmed exactly
+    assert updates[1].end == pytest.approx(3.0)

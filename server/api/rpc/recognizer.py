@@ -14,6 +14,7 @@ from ...config import Settings
 from ...decoding import DecodingOptions
 from ...engine.applicability import check_options
 from ...engine.engine import RESCORE_MAX_SECONDS, Engine
+from ...engine.ogg_opus import OggOpusDecoder
 from ...engine.silence import transcribe_speech
 from ...engine.streaming import Linear16Decoder, StreamingSession, StreamPolicy
 from ...engine.vad import make_vad
@@ -65,7 +66,18 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
             if len(audio) / 16_000 > self.settings.max_audio_seconds:
                 raise BadAudio(f"audio is longer than the limit of {self.settings.max_audio_seconds:g} s")
             return audio
+        if config.encoding == pb.OGG_OPUS:
+            audio = OggOpusDecoder(max_seconds=self.settings.max_audio_seconds)(data, last=True)
+            if not len(audio):
+                raise BadAudio("audio is empty (0 samples)")
+            return audio
         return decode_audio(data, max_seconds=self.settings.max_audio_seconds)
+
+    def _stream_decoder(self, config: pb.RecognitionConfig) -> Linear16Decoder | OggOpusDecoder:
+        """Chunks of the stream's audio -> float32 at 16 kHz, as they arrive."""
+        if config.encoding == pb.OGG_OPUS:
+            return OggOpusDecoder(max_seconds=self.settings.max_audio_seconds)
+        return Linear16Decoder(config.sample_rate_hz or 16_000)
 
     # unary ---------------------------------------------------------------------------------------
     async def Recognize(self, request: pb.RecognizeRequest, context: grpc.aio.ServicerContext):
@@ -103,7 +115,8 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
             raise InvalidInput(f"no message for {timeout:g} s: a stream must keep sending audio "
                                "(silence too), then close its side when done") from None
 
-    async def _read_audio(self, requests, session: StreamingSession, decoder: Linear16Decoder) -> None:
+    async def _read_audio(self, requests, session: StreamingSession,
+                          decoder: Linear16Decoder | OggOpusDecoder) -> None:
         limit = self.settings.stream_max_chunk_bytes
         while (request := await self._next(requests)) is not None:
             if request.WhichOneof("request") != "audio":
@@ -133,7 +146,7 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
         policy = convert.stream_policy(self.policy, config.endpointing)
         adapter = self._adapter(tenant, config.adapter)
         options = self._options(config)
-        decoder = Linear16Decoder(config.sample_rate_hz or 16_000)
+        decoder = self._stream_decoder(config)
         async with hold_stream(self.engine.streams, tenant, request_iterator):  # shared with Realtime sessions
             with self.engine.store.pinned(adapter):  # the stream holds its adapter until it ends
                 session = StreamingSession(self._stream_decode(options, adapter, tenant),
@@ -154,7 +167,8 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
 
         return decode
 
-    async def _respond(self, requests, session: StreamingSession, decoder: Linear16Decoder, offset: float):
+    async def _respond(self, requests, session: StreamingSession,
+                       decoder: Linear16Decoder | OggOpusDecoder, offset: float):
         reader = asyncio.create_task(self._read_audio(requests, session, decoder))
         worker = asyncio.create_task(session.run())
         reader.add_done_callback(lambda t: t.cancelled() or t.exception() is None

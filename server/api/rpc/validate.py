@@ -44,10 +44,13 @@ def check_recognize_config(config: pb.RecognitionConfig) -> None:
 
 
 def check_streaming_config(config: pb.RecognitionConfig) -> None:
-    """What does not apply to ``StreamingRecognize`` (live LINEAR16 audio, endpointed by its own VAD)."""
-    if config.encoding not in (pb.LINEAR16, pb.AUDIO_ENCODING_UNSPECIFIED):
-        raise UnsupportedField("StreamingRecognize takes LINEAR16 audio (use Recognize for whole files)",
+    """What does not apply to ``StreamingRecognize`` (live LINEAR16 or Ogg Opus audio, endpointed by its own VAD)."""
+    if config.encoding not in (pb.LINEAR16, pb.OGG_OPUS, pb.AUDIO_ENCODING_UNSPECIFIED):
+        raise UnsupportedField("StreamingRecognize takes LINEAR16 or OGG_OPUS audio (use Recognize for whole files)",
                                param="config.encoding")
+    if config.sample_rate_hz and config.encoding == pb.OGG_OPUS:
+        raise UnsupportedField("sample_rate_hz applies to LINEAR16 audio only: an Ogg Opus stream carries its "
+                               "own rate (its OpusHead). Leave it 0", param="config.sample_rate_hz")
     if config.rescore not in ("", NO_RESCORER):
         raise UnsupportedField("rescore is available in Recognize, not in StreamingRecognize",
                                param="config.rescore")
