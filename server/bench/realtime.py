@@ -14,7 +14,7 @@ repeat runs both passes, in alternating order. Reported per transport:
   mean rows per step of the running batch, and the server process's CPU time (all its threads).
 
 Also ``stream=true`` file transcription (``file_stream``): each clip (and the two longest joined, about
-14 s with the fixtures) is posted once, one at a time, and the time from the request's last byte to its first
+14 s with the fixtures) is posted once, one at a time, and the time from sending the request to its first
 ``transcript.text.delta`` and to ``transcript.text.done`` is reported (p50, p95), with the deltas per
 request and the first delta's share of the time to done.
 
