@@ -8,6 +8,7 @@ rejected with a message that names the option (never silently ignored).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -18,6 +19,8 @@ from ..audio import SAMPLE_RATE_HZ
 from ..backbones.ctc import CHUNK_SECONDS, CTCBackbone, greedy_ctc
 from ..errors import InvalidInput
 from .types import DecodingOptions, Segment, Transcription
+
+log = logging.getLogger(__name__)
 
 
 def _chunks(audios: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[int]]:
@@ -167,7 +170,10 @@ class CTCDecoder:
         for r, result in zip(batch, results):
             r.done, r.result = True, result
             if r.listener is not None and result.text:
-                r.listener(result.text)
+                try:
+                    r.listener(result.text)
+                except Exception:  # a listener that fails loses its text, never the batch
+                    log.exception("a text listener failed")
         return batch
 
     def reset(self) -> None:

@@ -13,6 +13,7 @@ each piece's text is sent when it is done, one delta per segment (per piece with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
@@ -106,9 +107,14 @@ class FileTranscript:
         then the result. Leaving early (a client that hung up) withdraws the decode."""
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[str] = asyncio.Queue()
+
+        def listener(text: str) -> None:  # on the decode worker's thread
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is listening
+                loop.call_soon_threadsafe(pieces.put_nowait, text)
+
         task = asyncio.ensure_future(self.engine.transcribe_audio(
-            audio, options, self.adapter, self.rescorer, tenant=self.tenant,
-            listener=lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text)))
+            audio, options, self.adapter, self.rescorer, tenant=self.tenant, listener=listener))
+        getter: asyncio.Future | None = None
         try:
             while not task.done():
                 getter = asyncio.ensure_future(pieces.get())
@@ -122,6 +128,8 @@ class FileTranscript:
                 yield pieces.get_nowait()
             yield task.result()
         finally:
+            if getter is not None and not getter.done():
+                getter.cancel()
             if not task.done():
                 task.cancel()
 

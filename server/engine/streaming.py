@@ -25,6 +25,7 @@ speech often resumes, and under load withdrawing it there would leave a long utt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections import deque
@@ -317,7 +318,8 @@ class StreamingSession:
             loop = asyncio.get_running_loop()
 
             def listener(piece: str) -> None:  # on the decode worker's thread
-                loop.call_soon_threadsafe(self.events.put_nowait, FinalText(utterance, piece))
+                with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is listening
+                    loop.call_soon_threadsafe(self.events.put_nowait, FinalText(utterance, piece))
 
             result = await self.decode(audio, priority, listener)
         else:

@@ -77,3 +77,16 @@ def test_a_window_that_falls_back_after_text_was_sent_keeps_that_text(decoder, s
     assert len(pieces) >= 3 and len(sent_before) >= 10  # text was sent by the first (greedy) pass
     assert "".join(text for _, text in pieces) == result.text
     assert result.text.startswith(sent_before)
+
+
+def test_a_failing_listener_costs_only_its_own_text(decoder, speech):
+    """A listener that raises gets no more text; its request and the others in the batch decode on."""
+    def broken(text: str) -> None:
+        raise RuntimeError("gone")
+
+    got: list[str] = []
+    failing = decoder.start(speech["misc/goforward.flac"], DecodingOptions(), listener=broken)
+    fine = decoder.start(speech["librivox/0880.flac"], DecodingOptions(), listener=got.append)
+    decoder.run([failing, fine])
+    assert "forward" in failing.result.text.lower() and failing.listener is None
+    assert "".join(got) == fine.result.text and "young man" in fine.result.text

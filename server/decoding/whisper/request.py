@@ -12,6 +12,7 @@ moves to the last complete segment (or the window's end). Windows whose audio is
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -30,6 +31,8 @@ from ..types import (
 )
 from .batch import Candidate, Pass
 from .vocab import FRAME_S, INPUT_STRIDE, TIME_PRECISION_S, Vocab
+
+log = logging.getLogger(__name__)
 
 HOP_SAMPLES = 160  # audio samples per mel frame
 WINDOW_FRAMES = 3000  # mel frames in a 30 s window
@@ -203,7 +206,11 @@ class WhisperRequest:
         if stable and window is not None:
             window.sent, window.sent_logprobs = tokens[:stable], live.rows[0].token_logprobs[:stable]
         piece, self.sent_text = text[len(self.sent_text):], text
-        self.listener(piece)
+        try:
+            self.listener(piece)
+        except Exception:  # a listener that fails loses its text, never the batch it decodes in
+            log.exception("a text listener failed; it gets no more text")
+            self.listener = None
 
     def _may_stream(self, p: Pass) -> bool:
         threshold = self.options.no_speech_threshold
