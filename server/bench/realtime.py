@@ -13,6 +13,11 @@ repeat runs both passes, in alternating order. Reported per transport:
 - the work the pass caused: seconds of audio decoded (interim re-decodes included), decoder steps,
   mean rows per step of the running batch, and the server process's CPU time (all its threads).
 
+Also ``stream=true`` file transcription (``file_stream``): each clip (and the two longest joined, about
+14 s with the fixtures) is posted once, one at a time, and the time from sending the request to its first
+``transcript.text.delta`` and to ``transcript.text.done`` is reported (p50, p95), with the deltas per
+request and the first delta's share of the time to done.
+
 Also the web page's load size: the bytes of what ``/ui/`` loads (HTML, JS, CSS, the audio worklet),
 as served and as gzip would send them.
 """
@@ -38,7 +43,7 @@ import numpy as np
 import soxr
 import torch
 
-from ..audio import SAMPLE_RATE_HZ, decode_audio
+from ..audio import SAMPLE_RATE_HZ, decode_audio, encode_wav_pcm16
 from ..config import Settings
 from ..engine.engine import Engine
 from ..engine.vad import FRAME_SAMPLES, SileroVad
@@ -218,6 +223,36 @@ def _grpc_pass(address: str, scripts: list[Script]) -> list[list[float | None]]:
     return results
 
 
+# --- stream=true ------------------------------------------------------------------------------------
+def _file_stream_pass(url: str, files: list[bytes]) -> list[tuple[float, float, int]]:
+    """Each file posted with stream=true in turn: (s to the first delta, s to done, deltas)."""
+    out = []
+    with httpx.Client(timeout=300) as client:
+        for data in files:
+            first, deltas = None, 0
+            start = time.perf_counter()
+            with client.stream("POST", f"{url}/v1/audio/transcriptions", files={"file": ("clip.wav", data)},
+                               data={"model": "whisper-1", "stream": "true"}) as response:
+                response.raise_for_status()
+                for line in response.iter_lines():
+                    if '"transcript.text.delta"' in line:
+                        deltas += 1
+                        first = first or time.perf_counter() - start
+            done = time.perf_counter() - start
+            out.append((first if first is not None else done, done, deltas))
+    return out
+
+
+def _file_stream_summary(got: list[tuple[float, float, int]], joined_s: float) -> dict:
+    """All requests, and the last one (the two longest clips joined) on its own."""
+    first, done, deltas = got[-1]
+    return {"first_delta_s": _percentiles([g[0] for g in got]), "done_s": _percentiles([g[1] for g in got]),
+            "deltas_per_request": _percentiles([float(g[2]) for g in got]),
+            "first_delta_over_done_p50": round(statistics.median(g[0] / g[1] for g in got), 3),
+            "joined": {"audio_s": round(joined_s, 2), "first_delta_s": round(first, 3), "done_s": round(done, 3),
+                       "deltas": deltas}}
+
+
 # --- the page ---------------------------------------------------------------------------------------
 def page_size(url: str) -> dict:
     """Bytes of what /ui/ loads, fetched from the running server (nothing is loaded from elsewhere)."""
@@ -275,6 +310,11 @@ def run(*, backbone: str = "tiny.en", sessions: int = 8, rounds: int = 2, repeat
                         runs[transport] += got
                         passes[transport].append(_summary(got)["final_after_speech_end_s"].get("p50"))
                         work[transport] = [w + a - b for w, a, b in zip(work[transport], after, before)]
+                longest = sorted(clips, key=lambda c: len(c.audio))[-2:]
+                joined = np.concatenate([longest[1].audio, np.zeros(SAMPLE_RATE_HZ // 2, np.float32), longest[0].audio])
+                files = [encode_wav_pcm16(c.audio) for c in clips] + [encode_wav_pcm16(joined)]
+                file_stream = _file_stream_summary(clients.submit(_file_stream_pass, url, files).result(),
+                                                   len(joined) / SAMPLE_RATE_HZ)
             page = page_size(url)
         finally:
             grpc.stop()
@@ -292,5 +332,6 @@ def run(*, backbone: str = "tiny.en", sessions: int = 8, rounds: int = 2, repeat
         "realtime_websocket": {**realtime, "p50_per_pass": passes["realtime"], **_work(work["realtime"])},
         "grpc_streaming": {**grpc_summary, "p50_per_pass": passes["grpc"], **_work(work["grpc"])},
         "realtime_over_grpc_p50": ratio,
+        "file_stream": file_stream,
         "page": page,
     }

@@ -8,7 +8,8 @@ rejected with a message that names the option (never silently ignored).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -18,6 +19,8 @@ from ..audio import SAMPLE_RATE_HZ
 from ..backbones.ctc import CHUNK_SECONDS, CTCBackbone, greedy_ctc
 from ..errors import InvalidInput
 from .types import DecodingOptions, Segment, Transcription
+
+log = logging.getLogger(__name__)
 
 
 def _chunks(audios: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[int]]:
@@ -101,8 +104,10 @@ class CTCRequest:
     max_rows = 1
     needs_encoder = True
 
-    def __init__(self, audio: np.ndarray, options: DecodingOptions, slot: int):
+    def __init__(self, audio: np.ndarray, options: DecodingOptions, slot: int,
+                 listener: Callable[[str], None] | None = None):
         self.audio, self.options, self.slot = audio, options, slot
+        self.listener = listener  # sent the whole text once it is decoded (one pass: nothing earlier)
         self.done = False
         self.cancelled = False
         self.result: Transcription | None = None
@@ -136,9 +141,10 @@ class CTCDecoder:
     def check(self, audio: np.ndarray, options: DecodingOptions) -> None:
         _check_options(self.backbone, options)
 
-    def start(self, audio: np.ndarray, options: DecodingOptions, slot: int = 0, seed: int = 0) -> CTCRequest:
+    def start(self, audio: np.ndarray, options: DecodingOptions, slot: int = 0, seed: int = 0,
+              listener: Callable[[str], None] | None = None) -> CTCRequest:
         self.check(audio, options)
-        request = CTCRequest(audio, options, slot)
+        request = CTCRequest(audio, options, slot, listener)
         self._waiting.append(request)
         return request
 
@@ -172,6 +178,11 @@ class CTCDecoder:
                                  [r.slot for r in batch])
         for r, result in zip(batch, results):
             r.done, r.result = True, result
+            if r.listener is not None and result.text:
+                try:
+                    r.listener(result.text)
+                except Exception:  # a listener that fails loses its text, never the batch
+                    log.exception("a text listener failed")
         return batch
 
     def reset(self) -> None:

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 
@@ -287,12 +287,16 @@ class Engine:
     async def transcribe_audio(self, audio: np.ndarray, options: DecodingOptions,
                                adapter: str | None = None, rescorer: str | None = None, *,
                                priority: int = PRIORITY_FILE, tenant: str = "",
-                               key: Hashable | None = None) -> Transcription:
+                               key: Hashable | None = None,
+                               listener: Callable[[str], None] | None = None) -> Transcription:
         """Decode 16 kHz audio with the adapter and rescorer of these sha256 (None: none).
 
         ``priority``: :data:`~splitasr.engine.worker.PRIORITY_FINAL` / ``_INTERIM`` for streams, files
         otherwise; ``tenant``: whose turn it is in the queue; ``key``: a newer decode with the same key
-        (a stream's next interim) supersedes this one. Cancelling the awaiting task withdraws it.
+        (a stream's next interim) supersedes this one; ``listener(text)``: called on the decode
+        worker's thread with each piece of new stable text as it is decoded (the pieces concatenate to
+        the result's text; see :class:`~splitasr.engine.file_stream.FileTranscript`). Cancelling the
+        awaiting task withdraws it.
         """
         self._require_ready()
         assert self.worker is not None
@@ -302,7 +306,7 @@ class Engine:
         if self.settings.audio_ctx_seconds and options.audio_ctx_seconds is None:
             options = replace(options, audio_ctx_seconds=self.settings.audio_ctx_seconds)
         job = Job(audio, self.rescoring_options(options, rescorer), adapter, rescorer, priority, tenant, key,
-                  time_limit_s=self._decode_time_limit(len(audio) / SAMPLE_RATE_HZ))
+                  time_limit_s=self._decode_time_limit(len(audio) / SAMPLE_RATE_HZ), listener=listener)
         with self.store.pinned(adapter, rescorer):  # a DELETE meanwhile keeps the blob until this row is done
             future = self.worker.submit(job)
             return await asyncio.wrap_future(future)

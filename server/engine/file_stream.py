@@ -1,18 +1,22 @@
 """A file's transcript as it is decoded: text deltas, then the whole result.
 
-This is the seam between a decoder that produces text incrementally and the transports that stream it
-(``stream=true`` server-sent events). Today the engine returns whole results, so the file is decoded
-window by window: audio longer than one Whisper window is cut at the quietest moment near each 30 s
-boundary, each window goes through the engine (and its batching) in turn, and its segments become
-deltas as soon as it is done. Audio of one window gives its segments' deltas when it is decoded.
-A decode loop that emits text per step can feed :class:`FileTranscript` in place of the windows.
+This is the seam between the decode loop, which produces text incrementally, and the transports that
+stream it (``stream=true`` server-sent events). Audio longer than one Whisper window is cut at the
+quietest moment near each 30 s boundary and each piece goes through the engine (and its batching) in
+turn. While a piece decodes, the decode worker hands over each piece of new stable text at step
+boundaries (the decoder's ``listener``; token by token for greedy decoding, a window at a time for
+beam search and sampling), and it becomes a delta at once. The deltas concatenate exactly to the final
+text. With ``include[]=logprobs`` or an N-best rescorer (which may change the text after decoding)
+each piece's text is sent when it is done, one delta per segment (per piece with log-probabilities).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -20,6 +24,8 @@ from ..audio import SAMPLE_RATE_HZ, decode_audio
 from ..decoding import DecodingOptions, Segment, TokenLogprob, Transcription
 from ..errors import InvalidInput, NotReady
 from .engine import RESCORE_MAX_SECONDS, Engine
+
+log = logging.getLogger(__name__)
 
 WINDOW_S = 30.0  # Whisper's window
 PAUSE_SEARCH_S = 5.0  # a long file is cut at the quietest point in the last 5 s before each window's end
@@ -31,7 +37,7 @@ class TextDelta:
     """New text: ``text`` continues what came before (a leading space between segments)."""
 
     text: str
-    segments: list[Segment]  # what the text covers, with times in the whole file
+    segments: list[Segment] = field(default_factory=list)  # what it covers, when sent a segment at a time
     logprobs: list[TokenLogprob] | None = None  # its tokens', with ``DecodingOptions.logprobs``
 
 
@@ -65,20 +71,75 @@ class FileTranscript:
         logprobs: list[TokenLogprob] | None = [] if self.options.logprobs else None
         language, nbest = None, []
         spans = split_at_pauses(self.audio)
+        # the rescorer may replace the decoded text; log-probabilities travel with whole segments
+        live = self.rescorer is None and not self.options.logprobs
         for index, (start, end) in enumerate(spans):
             options = self.options if index == 0 else replace(self.options, prefix=None)  # the first window's
-            result = await self.engine.transcribe_audio(self.audio[start:end], options, self.adapter,
-                                                        self.rescorer, tenant=self.tenant)
+            lead = " " if segments else ""  # between the text of two pieces
+            if live:
+                sent: list[str] = []
+                async for item in self._decode_live(self.audio[start:end], options):
+                    if isinstance(item, str):
+                        yield TextDelta((lead if not sent else "") + item)
+                        sent.append(item)
+                    else:
+                        result = item
+                rest = _remainder(result.text, "".join(sent))
+                if rest:
+                    yield TextDelta((lead if not sent else "") + rest)
+            else:
+                result = await self.engine.transcribe_audio(self.audio[start:end], options, self.adapter,
+                                                            self.rescorer, tenant=self.tenant)
             language = language or result.language
             nbest = result.nbest if len(spans) == 1 else []  # an N-best list covers one window
             moved = [_shifted(seg, len(segments) + i, start / SAMPLE_RATE_HZ) for i, seg in enumerate(result.segments)]
-            for delta in _deltas(moved, result.logprobs, first=not segments):
-                yield delta
+            if not live:
+                for delta in _deltas(moved, result.logprobs, first=not segments):
+                    yield delta
             segments += moved
             if logprobs is not None:
                 logprobs += result.logprobs or []
         text = " ".join(s.text for s in segments)
         yield Transcription(text, language or "en", len(self.audio) / SAMPLE_RATE_HZ, segments, nbest, logprobs)
+
+    async def _decode_live(self, audio: np.ndarray, options: DecodingOptions) -> AsyncIterator[str | Transcription]:
+        """Decode ``audio`` through the engine: the pieces of text the worker hands over as they come,
+        then the result. Leaving early (a client that hung up) withdraws the decode."""
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[str] = asyncio.Queue()
+
+        def listener(text: str) -> None:  # on the decode worker's thread
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is listening
+                loop.call_soon_threadsafe(pieces.put_nowait, text)
+
+        task = asyncio.ensure_future(self.engine.transcribe_audio(
+            audio, options, self.adapter, self.rescorer, tenant=self.tenant, listener=listener))
+        getter: asyncio.Future | None = None
+        try:
+            while not task.done():
+                getter = asyncio.ensure_future(pieces.get())
+                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield getter.result()
+                else:
+                    getter.cancel()
+            # the worker hands over every piece before it resolves the job: they are all queued by now
+            while not pieces.empty():
+                yield pieces.get_nowait()
+            yield task.result()
+        finally:
+            if getter is not None and not getter.done():
+                getter.cancel()
+            if not task.done():
+                task.cancel()
+
+
+def _remainder(text: str, sent: str) -> str:
+    """What of ``text`` was not sent yet (the decoder only ever sends a prefix of its result)."""
+    if text.startswith(sent):
+        return text[len(sent):]
+    log.error("streamed text %r is not a prefix of the result %r", sent, text)
+    return ""
 
 
 def _shifted(segment: Segment, index: int, offset_s: float) -> Segment:

@@ -25,6 +25,7 @@ speech often resumes, and under load withdrawing it there would leave a long utt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections import deque
@@ -73,6 +74,16 @@ class Final:
     result: Transcription
     start_s: float
     end_s: float
+
+
+@dataclass
+class FinalText:
+    """With ``final_text``: a piece of an utterance's final text while its final decode runs (greedy
+    decoding: a word or so at a time). The pieces concatenate to the start of ``Final.result.text``;
+    a final served by an earlier decode that already covered the speech sends none."""
+
+    utterance: int
+    text: str
 
 
 @dataclass
@@ -141,8 +152,9 @@ class Linear16Decoder:
         return samples
 
 
-# ``decode(audio, priority)``: PRIORITY_FINAL or PRIORITY_INTERIM (see :mod:`.worker`)
-Decode = Callable[[np.ndarray, int], Awaitable[Transcription]]
+# ``decode(audio, priority)``: PRIORITY_FINAL or PRIORITY_INTERIM (see :mod:`.worker`); with
+# ``final_text``, finals are decoded as ``decode(audio, priority, listener)`` (the engine's listener)
+Decode = Callable[..., Awaitable[Transcription]]
 
 
 @dataclass
@@ -156,6 +168,7 @@ class StreamingSession:
     interim_results: bool = True
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     speech_events: bool = False  # also put SpeechEvent on ``events`` (in order with the others)
+    final_text: bool = False  # also put FinalText on ``events`` while a cut utterance's final decodes
 
     def __post_init__(self) -> None:
         self._rate = SAMPLE_RATE_HZ
@@ -292,15 +305,25 @@ class StreamingSession:
         return PRIORITY_INTERIM if self.interim_results and grown else None
 
     async def _decode(self, utterance: int, audio: np.ndarray, priority: int,
-                      speech_end: int | None = None) -> Transcription:
-        """``speech_end`` (finals): an earlier decode reaching past it saw all the speech: reuse it."""
+                      speech_end: int | None = None, text: bool = False) -> Transcription:
+        """``speech_end`` (finals): an earlier decode reaching past it saw all the speech: reuse it.
+        ``text``: put its text on ``events`` as it is decoded (FinalText)."""
         if self._cache and self._cache[0] == utterance:
             covered = self._cache[1]
             margin = int(self.policy.reuse_margin_s * self._rate)
             enough = len(audio) if speech_end is None else min(len(audio), speech_end + margin)
             if covered >= enough:  # past the speech end it held only silence (else no endpoint yet)
                 return self._cache[2]
-        result = await self.decode(audio, priority)
+        if text:
+            loop = asyncio.get_running_loop()
+
+            def listener(piece: str) -> None:  # on the decode worker's thread
+                with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is listening
+                    loop.call_soon_threadsafe(self.events.put_nowait, FinalText(utterance, piece))
+
+            result = await self.decode(audio, priority, listener)
+        else:
+            result = await self.decode(audio, priority)
         self._cache = (utterance, len(audio), result)
         return result
 
@@ -329,7 +352,8 @@ class StreamingSession:
             while True:
                 if self._finals:
                     u = self._finals.popleft()
-                    result = await self._decode(u.index, u.audio, PRIORITY_FINAL, u.speech_end)
+                    result = await self._decode(u.index, u.audio, PRIORITY_FINAL, u.speech_end,
+                                                text=self.final_text)
                     end = u.start + len(u.audio)
                     observability.observe_stream_final(time.perf_counter() - u.cut_at)
                     await self.events.put(Final(u.index, result, u.start / self._rate, end / self._rate))

@@ -63,6 +63,9 @@ class Job:
     seq: int = 0
     enqueued_at: float = field(default_factory=time.perf_counter)
     request: object | None = None  # the decoder's request once started
+    # called on the worker's thread with each piece of new stable text while the job decodes (see the
+    # decoder's ``start``); the pieces concatenate to the result's text
+    listener: Callable[[str], None] | None = None
     slot: int = 0
     time_limit_s: float | None = None  # the most loop time it may use (its share of each step; queueing excluded)
     compute_s: float = 0.0  # loop time used so far
@@ -314,7 +317,7 @@ class DecodeWorker:
             self._queue.remove(job)
         job.slot = slot
         try:
-            job.request = self.decoder.start(job.audio, job.options, slot)
+            job.request = self.decoder.start(job.audio, job.options, slot, listener=job.listener)
         except Exception as exc:  # noqa: BLE001
             if self.pool is not None:
                 self.pool.unpin(job.adapter)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -76,9 +76,12 @@ class RoutedEngine(Engine):
     async def transcribe_audio(self, audio: np.ndarray, options: DecodingOptions,
                                adapter: str | None = None, rescorer: str | None = None, *,
                                priority: int = PRIORITY_FILE, tenant: str = "",
-                               key: Hashable | None = None) -> Transcription:
+                               key: Hashable | None = None,
+                               listener: Callable[[str], None] | None = None) -> Transcription:
         """Decode on a replica that holds ``adapter`` (Serve's multiplexed routing); a replica lost
-        mid-request is retried once on another, then answered with a retryable 503."""
+        mid-request is retried once on another, then answered with a retryable 503. A replica answers
+        with the whole result, so ``listener`` is never called: a ``stream=true`` file behind Serve
+        gets its text a piece (30 s) at a time, when the piece is decoded."""
         self._require_ready()
         handle = self.replicas.options(multiplexed_model_id=adapter or "")
         for attempt in range(RETRIES_ON_REPLICA_LOSS + 1):

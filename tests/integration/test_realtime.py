@@ -158,6 +158,29 @@ def test_manual_commits_and_clear(rest_server, real_speech):
     run(scenario())
 
 
+def test_a_committed_utterance_streams_its_text_as_the_final_decodes(rest_server, real_speech):
+    """Manual commits have no interims: the deltas come from the final decode, a word or so at a time,
+    before ``completed``, and add up to its transcript."""
+    [row] = rows(real_speech, ("librivox/0870.flac",))
+
+    async def scenario():
+        async with realtime(rest_server) as rt:
+            await rt.update(audio={"input": {"turn_detection": None}})
+            await rt.append(pcm16(row["path"], silence_s=0.2), pace=None)
+            await rt.send("input_audio_buffer.commit")
+            committed = await rt.next_of("input_audio_buffer.committed")
+            [text] = await rt.transcripts(1)
+            mine = [e for e in rt.seen if e.get("item_id") == committed["item_id"]]
+            kinds = [e["type"] for e in mine]
+            deltas = [e["delta"] for e in mine if e["type"] == DELTA]
+            assert len(deltas) >= 10, deltas  # token by token, not the whole text at once
+            assert kinds.index(COMPLETED) > max(i for i, k in enumerate(kinds) if k == DELTA)
+            assert "".join(deltas) == text
+            assert wer([normalize(row["text"])], [normalize(text)]) <= 0.15, text
+
+    run(scenario())
+
+
 def test_commit_during_server_vad_ends_the_utterance(rest_server, real_speech):
     [row] = rows(real_speech, ("librivox/0880.flac",))
 

@@ -8,8 +8,9 @@ except a full 30 s buffer, which is committed on its own).
 
 Per utterance (one conversation item): ``input_audio_buffer.speech_started`` (server VAD), while it
 is spoken ``conversation.item.input_audio_transcription.delta`` events carrying words on which two
-interim decodes agree, then ``speech_stopped`` (server VAD), ``input_audio_buffer.committed``, a delta
-with the rest of the final text and ``...transcription.completed`` with the whole ``transcript``.
+interim decodes agree, then ``speech_stopped`` (server VAD), ``input_audio_buffer.committed``, deltas
+with the rest of the final text (as the final decodes, when it is decoded after the commit: the
+stream's ``FinalText``; else in one) and ``...transcription.completed`` with the whole ``transcript``.
 A delta never takes text back: ``completed`` is the authority when a final changed earlier words.
 A decode refused because the engine's queue is full is retried for about 15 s before its item
 fails (``...transcription.failed``); the session itself goes on.
@@ -31,7 +32,15 @@ from ...audio import SAMPLE_RATE_HZ
 from ...config import Settings
 from ...decoding import DecodingOptions, Transcription
 from ...engine.engine import Engine
-from ...engine.streaming import Final, Interim, Linear16Decoder, SpeechEvent, StreamingSession, StreamPolicy
+from ...engine.streaming import (
+    Final,
+    FinalText,
+    Interim,
+    Linear16Decoder,
+    SpeechEvent,
+    StreamingSession,
+    StreamPolicy,
+)
 from ...engine.vad import make_vad
 from ...errors import Overloaded, RateLimited, SplitASRError
 from . import events as ev
@@ -62,6 +71,7 @@ class FailedDecode(Transcription):
 class _Item:
     id: str
     sent: str = ""  # text sent in deltas so far
+    final: str = ""  # the final decode's text so far (FinalText pieces)
     manual: bool = False  # committed by the client
 
 
@@ -83,7 +93,7 @@ class RealtimeSession:
             self.config = apply_update(self.config, {"audio": {"input": {"transcription": {"model": model}}}},
                                        self.engine, self.tenant)
         self.stream = StreamingSession(self._decode, self._vad(), self._policy(), self.config.vad,
-                                       speech_events=True)
+                                       speech_events=True, final_text=True)
         self._pcm = Linear16Decoder(self.config.rate_hz)
         self._items: dict[int, _Item] = {}
         self._previous_item: str | None = None
@@ -172,6 +182,8 @@ class RealtimeSession:
                 self._on_speech(event)
             elif isinstance(event, Interim):
                 self._on_interim(event)
+            elif isinstance(event, FinalText):
+                self._on_final_text(event)
             elif isinstance(event, Final):
                 self._on_final(event)
 
@@ -193,6 +205,12 @@ class RealtimeSession:
         item = self._item(event.utterance)
         if len(event.stable) > len(item.sent) and event.stable.startswith(item.sent):
             self._delta(item, event.stable[len(item.sent):])
+
+    def _on_final_text(self, event: FinalText) -> None:
+        item = self._item(event.utterance)
+        item.final += event.text
+        if len(item.final) > len(item.sent) and item.final.startswith(item.sent):
+            self._delta(item, item.final[len(item.sent):])
 
     def _on_final(self, event: Final) -> None:
         item = self._items.pop(event.utterance, None) or _Item(ev.new_id("item"))
@@ -221,14 +239,15 @@ class RealtimeSession:
         return self._items[utterance]
 
     # engine side ---------------------------------------------------------------------------------
-    async def _decode(self, audio: np.ndarray, priority: int) -> Transcription:
+    async def _decode(self, audio: np.ndarray, priority: int,
+                      listener: Callable[[str], None] | None = None) -> Transcription:
         config = self.config
         options = DecodingOptions(beam_size=self.settings.default_beam_size, language=config.language,
                                   prompt=config.prompt)
         for wait_s in (*OVERLOAD_RETRY_S, None):
             try:
                 return await self.engine.transcribe_audio(audio, options, config.adapter, priority=priority,
-                                                          tenant=self.tenant, key=self.id)
+                                                          tenant=self.tenant, key=self.id, listener=listener)
             except Overloaded as exc:  # a full queue drains in moments: a live stream waits, not fails
                 if wait_s is None or isinstance(exc, RateLimited):
                     return self._failed(audio, exc)

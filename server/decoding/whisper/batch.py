@@ -70,6 +70,12 @@ class Pass:
     max_new_tokens: int
     seed: int = 0
     length_penalty: float | None = None
+    # The last ``forced`` tokens of ``prompt`` are sampled tokens kept from an earlier pass of the window
+    # (text already sent to a listener, see ``WhisperRequest``): the rules treat them as sampled and the
+    # candidates begin with them, with these log-probabilities.
+    forced: int = 0
+    timestamp_begin: int = 1 << 30  # the vocabulary's first timestamp (to read the forced tokens)
+    forced_logprobs: list[float] = field(default_factory=list)
     rows: list[Row] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
     no_speech_prob: float = 0.0
@@ -92,7 +98,14 @@ class Pass:
 
     @property
     def sample_begin(self) -> int:
-        return len(self.prompt)
+        return len(self.prompt) - self.forced
+
+    def new_row(self) -> Row:
+        """A row at the start of this pass: its prompt (and forced tokens) in place."""
+        forced = self.prompt[self.sample_begin:]
+        stamps = [t for t in forced if t >= self.timestamp_begin]
+        return Row(self, list(self.prompt), sum(self.forced_logprobs), list(self.forced_logprobs),
+                   stamps[-1] if stamps else -1)
 
     @property
     def mode(self) -> str:
@@ -253,7 +266,7 @@ class DecodeBatch:
         for p, e in zip(passes, encoder_out):
             self._cross_owner.append(p.window)
             self._cross_len.append(e.shape[1])
-            self.rows.append(Row(p, list(p.prompt)))
+            self.rows.append(p.new_row())
         out: list[torch.Tensor | None] = [None] * m
         detect = [k for k in range(m) if k < len(language_needed) and language_needed[k]]
         if detect:
@@ -272,7 +285,7 @@ class DecodeBatch:
         runner, vocab = self.runner, self.vocab
         index = [self._position_of(p) for p in passes]
         for p, k in zip(passes, index):
-            self.rows[k].tokens = list(p.prompt)
+            self.rows[k] = p.new_row()
         lengths = [len(p.prompt) - 1 for p in passes]
         if max(lengths) > 0:
             for group in _contiguous(index):  # prefill takes contiguous rows
@@ -300,7 +313,7 @@ class DecodeBatch:
                 self.runner.cache.copy_rows([k] * extra, list(range(start, start + extra)),
                                             len(p.prompt), cross=True)
                 for _ in range(extra):
-                    self.rows.append(Row(p, list(p.prompt)))
+                    self.rows.append(p.new_row())
                     self._cross_owner.append(p.window)
                     self._cross_len.append(self._cross_len[k])
                 p.rows = [r for r in self.rows if r.owner is p]

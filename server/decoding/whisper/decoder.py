@@ -98,14 +98,18 @@ class WhisperDecoder:
                                "are not available")
         return language
 
-    def start(self, audio: np.ndarray, options: DecodingOptions, slot: int = 0, seed: int = 0) -> WhisperRequest:
-        """A new request (validated); ``slot`` must stay loaded until it is done."""
+    def start(self, audio: np.ndarray, options: DecodingOptions, slot: int = 0, seed: int = 0,
+              listener: Callable[[str], None] | None = None) -> WhisperRequest:
+        """A new request (validated); ``slot`` must stay loaded until it is done. ``listener(text)`` is
+        called (on the decoding thread, at step boundaries) with each piece of new stable text:
+        token by token for greedy decoding, a window at a time for beam search and sampling
+        (:meth:`WhisperRequest.publish`)."""
         code = self.check(audio, options)
         language = code if self.vocab.multilingual else "en"
         request = WhisperRequest(audio, options, vocab=self.vocab, features=self.features, encode=self._encode,
                                  decode=self._decode, language=language, slot=slot,
                                  mixture=self._mixture(audio, slot), seed=seed, max_rows=self.max_rows,
-                                 speech_check=self.speech_check)
+                                 speech_check=self.speech_check, listener=listener)
         if not request.done:
             self.running.append(request)
         return request
@@ -228,11 +232,15 @@ class WhisperDecoder:
                     if request.options.word_timestamps and segments:
                         self._align(request, window, segments)
                     request.accepted(segments)
+                    request.publish()
                 if request.done:
                     if request.options.logprobs and request.result is not None:
                         request.result.logprobs = self.token_logprobs(request.result.segments)
                     done.append(request)
                     self._retire(request)
+            for p in self.batch.passes():  # text of the rows still decoding
+                if p.window.request.listener is not None:
+                    p.window.request.publish(p)
         return done
 
     def token_logprobs(self, segments: list[Segment]) -> list[TokenLogprob]:

@@ -16,9 +16,11 @@ hallucinations (about 20 times the cost of the check on tiny.en).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -34,6 +36,8 @@ from ..types import (
 )
 from .batch import Candidate, Pass
 from .vocab import FRAME_S, INPUT_STRIDE, TIME_PRECISION_S, Vocab
+
+log = logging.getLogger(__name__)
 
 HOP_SAMPLES = 160  # audio samples per mel frame
 WINDOW_FRAMES = 3000  # mel frames in a 30 s window
@@ -54,6 +58,10 @@ class Window:
     features: torch.Tensor  # [n_mels, 3000] (or fewer with a short audio_ctx)
     encoder_out: torch.Tensor | None = None  # [1, S, d] once encoded; kept for fallback passes
     attempts: list[tuple[Pass, Candidate, float, float]] = field(default_factory=list)
+    # sampled tokens whose text a listener was sent (and their log-probabilities): a fallback pass of
+    # this window starts from them, so text once sent is never taken back
+    sent: list[int] = field(default_factory=list)
+    sent_logprobs: list[float] = field(default_factory=list)
 
 
 class WhisperRequest:
@@ -61,11 +69,13 @@ class WhisperRequest:
 
     def __init__(self, audio: np.ndarray, options: DecodingOptions, *, vocab: Vocab, features, encode, decode,
                  language: str | None, slot: int = 0, mixture: torch.Tensor | None = None, seed: int = 0,
-                 max_rows: int = 1 << 30, speech_check: Callable[[np.ndarray], Future] | None = None):
+                 max_rows: int = 1 << 30, speech_check: Callable[[np.ndarray], Future] | None = None,
+                 listener: Callable[[str], None] | None = None):
         """``features(audio, frames)``: log-mel [n_mels, frames] of up to 30 s of audio; ``encode(text)``
         and ``decode(tokens)``: the tokenizer; ``language``: None to detect (multilingual backbones);
         ``max_rows``: the batch's rows, the widest pass (fallback samples and N-best beams are cut to it);
-        ``speech_check(audio)``: a future of whether a window's audio holds speech (see the module doc)."""
+        ``speech_check(audio)``: a future of whether a window's audio holds speech (see the module doc);
+        ``listener(text)``: called with each piece of new stable text (see :meth:`publish`)."""
         self.audio = audio
         self.options = options
         self.vocab = vocab
@@ -79,6 +89,8 @@ class WhisperRequest:
         self.max_rows = max_rows
         self._speech_check = speech_check
         self.checking: tuple[Future, Pass] | None = None  # a failed window's speech check and its fallback
+        self.listener = listener
+        self.sent_text = ""  # what the listener was sent so far
         self.duration = len(audio) / SAMPLE_RATE_HZ
         # transformers' window bounds: short audio is one padded 30 s window, long audio its own length
         self.content_frames = max(WINDOW_FRAMES, len(audio) // HOP_SAMPLES)
@@ -147,10 +159,12 @@ class WhisperRequest:
         width = max(1, min(width, self.max_rows))  # a pass wider than the batch could never be admitted
         prompt, sot_index = self.prompt()
         budget = options.max_new_tokens or self.vocab.text_ctx // 2
-        return Pass(self.window, prompt, sot_index, self.timestamps, temperature, width,
+        sent = self.window.sent
+        return Pass(self.window, prompt + sent, sot_index, self.timestamps, temperature, width,
                     max_new_tokens=min(budget, self.vocab.text_ctx - len(prompt)),
                     seed=self.seed * 100_003 + self.windows_decoded * 101 + attempt,
-                    length_penalty=options.length_penalty)
+                    length_penalty=options.length_penalty, forced=len(sent),
+                    forced_logprobs=list(self.window.sent_logprobs), timestamp_begin=self.vocab.timestamp_begin)
 
     def prompt(self) -> tuple[list[int], int]:
         """The window's decoder prompt and the index of <|startoftranscript|> in it."""
@@ -168,6 +182,77 @@ class WhisperRequest:
                 tokens.append(vocab.timestamp_begin)
             tokens += self._encode(" " + options.prefix.strip())[: vocab.text_ctx // 2 - 1]
         return tokens, sot_index
+
+    # text as it is decoded ----------------------------------------------------------------------------
+    def publish(self, live: Pass | None = None) -> None:
+        """Send the listener what became stable since the last call: the accepted windows' text and,
+        while ``live`` (a one-row pass of the current window) decodes, the part of its tokens that no
+        later step can change. The pieces sent concatenate to the final ``result.text`` exactly.
+
+        Stable means: the tokens before the window's open segment once a segment boundary (a timestamp
+        pair) was seen, since an open segment at the window's end is dropped and decoded again in the
+        next window; no trailing half of a UTF-8 character (byte-level BPE); nothing while the window
+        may yet be judged silent (its no-speech probability is above the threshold) or while its text so
+        far would fail the fallback thresholds. A window that fails them after text was sent is decoded
+        again with the sent tokens as its forced beginning (``Window.sent``). Beam search and
+        ``best_of`` sampling rank whole hypotheses, so their text is sent when the window is accepted.
+        """
+        if self.listener is None:
+            return
+        texts = [s.text for s in self.segments]
+        window, tokens, stable = self.window, [], 0
+        if live is not None and live.window is window and live.rows and self._may_stream(live):
+            row = live.rows[0]
+            tokens = row.sampled
+            stable = self._stable_count(tokens)
+            pieces = self._window_texts(tokens[:stable])
+            if self._would_fail(" ".join(pieces), row.token_logprobs[:stable]):
+                return
+            texts += pieces
+        text = " ".join(texts).rstrip("\ufffd")
+        if len(text) <= len(self.sent_text) or not text.startswith(self.sent_text):
+            return
+        if stable and window is not None:
+            window.sent, window.sent_logprobs = tokens[:stable], live.rows[0].token_logprobs[:stable]
+        piece, self.sent_text = text[len(self.sent_text):], text
+        try:
+            self.listener(piece)
+        except Exception:  # a listener that fails loses its text, never the batch it decodes in
+            log.exception("a text listener failed; it gets no more text")
+            self.listener = None
+
+    def _may_stream(self, p: Pass) -> bool:
+        threshold = self.options.no_speech_threshold
+        return p.width == 1 and not self.nbest_mode and (threshold is None or p.no_speech_prob <= threshold)
+
+    def _would_fail(self, text: str, logprobs: list[float]) -> bool:
+        """Whether the window's text so far is past Whisper's fallback thresholds (hold it back)."""
+        options = self.options
+        ratio = options.compression_ratio_threshold
+        if ratio is not None and compression_ratio(text) > ratio:
+            return True
+        return (options.logprob_threshold is not None and bool(logprobs)
+                and sum(logprobs) / len(logprobs) < options.logprob_threshold)
+
+    def _stable_count(self, tokens: list[int]) -> int:
+        """How many of a window's sampled ``tokens`` keep their text whatever comes next (see
+        :meth:`_split`: the segments between timestamp pairs, and the last one once it is closed by a
+        timestamp; with no pair yet, all of them)."""
+        if not self.timestamps:
+            return len(tokens)
+        ts = self.vocab.timestamp_begin
+        cuts = _cuts(tokens, ts)
+        if not cuts:
+            return len(tokens)
+        if tokens[-1] >= ts and any(t < ts for t in tokens[cuts[-1]:]):
+            return len(tokens)
+        return cuts[-1]
+
+    def _window_texts(self, tokens: list[int]) -> list[str]:
+        """The non-empty segment texts of a window's (stable) tokens, as :meth:`_split` cuts them."""
+        bounds = [0, *_cuts(tokens, self.vocab.timestamp_begin), len(tokens)] if self.timestamps else [0, len(tokens)]
+        texts = [self._decode([t for t in tokens[a:b] if t < self.vocab.eot]).strip() for a, b in pairwise(bounds)]
+        return [t for t in texts if t]
 
     # results ----------------------------------------------------------------------------------------
     def on_pass_done(self, p: Pass) -> Window | None:
@@ -192,7 +277,7 @@ class WhisperRequest:
             failed = False
         attempt = len(window.attempts)
         if failed and attempt < len(self.temperatures) and self.spent < self.budget:
-            if attempt == 1 and self._speech_check is not None:
+            if attempt == 1 and self._speech_check is not None and not window.sent:  # (sent text stays)
                 self.checking = (self._speech_check(self._window_audio(window)), self._make_pass(attempt))
             else:
                 self.pending = self._make_pass(attempt)
@@ -283,7 +368,7 @@ class WhisperRequest:
             segment = self._segment(tokens, best.token_logprobs, offset, offset + window.frames * FRAME_S)
             return [segment], window.frames
         is_ts = [t >= ts for t in tokens]
-        cuts = [i + 1 for i in range(len(tokens) - 1) if is_ts[i] and is_ts[i + 1]]
+        cuts = _cuts(tokens, ts)
         single_ending = is_ts[-2:] == [False, True]
         if not cuts:
             end = window.frames * FRAME_S
@@ -327,3 +412,8 @@ class WhisperRequest:
             segments[-1].end = min(segments[-1].end, round(self.duration, 2))
         text = " ".join(s.text for s in segments)
         self.result = Transcription(text, self.language or "en", self.duration, segments, self.nbest)
+
+
+def _cuts(tokens: list[int], timestamp_begin: int) -> list[int]:
+    """Where a window's tokens split into segments: after the first timestamp of each pair."""
+    return [i + 1 for i in range(len(tokens) - 1) if tokens[i] >= timestamp_begin and tokens[i + 1] >= timestamp_begin]
