@@ -1,7 +1,7 @@
 """What one client's costly requests do to another's, against `splitasr serve` (default settings, two
 tenants with keys) on loopback (docs/reliability.md). Prints one JSON object.
 
-    python scripts/measure_bystander.py WORK_DIR PORT [--speech-check false]
+    python scripts/measure_bystander.py WORK_DIR PORT [--speech-check false] [--cases noise_10min,...]
 
 Cases (the bystander is tenant "bob" sending a 3 s real-speech clip over REST):
 - silence_3h:     alice uploads a 262 KB FLAC of 2 h 58 min of digital silence; bob sends 5 s later.
@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("root", type=Path)
     parser.add_argument("port", type=int)
     parser.add_argument("--speech-check", default="true")
+    parser.add_argument("--cases", default="silence_3h,noise_10min,grpc_deadline,burst_70")
     args = parser.parse_args()
     args.root.mkdir(parents=True, exist_ok=True)
     tokens = {"alice": secrets.token_hex(16), "bob": secrets.token_hex(16)}
@@ -95,57 +96,54 @@ def main() -> None:
         bob_alone = rest("bob", bob_clip)
         results["bystander_alone_s"] = bob_alone["seconds"]
 
-        # 1. three hours of digital silence
-        thread, alice = in_background(rest, "alice", silence_flac(2 * 3600 + 58 * 60))
-        time.sleep(5)
-        bob = rest("bob", bob_clip)
-        thread.join()
-        results["silence_3h"] = {"alice": alice, "bob": bob}
+        cases = set(args.cases.split(","))
 
-        # 2. ten minutes of quiet noise
-        noise = (np.random.default_rng(0).standard_normal(600 * 16000) * 10 ** (-60 / 20)).astype(np.float32)
-        thread, alice = in_background(rest, "alice", _flac(noise))
-        time.sleep(5)
-        bob = rest("bob", bob_clip)
-        thread.join()
-        results["noise_10min"] = {"alice": alice, "bob": bob}
+        def bob_during(name: str, data: bytes) -> None:
+            thread, alice = in_background(rest, "alice", data)
+            time.sleep(5)
+            bob = rest("bob", bob_clip)
+            thread.join()
+            results[name] = {"alice": alice, "bob": bob}
 
-        # 3. a gRPC deadline that passes
-        long = long_speech_flac(str(SPEECH / "misc/goforward.flac"), 1800)
+        if "silence_3h" in cases:  # 1. three hours of digital silence
+            bob_during("silence_3h", silence_flac(2 * 3600 + 58 * 60))
+        if "noise_10min" in cases:  # 2. ten minutes of quiet noise
+            noise = (np.random.default_rng(0).standard_normal(600 * 16000) * 10 ** (-60 / 20)).astype(np.float32)
+            bob_during("noise_10min", _flac(noise))
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}", options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
             stub = recognizer_pb2_grpc.RecognizerStub(ch)
-            md = (("authorization", f"Bearer {tokens['alice']}"),)
-            start = time.monotonic()
-            try:
-                stub.Recognize(pb.RecognizeRequest(config=pb.RecognitionConfig(encoding=pb.ENCODED_FILE), audio=long),
-                               metadata=md, timeout=8)
-                code = "OK"
-            except grpc.RpcError as exc:
-                code = exc.code().name
-            alice = {"status": code, "seconds": round(time.monotonic() - start, 2)}
-            bob = rest("bob", bob_clip)
-            results["grpc_deadline"] = {"alice": alice, "bob": bob}
-
-            # 4. one tenant's burst of 70 requests of 30 s
-            thirty = _flac(np.concatenate([decode_audio(str(SPEECH / "librivox/0870.flac"))] * 5)[:30 * 16000])
-            burst = [in_background(rest, "alice", thirty, 900) for _ in range(70)]
-            time.sleep(3)
-            bob_rest = rest("bob", bob_clip, 60)
-            start = time.monotonic()
-            try:
-                reply = stub.Recognize(pb.RecognizeRequest(config=pb.RecognitionConfig(encoding=pb.ENCODED_FILE),
-                                                           audio=bob_clip),
-                                       metadata=(("authorization", f"Bearer {tokens['bob']}"),), timeout=60)
-                bob_grpc = {"status": "OK", "text": reply.text}
-            except grpc.RpcError as exc:
-                bob_grpc = {"status": exc.code().name}
-            bob_grpc["seconds"] = round(time.monotonic() - start, 2)
-            for thread, _ in burst:
-                thread.join()
-            statuses: dict = {}
-            for _, box in burst:
-                statuses[str(box.get("status"))] = statuses.get(str(box.get("status")), 0) + 1
-            results["burst_70"] = {"alice_statuses": statuses, "bob_rest": bob_rest, "bob_grpc": bob_grpc}
+            if "grpc_deadline" in cases:  # 3. a gRPC deadline that passes
+                long = long_speech_flac(str(SPEECH / "misc/goforward.flac"), 1800)
+                start = time.monotonic()
+                try:
+                    stub.Recognize(pb.RecognizeRequest(config=pb.RecognitionConfig(encoding=pb.ENCODED_FILE),
+                                                       audio=long),
+                                   metadata=(("authorization", f"Bearer {tokens['alice']}"),), timeout=8)
+                    code = "OK"
+                except grpc.RpcError as exc:
+                    code = exc.code().name
+                alice = {"status": code, "seconds": round(time.monotonic() - start, 2)}
+                results["grpc_deadline"] = {"alice": alice, "bob": rest("bob", bob_clip)}
+            if "burst_70" in cases:  # 4. one tenant's burst of 70 requests of 30 s
+                thirty = _flac(np.concatenate([decode_audio(str(SPEECH / "librivox/0870.flac"))] * 5)[:30 * 16000])
+                burst = [in_background(rest, "alice", thirty, 900) for _ in range(70)]
+                time.sleep(3)
+                bob_rest = rest("bob", bob_clip, 60)
+                start = time.monotonic()
+                try:
+                    reply = stub.Recognize(pb.RecognizeRequest(config=pb.RecognitionConfig(encoding=pb.ENCODED_FILE),
+                                                               audio=bob_clip),
+                                           metadata=(("authorization", f"Bearer {tokens['bob']}"),), timeout=60)
+                    bob_grpc = {"status": "OK", "text": reply.text}
+                except grpc.RpcError as exc:
+                    bob_grpc = {"status": exc.code().name}
+                bob_grpc["seconds"] = round(time.monotonic() - start, 2)
+                for thread, _ in burst:
+                    thread.join()
+                statuses: dict = {}
+                for _, box in burst:
+                    statuses[str(box.get("status"))] = statuses.get(str(box.get("status")), 0) + 1
+                results["burst_70"] = {"alice_statuses": statuses, "bob_rest": bob_rest, "bob_grpc": bob_grpc}
         print(json.dumps(results))
     finally:
         proc.kill()

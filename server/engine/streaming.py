@@ -3,7 +3,12 @@
 Whisper decodes whole windows, not frames, so a stream keeps a growing buffer of the current
 utterance and re-decodes it every ``interim_interval_s`` of new audio (through the engine's batching
 scheduler, so many streams share forward passes). Words on which the last two hypotheses agree are
-*stable* (local agreement, as in whisper_streaming); the rest may still change. A voice activity
+*stable* (local agreement, as in whisper_streaming); the rest may still change. Stable words stay
+committed for the rest of the utterance and become a forced decoder prefix of its next interims, so an
+interim generates only the unstable tail (as whisper_streaming and SimulStreaming do); the final decodes
+the whole utterance freely. Each part's stability comes from the agreement: the committed words'
+from how many hypotheses in a row confirmed them, the tail's from how much of it the previous
+hypothesis already had. A voice activity
 detector ends the utterance after ``endpoint_silence_s`` of silence following speech: the buffer is
 decoded once more into a final result and the next utterance starts. Half-close and a full buffer
 (``max_utterance_s``, Whisper's 30 s window) finalise too. Audio before any speech is kept only as a
@@ -42,8 +47,7 @@ from ..errors import BadAudio
 from .vad import FRAME_SAMPLES, Vad
 from .worker import PRIORITY_FINAL, PRIORITY_INTERIM
 
-STABLE = 0.9  # stability of words two consecutive hypotheses agree on
-UNSTABLE = 0.1
+MIN_STABILITY = 0.05  # of a tail no earlier hypothesis shared
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,7 @@ class StreamPolicy:
     tail_s: float = 0.2  # audio kept after the last speech frame
     speculate_after_s: float = 0.15  # silence after which the buffer is decoded ahead of the endpoint
     reuse_margin_s: float = 0.1  # a decode covering speech end + this much can serve as the final
+    prefix_interims: bool = True  # committed words are the forced prefix of the next interims
 
 
 @dataclass
@@ -66,6 +71,8 @@ class Interim:
     unstable: str
     start_s: float  # stream time
     end_s: float
+    stable_stability: float = 0.0  # from the agreement (see LocalAgreement)
+    unstable_stability: float = 0.0
 
 
 @dataclass
@@ -120,17 +127,35 @@ def agreed_prefix(a: list[str], b: list[str]) -> int:
 
 
 class LocalAgreement:
-    """Splits each new hypothesis into a stable prefix (never shortened) and an unstable rest."""
+    """Splits each new hypothesis into a committed prefix (the words two hypotheses in a row agreed on;
+    never shortened while hypotheses keep them) and an unstable rest, each with a stability.
+
+    The committed words' stability is 1 - 2^-(n + 1) after n hypotheses in a row confirmed the newest
+    of them (0.75 when two first agree, then 0.875 ...); the tail's is half the share of its words the
+    previous hypothesis had at the same place (at least MIN_STABILITY): text that keeps coming back is
+    likelier to stay."""
 
     def __init__(self) -> None:
         self._previous: list[str] = []
         self._committed = 0
+        self._confirmed = 0
 
-    def update(self, text: str) -> tuple[str, str]:
+    @property
+    def committed(self) -> str:
+        """The committed words (the forced prefix of the next interim)."""
+        return " ".join(self._previous[: self._committed])
+
+    def update(self, text: str) -> tuple[str, float, str, float]:
+        """-> (committed text, its stability, unstable text, its stability)."""
         words = text.split()
-        self._committed = min(max(self._committed, agreed_prefix(self._previous, words)), len(words))
-        self._previous = words
-        return " ".join(words[: self._committed]), " ".join(words[self._committed:])
+        committed = min(max(self._committed, agreed_prefix(self._previous, words)), len(words))
+        self._confirmed = 1 if committed > self._committed else self._confirmed + 1
+        tail, before = words[committed:], self._previous[committed:]
+        shared = sum(_norm(a) == _norm(b) for a, b in zip(tail, before))
+        self._previous, self._committed = words, committed
+        stable = 1 - 0.5 ** (self._confirmed + 1) if committed else 0.0
+        unstable = max(MIN_STABILITY, 0.5 * shared / len(tail)) if tail else 0.0
+        return " ".join(words[:committed]), round(stable, 4), " ".join(tail), round(unstable, 4)
 
 
 class Linear16Decoder:
@@ -305,9 +330,13 @@ class StreamingSession:
         return PRIORITY_INTERIM if self.interim_results and grown else None
 
     async def _decode(self, utterance: int, audio: np.ndarray, priority: int,
-                      speech_end: int | None = None, text: bool = False) -> Transcription:
+                      speech_end: int | None = None, text: bool = False, prefix: str = "") -> Transcription:
         """``speech_end`` (finals): an earlier decode reaching past it saw all the speech: reuse it.
-        ``text``: put its text on ``events`` as it is decoded (FinalText)."""
+        ``text``: put its text on ``events`` as it is decoded (FinalText). ``prefix`` (interims): the
+        committed words, forced; the result's text is then only what follows them, and it is not kept
+        for reuse (a final decodes the utterance freely)."""
+        if prefix:
+            return await self.decode(audio, priority, prefix=prefix)
         if self._cache and self._cache[0] == utterance:
             covered = self._cache[1]
             margin = int(self.policy.reuse_margin_s * self._rate)
@@ -327,11 +356,13 @@ class StreamingSession:
         self._cache = (utterance, len(audio), result)
         return result
 
-    async def _interim(self, utterance: int, audio: np.ndarray) -> Transcription | None:
-        """Decode an interim unless the utterance is cut meanwhile: then the decode is
-        withdrawn (cancelling its task takes it out of the engine's queue or batch) and None returned."""
+    async def _interim(self, utterance: int, audio: np.ndarray) -> str | None:
+        """Decode an interim (its whole text: the committed words, then what the decoder added after
+        them) unless the utterance is cut meanwhile: then the decode is withdrawn (cancelling its task
+        takes it out of the engine's queue or batch) and None returned."""
         self._urgent.clear()
-        decode = asyncio.ensure_future(self._decode(utterance, audio, PRIORITY_INTERIM))
+        prefix = self._agreement.committed if self.policy.prefix_interims else ""
+        decode = asyncio.ensure_future(self._decode(utterance, audio, PRIORITY_INTERIM, prefix=prefix))
         urgent = asyncio.ensure_future(self._urgent.wait())
         try:
             await asyncio.wait({decode, urgent}, return_when=asyncio.FIRST_COMPLETED)
@@ -340,7 +371,8 @@ class StreamingSession:
             if not decode.done():
                 decode.cancel()
         try:
-            return await decode
+            result = await decode
+            return f"{prefix} {result.text.strip()}".strip() if prefix else result.text
         except asyncio.CancelledError:
             if asyncio.current_task().cancelling():
                 raise  # the session itself is being cancelled
@@ -363,15 +395,16 @@ class StreamingSession:
                     index, audio, start = self._utterances, self._audio(), self._buffer_start
                     decoded_before, self._decoded_len = self._decoded_len, len(audio)
                     if priority == PRIORITY_FINAL:
-                        result = await self._decode(index, audio, priority)
-                    elif (result := await self._interim(index, audio)) is None:  # overtaken: withdrawn
+                        hypothesis = (await self._decode(index, audio, priority)).text
+                    elif (hypothesis := await self._interim(index, audio)) is None:  # overtaken: withdrawn
                         if index == self._utterances:
                             self._decoded_len = decoded_before
                         continue
                     if self.interim_results and index == self._utterances:  # else its final comes next
-                        stable, unstable = self._agreement.update(result.text)
+                        stable, s_stable, unstable, s_unstable = self._agreement.update(hypothesis)
                         end = (start + len(audio)) / self._rate
-                        await self.events.put(Interim(index, stable, unstable, start / self._rate, end))
+                        await self.events.put(Interim(index, stable, unstable, start / self._rate, end,
+                                                      s_stable, s_unstable))
                 else:
                     self._wake.clear()
                     await self._wake.wait()

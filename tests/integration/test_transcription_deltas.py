@@ -15,7 +15,8 @@ from splitasr.audio import SAMPLE_RATE_HZ, decode_audio, encode_wav_pcm16
 from splitasr.metrics import wer
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
-from .test_rest_disconnect import AUTH, _long_flac, _multipart, _wait
+from .long_audio import long_speech_flac
+from .test_rest_disconnect import AUTH, _multipart, _wait
 
 normalize = EnglishTextNormalizer({})
 PAUSE_AFTER_STEPS = 12  # the worker stops here until the client has read a delta
@@ -112,7 +113,7 @@ def test_beam_search_streams_whole_windows(rest_server, real_speech):
 def test_a_client_that_hangs_up_mid_stream_stops_the_decode(rest_server, real_speech):
     goforward = _clip(real_speech, "misc/goforward.flac")
     worker = rest_server.engine.worker
-    body, boundary = _multipart(_long_flac(goforward["path"], 300))  # 10 windows: a minute of work or more
+    body, boundary = _multipart(long_speech_flac(goforward["path"], 300))  # 10 windows: a minute of work or more
     stream_field = (f'--{boundary}\r\nContent-Disposition: form-data; name="stream"\r\n\r\ntrue\r\n').encode()
     body = stream_field + body
     cancelled = worker.stats.cancelled

@@ -34,11 +34,15 @@ def test_agreed_prefix_ignores_case_and_punctuation():
 
 def test_local_agreement_commits_what_two_hypotheses_share_and_never_shrinks():
     la = LocalAgreement()
-    assert la.update("and mister") == ("", "and mister")
-    assert la.update("and mister john dash") == ("and mister", "john dash")
-    assert la.update("and mister john dashwood had") == ("and mister john", "dashwood had")
-    # a later hypothesis that disagrees early keeps the committed length
-    assert la.update("and mr john dashwood had then") == ("and mr john", "dashwood had then")
+    assert la.update("and mister") == ("", 0.0, "and mister", 0.05)
+    assert la.update("and mister john dash") == ("and mister", 0.75, "john dash", 0.05)
+    assert la.committed == "and mister"
+    # the tail shares "dashwood" with nothing before it, "had" neither: the least stability
+    assert la.update("and mister john dashwood had") == ("and mister john", 0.75, "dashwood had", 0.05)
+    # a later hypothesis that disagrees early keeps the committed length; once more confirmed, the
+    # committed words are more stable, and a tail the previous hypothesis had is too
+    assert la.update("and mr john dashwood had then") == ("and mr john", 0.875, "dashwood had then", 0.3333)
+    assert la.update("and mr john dashwood had then") == ("and mr john dashwood had then", 0.75, "", 0.0)
 
 
 def test_linear16_decoder_carries_odd_bytes_and_scales():
@@ -77,12 +81,15 @@ class FakeDecoder:
     def __init__(self) -> None:
         self.calls: list[int] = []
         self.priorities: list[int] = []
+        self.prefixes: list[str] = []
 
-    async def __call__(self, audio: np.ndarray, priority: int) -> Transcription:
+    async def __call__(self, audio: np.ndarray, priority: int, prefix: str = "") -> Transcription:
+        """As a real decoder with a forced ``prefix``: the text is what follows it."""
         self.calls.append(len(audio))
         self.priorities.append(priority)
+        self.prefixes.append(prefix)
         await asyncio.sleep(0)
-        words = " ".join(f"w{i}" for i in range(int(len(audio) / RATE / 0.25)))
+        words = " ".join(f"w{i}" for i in range(len(prefix.split()), int(len(audio) / RATE / 0.25)))
         return Transcription(words, "en", len(audio) / RATE, [Segment(0, 0.0, len(audio) / RATE, words, [])])
 
 
@@ -126,6 +133,26 @@ def test_interim_text_stabilises():
     stables = [e.stable for e in events if isinstance(e, Interim)]
     assert len(stables) >= 3
     assert stables[-1] and all(len(a.split()) <= len(b.split()) for a, b in itertools.pairwise(stables))
+
+
+def test_interims_decode_only_what_follows_the_committed_words():
+    decoder = FakeDecoder()
+    events = asyncio.run(_run(_chunked(np.concatenate([_speech(4.0), _silence(0.7)])), decoder=decoder))
+    interims = [e for e in events if isinstance(e, Interim)]
+    forced = [p for p, priority in zip(decoder.prefixes, decoder.priorities) if priority == PRIORITY_INTERIM]
+    assert forced[0] == "" and any(forced), forced  # the first has nothing committed yet
+    for before, prefix in zip(interims, forced[1:]):  # each interim's committed words force the next one
+        assert prefix == before.stable
+    # the shown text is the whole hypothesis, and the final is decoded without a prefix
+    assert all(f"{i.stable} {i.unstable}".strip().startswith("w0") for i in interims)
+    assert all(p == "" for p, priority in zip(decoder.prefixes, decoder.priorities) if priority == PRIORITY_FINAL)
+    final = next(e for e in events if isinstance(e, Final))
+    assert final.result.text.startswith("w0")
+    # without the policy, nothing is forced
+    plain = FakeDecoder()
+    asyncio.run(_run(_chunked(np.concatenate([_speech(4.0), _silence(0.7)])), StreamPolicy(prefix_interims=False),
+                     decoder=plain))
+    assert not any(plain.prefixes)
 
 
 def test_no_interims_when_not_asked_and_no_final_without_speech():

@@ -240,10 +240,10 @@ class RealtimeSession:
 
     # engine side ---------------------------------------------------------------------------------
     async def _decode(self, audio: np.ndarray, priority: int,
-                      listener: Callable[[str], None] | None = None) -> Transcription:
+                      listener: Callable[[str], None] | None = None, prefix: str = "") -> Transcription:
         config = self.config
         options = DecodingOptions(beam_size=self.settings.default_beam_size, language=config.language,
-                                  prompt=config.prompt)
+                                  prompt=config.prompt, prefix=prefix or None)
         for wait_s in (*OVERLOAD_RETRY_S, None):
             try:
                 return await self.engine.transcribe_audio(audio, options, config.adapter, priority=priority,

@@ -10,7 +10,7 @@ from splitasr_device._proto import recognizer_pb2 as pb
 
 from ...decoding import Segment, Transcription
 from ...engine.store import AdapterRecord
-from ...engine.streaming import STABLE, UNSTABLE, Final, Interim, SpeechEvent, StreamPolicy
+from ...engine.streaming import Final, Interim, SpeechEvent, StreamPolicy
 from ...jobs import JobParameters
 
 _EOU = pb.StreamingRecognizeResponse.END_OF_UTTERANCE
@@ -75,7 +75,7 @@ def stream_response(event: Interim | Final | SpeechEvent, offset: float) -> pb.S
             result_end_seconds=end, utterance=event.utterance,
             words=[w for s in event.result.segments for w in words(s, start)])
         return pb.StreamingRecognizeResponse(results=[result], speech_event_type=_EOU)
-    parts = [(event.stable, STABLE), (event.unstable, UNSTABLE)]
+    parts = [(event.stable, event.stable_stability), (event.unstable, event.unstable_stability)]
     return pb.StreamingRecognizeResponse(results=[
         pb.StreamingRecognitionResult(transcript=text, stability=stability, start_seconds=start,
                                       result_end_seconds=end, utterance=event.utterance)

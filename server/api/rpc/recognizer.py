@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import replace
 
 import grpc
 from splitasr_device._proto import recognizer_pb2 as pb
@@ -162,8 +163,9 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
         of the stream supersedes a queued older one)."""
         key = object()
 
-        def decode(audio, priority: int):
-            return self.engine.transcribe_audio(audio, options, adapter, priority=priority, tenant=tenant, key=key)
+        def decode(audio, priority: int, prefix: str = ""):
+            forced = replace(options, prefix=prefix) if prefix and not options.prefix else options
+            return self.engine.transcribe_audio(audio, forced, adapter, priority=priority, tenant=tenant, key=key)
 
         return decode
 
