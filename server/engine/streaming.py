@@ -35,14 +35,14 @@ import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import soxr
 
 from .. import observability
 from ..audio import SAMPLE_RATE_HZ
-from ..decoding import Transcription
+from ..decoding import DecodingOptions, Transcription
 from ..errors import BadAudio
 from .vad import FRAME_SAMPLES, Vad
 from .worker import PRIORITY_FINAL, PRIORITY_INTERIM
@@ -175,6 +175,16 @@ class Linear16Decoder:
         if self._resampler is not None:
             samples = self._resampler.resample_chunk(samples, last=last)
         return samples
+
+
+def stream_options(options: DecodingOptions, priority: int, prefix: str = "") -> DecodingOptions:
+    """A stream decode's options: interims force the committed words (``prefix``) and skip Whisper's
+    temperature fallback (an interim is replaced within moments; five hotter passes would cost more
+    than it is worth, and a forced prefix fails the thresholds more often); finals keep ``options``."""
+    if priority != PRIORITY_INTERIM:
+        return options
+    return replace(options, prefix=options.prefix or prefix or None, compression_ratio_threshold=None,
+                   logprob_threshold=None)
 
 
 # ``decode(audio, priority)``: PRIORITY_FINAL or PRIORITY_INTERIM (see :mod:`.worker`); with

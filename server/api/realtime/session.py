@@ -40,6 +40,7 @@ from ...engine.streaming import (
     SpeechEvent,
     StreamingSession,
     StreamPolicy,
+    stream_options,
 )
 from ...engine.vad import make_vad
 from ...errors import Overloaded, RateLimited, SplitASRError
@@ -242,8 +243,8 @@ class RealtimeSession:
     async def _decode(self, audio: np.ndarray, priority: int,
                       listener: Callable[[str], None] | None = None, prefix: str = "") -> Transcription:
         config = self.config
-        options = DecodingOptions(beam_size=self.settings.default_beam_size, language=config.language,
-                                  prompt=config.prompt, prefix=prefix or None)
+        options = stream_options(DecodingOptions(beam_size=self.settings.default_beam_size,
+                                                 language=config.language, prompt=config.prompt), priority, prefix)
         for wait_s in (*OVERLOAD_RETRY_S, None):
             try:
                 return await self.engine.transcribe_audio(audio, options, config.adapter, priority=priority,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import replace
 
 import grpc
 from splitasr_device._proto import recognizer_pb2 as pb
@@ -17,7 +16,7 @@ from ...engine.applicability import check_options
 from ...engine.engine import RESCORE_MAX_SECONDS, Engine
 from ...engine.ogg_opus import OggOpusDecoder
 from ...engine.silence import transcribe_speech
-from ...engine.streaming import Linear16Decoder, StreamingSession, StreamPolicy
+from ...engine.streaming import Linear16Decoder, StreamingSession, StreamPolicy, stream_options
 from ...engine.vad import make_vad
 from ...errors import BadAudio, InvalidInput, NotFound, TooLarge
 from ...vad_filter import VadFilterOptions
@@ -164,8 +163,8 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
         key = object()
 
         def decode(audio, priority: int, prefix: str = ""):
-            forced = replace(options, prefix=prefix) if prefix and not options.prefix else options
-            return self.engine.transcribe_audio(audio, forced, adapter, priority=priority, tenant=tenant, key=key)
+            return self.engine.transcribe_audio(audio, stream_options(options, priority, prefix), adapter,
+                                                priority=priority, tenant=tenant, key=key)
 
         return decode
 
