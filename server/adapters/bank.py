@@ -132,15 +132,17 @@ class AdapterBank(nn.Module):
         plan = context.plan(x.shape[0], x.device)
         if plan.count == 0 or plan.slot_set.isdisjoint(self.loaded_slots):
             return out
-        delta = self._delta(x if plan.rows is None else x.index_select(0, plan.rows), plan)
-        delta = delta.to(out.dtype)
         if plan.rows is None:
-            return out + delta
-        return out.index_add(0, plan.rows, delta)
+            return self._add_delta(x, out, plan)
+        rows = plan.rows  # the same arithmetic on the selected rows as on a batch of them alone
+        return out.index_copy(0, rows, self._add_delta(x.index_select(0, rows), out.index_select(0, rows), plan))
 
-    def _gather(self, plan: RowPlan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def _gather(self, plan: RowPlan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
         """The selected rows' slot tensors, cut to the live rank and expert count (padding is zero, so
-        cutting it changes nothing but the cost). Inference reuses them while the selection lasts."""
+        cutting it changes nothing but the cost), laid out for the forward: ``down`` [n, in, r] (with the
+        low-rank gate's G stacked after A: [n, in, 2r], one product gives both), ``up`` [n, r, out] =
+        (s·B)ᵀ with the row's scale folded in, ``gate_c`` [n, r, out] = Cᵀ or None, and r. Inference
+        keeps them while the selection lasts (the decode loop's rows change only now and then)."""
         cached = plan.gathered.get(id(self))
         if cached is not None:
             return cached
@@ -151,29 +153,34 @@ class AdapterBank(nn.Module):
             mix = plan.mix[:, :e].to(dtype)
             a = torch.einsum("ne,neri->nri", mix, self.lora_A[plan.slots, :e, :r])
             b = torch.einsum("ne,neor->nor", mix, self.lora_B[plan.slots, :e, :, :r])
-        g = self.gate_G[plan.slots, :r] if plan.lowrank_gate is not None and self.gate_G is not None else None
+        if plan.lowrank_gate is not None and self.gate_G is not None:
+            a = torch.cat([a, self.gate_G[plan.slots, :r]], dim=1)  # [n, 2r, in]
         c = self.gate_C[plan.slots, :, :r] if plan.output_gate is not None and self.gate_C is not None else None
-        out = (a, b, g, c)
+        up = (b * plan.scale.to(dtype)[:, None, None]).transpose(1, 2).contiguous()
+        out = (a.transpose(1, 2).contiguous(), up, None if c is None else c.transpose(1, 2).contiguous(), r)
         if not torch.is_grad_enabled():
             plan.gathered[id(self)] = out
         return out
 
-    def _delta(self, x: torch.Tensor, plan: RowPlan) -> torch.Tensor:
+    def _add_delta(self, x: torch.Tensor, out: torch.Tensor, plan: RowPlan) -> torch.Tensor:
+        """``out`` (the base output of these rows) plus their update."""
         n, shape = x.shape[0], x.shape
         dtype = self.lora_A.dtype
         xf = x.reshape(n, -1, shape[-1]).to(dtype)  # [n, T, in]
-        a, b, g, c = self._gather(plan)
-        h = torch.bmm(xf, a.transpose(1, 2))  # [n, T, r]
+        down, up, gate_c, r = self._gather(plan)
+        h = torch.bmm(xf, down)  # [n, T, r] (or [n, T, 2r]: A x then G x)
         hg = h
-        if g is not None:
-            gate = torch.sigmoid(torch.bmm(xf, g.transpose(1, 2)))
-            hg = h * gate if plan.all_lowrank_gate else torch.where(plan.lowrank_gate[:, None, None], h * gate, h)
-        y = torch.bmm(hg, b.transpose(1, 2))  # [n, T, out]
-        if c is not None:
-            gate = torch.sigmoid(torch.bmm(h, c.transpose(1, 2)))
+        if down.shape[-1] != r:  # GLU inside the bottleneck: (A x) ⊙ σ(G x)
+            h, gated = h[..., :r], h[..., :r] * torch.sigmoid(h[..., r:])
+            hg = gated if plan.all_lowrank_gate else torch.where(plan.lowrank_gate[:, None, None], gated, h)
+        out3 = out.reshape(n, -1, out.shape[-1])
+        if gate_c is None and out.dtype == dtype:  # out + hg (s·B)ᵀ in one pass
+            return torch.baddbmm(out3, hg, up).reshape(out.shape)
+        y = torch.bmm(hg, up)  # [n, T, out]
+        if gate_c is not None:
+            gate = torch.sigmoid(torch.bmm(h, gate_c))
             y = y * gate if plan.all_output_gate else torch.where(plan.output_gate[:, None, None], y * gate, y)
-        y = y * plan.scale.to(dtype)[:, None, None]
-        return y.reshape(*shape[:-1], y.shape[-1])
+        return (out3 + y.to(out.dtype)).reshape(out.shape)
 
     def extra_repr(self) -> str:
         s = self._state

@@ -14,8 +14,11 @@ full-precision checkpoint: an adapter trained on fp32 loads on NF4 and vice vers
 PQM setting: the adapter recovers what quantization loses). Gradients flow through the frozen
 quantized weight to the input, so adapters train on a quantized backbone too.
 
-Kept in full precision: embeddings, convolutions, norms, and output heads (``proj_out``, tied to
-Whisper's token embedding, and a CTC model's ``lm_head``), as QLoRA does.
+Kept in full precision: embeddings, convolutions, norms and a CTC model's ``lm_head``, as QLoRA does.
+Whisper's output head ``proj_out`` shares its weight with the token embedding: ``nf4`` keeps it tied
+and in full precision; ``int8`` gives it an untied int8 copy (:data:`QUANTIZED_TIED_HEADS`), because
+on the CPU that matmul (d_model × vocabulary, 384 × 51864 for tiny.en) is about half of a decoder
+step, while the embedding lookup keeps its full-precision table.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ Quantization = Literal["none", "int8", "nf4"]
 QUANTIZATIONS: tuple[str, ...] = ("none", "int8", "nf4")
 NF4_BLOCK_SIZE = 64
 KEEP_FULL_PRECISION = ("proj_out", "lm_head")
+# tied output heads that a mode still quantizes, as an untied copy (the embedding keeps its table)
+QUANTIZED_TIED_HEADS: dict[str, tuple[str, ...]] = {"int8": ("proj_out",)}
 BNB_REQUIREMENT = "bitsandbytes==0.50.2"
 
 
@@ -153,15 +158,21 @@ def quantize_model(model: nn.Module, mode: str, keep: tuple[str, ...] = KEEP_FUL
     """Replace the plain ``nn.Linear`` layers of a frozen ``model`` in place; returns their names.
 
     Layers whose last name part is in ``keep`` and layers sharing their weight (tied heads) stay as
-    they are. Call before attaching an adapter bank.
+    they are, except the tied heads :data:`QUANTIZED_TIED_HEADS` names for ``mode``: those get an
+    untied quantized copy (the module they share the weight with keeps the full-precision tensor).
+    Call before attaching an adapter bank.
     """
     check_quantization(mode)
     if mode == "none":
         return []
     tied = _tied_ids(model)
+    heads = QUANTIZED_TIED_HEADS.get(mode, ())
     names = [
         name for name, module in model.named_modules()
-        if type(module) is nn.Linear and name.rpartition(".")[2] not in keep and id(module.weight) not in tied
+        if type(module) is nn.Linear and (
+            name.rpartition(".")[2] in heads
+            or (name.rpartition(".")[2] not in keep and id(module.weight) not in tied)
+        )
     ]
     for name in names:
         parent_name, _, child = name.rpartition(".")

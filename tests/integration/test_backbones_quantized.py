@@ -27,7 +27,9 @@ def test_quantized_tiny_en_keeps_the_fingerprint(quantized, tiny_backbone):
     spec = BackboneSpec.from_model(quantized.name, quantized.model)
     fp32_spec = BackboneSpec.from_model(tiny_backbone.name, tiny_backbone.model)
     assert spec.fingerprint == fp32_spec.fingerprint
-    assert weight_bytes(quantized.model) < 0.8 * weight_bytes(tiny_backbone.model)
+    # int8 holds an untied int8 copy of the output head (20 MB for tiny.en) next to the fp32 embedding
+    bound = 0.85 if quantized.quantization == "int8" else 0.8
+    assert weight_bytes(quantized.model) < bound * weight_bytes(tiny_backbone.model)
     # an adapter made for the fp32 backbone validates against the quantized one
     assert load_adapter(adapter_bytes(fp32_spec, "saml", seed=3), expected_backbone=spec).kind == "saml"
 

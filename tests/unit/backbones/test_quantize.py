@@ -67,7 +67,15 @@ def test_quantized_backbone_keeps_fingerprint_and_output(fp32, batch, mode):
     layer_type = Int8Linear if mode == "int8" else bnb.nn.Linear4bit
     kinds = {type(m) for n, m in model.named_modules() if n.endswith(("q_proj", "fc1", "fc2", "out_proj"))}
     assert kinds == {layer_type}
-    assert type(model.proj_out) is nn.Linear  # tied to the token embedding: kept
+    embed = model.model.decoder.embed_tokens.weight
+    if mode == "int8":  # an untied int8 copy of the head; the embedding keeps its fp32 table
+        assert type(model.proj_out) is Int8Linear
+        assert embed.dtype == torch.float32
+        assert torch.equal(embed, fp32.model.decoder.embed_tokens.weight)
+        head_error = (model.proj_out.dequantized_weight() - embed).norm() / embed.norm()
+        assert 0 < head_error.item() < 0.02
+    else:  # tied to the token embedding: kept
+        assert type(model.proj_out) is nn.Linear and model.proj_out.weight is embed
     spec, spec_fp32 = BackboneSpec.from_model("t", model), BackboneSpec.from_model("t", fp32)
     assert spec.fingerprint == spec_fp32.fingerprint
     assert spec.linear_shapes == spec_fp32.linear_shapes
