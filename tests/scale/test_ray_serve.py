@@ -26,6 +26,7 @@ from splitasr.backbones.whisper import WhisperBackbone
 from splitasr.config import Settings
 
 from tests.adapter_factory import adapter_bytes
+from tests.scale.cluster import start_ray
 
 TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789ab"}
 
@@ -99,8 +100,8 @@ def cluster(cache_root, tmp_path_factory, real_speech) -> Iterator[Cluster]:
                         _env_file=None)
     metrics_port = free_port()
     # replicas report their metrics to Ray's agent every 0.5 s (10 s by default): gauges sampled during a burst
-    ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=metrics_port,
-             _system_config={"metrics_report_interval_ms": 500})
+    start_ray(num_cpus=2, include_dashboard=False, _metrics_export_port=metrics_port,
+              _system_config={"metrics_report_interval_ms": 500})
     try:
         serve.start(http_options={"host": settings.host, "port": settings.port})
         serve.run(build_app(settings, REPLICAS), name=APP, route_prefix="/")

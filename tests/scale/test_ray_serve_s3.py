@@ -19,6 +19,7 @@ from splitasr.config import Settings
 
 from tests.adapter_factory import adapter_bytes
 from tests.integration.conftest import TOKENS, free_port
+from tests.scale.cluster import start_ray
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
@@ -52,7 +53,7 @@ def s3_cluster(cache_root, tmp_path_factory, real_speech) -> Iterator[dict]:
                             adapter_slots=1, max_queued_requests=8, max_batch_rows=8, replica_cpus=0.5,
                             ingress_cpus=0.5, api_keys=",".join(f"{t}:{n}" for n, t in TOKENS.items()),
                             _env_file=None)
-        ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": dict(CREDENTIALS)})
+        start_ray(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": dict(CREDENTIALS)})
         try:
             serve.start(http_options={"host": settings.host, "port": settings.port})
             serve.run(build_app(settings, 2), name=APP, route_prefix="/")
