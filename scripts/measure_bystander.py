@@ -32,7 +32,7 @@ from splitasr_device._proto import recognizer_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.integration.long_audio import long_speech_flac
+from tests.integration.abandoned import long_speech_flac
 from tests.reliability.hostile import silence_flac
 
 SPEECH = ROOT / "tests/data/real-speech"

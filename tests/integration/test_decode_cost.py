@@ -22,7 +22,7 @@ from splitasr.engine.vad import has_speech
 from splitasr_device._proto import recognizer_pb2 as pb
 from splitasr_device._proto import recognizer_pb2_grpc
 
-from tests.integration.long_audio import long_speech_flac
+from tests.integration.abandoned import long_speech_flac, wait_until
 
 
 def _noise(seconds: float, rms_dbfs: float, seed: int = 0) -> np.ndarray:
@@ -34,15 +34,6 @@ def _flac(audio: np.ndarray) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, audio, SAMPLE_RATE_HZ, format="FLAC")
     return buf.getvalue()
-
-
-def _wait(condition, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @contextlib.contextmanager
@@ -106,7 +97,7 @@ def test_a_rest_request_past_its_decode_time_limit_is_stopped(rest_server, real_
     error = reply.json()["error"]
     assert error["code"] == "decode_timeout" and "SPLITASR_DECODE_TIME_LIMIT_RTF" in error["message"]
     assert worker.stats.timed_out == timed_out + 1
-    assert _wait(lambda: worker.live_rows == 0, 30), "its rows stayed in the batch"
+    assert wait_until(lambda: worker.live_rows == 0, 30), "its rows stayed in the batch"
     with open(goforward["path"], "rb") as fh:  # the next request decodes as usual
         reply = httpx.post(url, headers=rest_server.headers(), files={"file": ("a.flac", fh.read())},
                            data={"model": "tiny.en"}, timeout=120)
@@ -143,7 +134,7 @@ def test_a_passed_grpc_deadline_takes_the_decode_out_of_the_batch(grpc_server, r
         _recognize(recognizer, grpc_server, long_speech_flac(goforward["path"], 300), timeout=4)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert time.monotonic() - started < 30
-    assert _wait(lambda: worker.stats.cancelled > cancelled, 30), "the abandoned request was not cancelled"
-    assert _wait(lambda: worker.live_rows == 0 and worker.pending == 0, 30), "its rows stayed in the batch"
+    assert wait_until(lambda: worker.stats.cancelled > cancelled, 30), "the abandoned request was not cancelled"
+    assert wait_until(lambda: worker.live_rows == 0 and worker.pending == 0, 30), "its rows stayed in the batch"
     with open(goforward["path"], "rb") as fh:
         assert "forward" in _recognize(recognizer, grpc_server, fh.read()).text.lower()

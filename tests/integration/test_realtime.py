@@ -34,6 +34,16 @@ def rows(real_speech, names=None) -> list[dict]:
     return [r for r in real_speech if names is None or r["audio_filepath"] in names]
 
 
+async def _commit_manually(rt, path) -> tuple[dict, str]:
+    """Turn detection off, ``path``'s speech appended and committed: its committed event and transcript."""
+    await rt.update(audio={"input": {"turn_detection": None}})
+    await rt.append(pcm16(path, silence_s=0.2), pace=None)
+    await rt.send("input_audio_buffer.commit")
+    committed = await rt.next_of("input_audio_buffer.committed")
+    [text] = await rt.transcripts(1)
+    return committed, text
+
+
 async def _stream_clip(server, row: dict, rate: int = 24_000) -> dict:
     """One session per clip, streamed 4x faster than real time, server VAD: its events and text."""
     async with realtime(server) as rt:
@@ -130,11 +140,7 @@ def test_manual_commits_and_clear(rest_server, real_speech):
 
     async def scenario():
         async with realtime(rest_server) as rt:
-            await rt.update(audio={"input": {"turn_detection": None}})
-            await rt.append(pcm16(row["path"], silence_s=0.2), pace=None)
-            await rt.send("input_audio_buffer.commit")
-            committed = await rt.next_of("input_audio_buffer.committed")
-            [text] = await rt.transcripts(1)
+            committed, text = await _commit_manually(rt, row["path"])
             assert normalize(text) == normalize(row["text"])
             assert not rt.of("input_audio_buffer.speech_started") and not rt.of("input_audio_buffer.speech_stopped")
             assert rt.of(COMPLETED)[0]["item_id"] == committed["item_id"] and committed["previous_item_id"] is None
@@ -165,11 +171,7 @@ def test_a_committed_utterance_streams_its_text_as_the_final_decodes(rest_server
 
     async def scenario():
         async with realtime(rest_server) as rt:
-            await rt.update(audio={"input": {"turn_detection": None}})
-            await rt.append(pcm16(row["path"], silence_s=0.2), pace=None)
-            await rt.send("input_audio_buffer.commit")
-            committed = await rt.next_of("input_audio_buffer.committed")
-            [text] = await rt.transcripts(1)
+            committed, text = await _commit_manually(rt, row["path"])
             mine = [e for e in rt.seen if e.get("item_id") == committed["item_id"]]
             kinds = [e["type"] for e in mine]
             deltas = [e["delta"] for e in mine if e["type"] == DELTA]

@@ -15,8 +15,8 @@ from splitasr.audio import SAMPLE_RATE_HZ, decode_audio, encode_wav_pcm16
 from splitasr.metrics import wer
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
-from .long_audio import long_speech_flac
-from .test_rest_disconnect import AUTH, _multipart, _wait
+from .abandoned import long_speech_flac, multipart, post_transcription, wait_until
+from .test_rest_disconnect import AUTH
 
 normalize = EnglishTextNormalizer({})
 PAUSE_AFTER_STEPS = 12  # the worker stops here until the client has read a delta
@@ -113,16 +113,11 @@ def test_beam_search_streams_whole_windows(rest_server, real_speech):
 def test_a_client_that_hangs_up_mid_stream_stops_the_decode(rest_server, real_speech):
     goforward = _clip(real_speech, "misc/goforward.flac")
     worker = rest_server.engine.worker
-    body, boundary = _multipart(long_speech_flac(goforward["path"], 300))  # 10 windows: a minute of work or more
-    stream_field = (f'--{boundary}\r\nContent-Disposition: form-data; name="stream"\r\n\r\ntrue\r\n').encode()
-    body = stream_field + body
+    form = multipart(long_speech_flac(goforward["path"], 300), stream="true")  # a minute of work or more
     cancelled = worker.stats.cancelled
     host, port = rest_server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=60) as sock:
-        sock.sendall(
-            f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: {host}\r\nAuthorization: {AUTH}\r\n"
-            f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-            + body)
+        post_transcription(sock, host, AUTH, form)
         received = b""
         while b'"transcript.text.delta"' not in received:  # the stream has begun: text is arriving
             chunk = sock.recv(65536)
@@ -130,10 +125,10 @@ def test_a_client_that_hangs_up_mid_stream_stops_the_decode(rest_server, real_sp
             received += chunk
         assert received.startswith(b"HTTP/1.1 200") and b"text/event-stream" in received
     # the socket is closed mid-stream: the decode is withdrawn and no later window is queued
-    assert _wait(lambda: worker.stats.cancelled > cancelled, 30), "the hung-up stream's decode was not cancelled"
-    assert _wait(lambda: worker.live_rows == 0 and worker.pending == 0, 30), "its work stayed in the worker"
+    assert wait_until(lambda: worker.stats.cancelled > cancelled, 30), "the hung-up stream's decode was not cancelled"
+    assert wait_until(lambda: worker.live_rows == 0 and worker.pending == 0, 30), "its work stayed in the worker"
     steps = worker.stats.steps
-    assert not _wait(lambda: worker.stats.steps > steps, 2), "the worker went on decoding for nobody"
+    assert not wait_until(lambda: worker.stats.steps > steps, 2), "the worker went on decoding for nobody"
     # the server still serves everyone else
     reply = httpx.post(f"{rest_server.url}/v1/audio/transcriptions",
                        files={"file": ("a.flac", goforward["path"].read_bytes())},

@@ -147,20 +147,25 @@ class _DroppingRecognizer(recognizer_pb2_grpc.RecognizerServicer):
             transcript="two", is_final=True, start_seconds=offset, result_end_seconds=offset + len(audio) / 2 / self.rate)])
 
 
-def test_a_dropped_stream_resumes_after_the_last_final():
-    rate = 8000
-    signal = (np.arange(3 * rate) % 2000).astype("<i2").tobytes()  # 3 s, every sample identifiable
-    servicer = _DroppingRecognizer(rate)
+def _stream_through(servicer, pieces: list[bytes], **options) -> list:
+    """``client.stream(pieces, **options)`` against ``servicer`` on a loopback server (3 attempts)."""
     server = grpc.server(futures.ThreadPoolExecutor(4))
     recognizer_pb2_grpc.add_RecognizerServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
         client = SplitASRClient(f"127.0.0.1:{port}", retry=RetryPolicy(attempts=3, base_delay_s=0.01))
-        pieces = [signal[i: i + 1600] for i in range(0, len(signal), 1600)]
-        updates = list(client.stream(pieces, sample_rate_hz=rate))
+        return list(client.stream(pieces, **options))
     finally:
         server.stop(None)
+
+
+def test_a_dropped_stream_resumes_after_the_last_final():
+    rate = 8000
+    signal = (np.arange(3 * rate) % 2000).astype("<i2").tobytes()  # 3 s, every sample identifiable
+    servicer = _DroppingRecognizer(rate)
+    updates = _stream_through(servicer, [signal[i: i + 1600] for i in range(0, len(signal), 1600)],
+                              sample_rate_hz=rate)
     assert [u.text for u in updates] == ["one", "two"]
     assert updates[1].start == pytest.approx(1.0) and updates[1].end == pytest.approx(3.0)
     (offset1, _), (offset2, resent) = servicer.streams
@@ -198,16 +203,8 @@ def test_a_dropped_opus_stream_resumes_as_a_new_ogg_stream_of_the_rest():
     rate = 16_000
     signal = (3000 * np.sin(2 * np.pi * 300 * np.arange(3 * rate) / rate)).astype("<i2").tobytes()
     servicer = _DroppingOpusRecognizer()
-    server = grpc.server(futures.ThreadPoolExecutor(4))
-    recognizer_pb2_grpc.add_RecognizerServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        client = SplitASRClient(f"127.0.0.1:{port}", retry=RetryPolicy(attempts=3, base_delay_s=0.01))
-        pieces = [signal[i: i + 3200] for i in range(0, len(signal), 3200)]
-        updates = list(client.stream(pieces, sample_rate_hz=rate, codec="opus"))
-    finally:
-        server.stop(None)
+    updates = _stream_through(servicer, [signal[i: i + 3200] for i in range(0, len(signal), 3200)],
+                              sample_rate_hz=rate, codec="opus")
     assert [u.text for u in updates] == ["one", "two"]
     (offset1, encoding, _), (offset2, _, resent) = servicer.streams
     assert encoding == pb.OGG_OPUS and offset1 == 0.0 and offset2 == pytest.approx(1.0)
