@@ -6,8 +6,17 @@ and the access-log line of a failed login. Prints JSON. Takes about 2 minutes.
 
     python scripts/measure_http_limits.py WORK_DIR PORT
 """
-import json, os, socket, subprocess, sys, threading, time
-import httpx, psutil
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import psutil
+
 port = int(sys.argv[2]); root = sys.argv[1]
 env = {k: v for k, v in os.environ.items() if not k.startswith("SPLITASR_")}
 env.update(SPLITASR_CACHE_DIR=os.path.expanduser("~/.cache/splitasr"), SPLITASR_STORE_DIR=f"{root}/store", SPLITASR_PORT=str(port),
@@ -30,7 +39,7 @@ def status_of(sock, timeout=5):
     try:
         d = sock.recv(200)
         return d.split(b"\r\n")[0].decode() if d else "closed"
-    except socket.timeout: return "open (no answer)"
+    except TimeoutError: return "open (no answer)"
     except OSError as e: return f"closed ({type(e).__name__})"
 # (a) 8 x 32 MiB unfinished headers
 base = rss(); socks = []; sent = []

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 from splitasr.audio import decode_audio
+from splitasr.audio.vad import make_vad
 from splitasr.config import Settings
 from splitasr.decoding import DecodingOptions
 from splitasr.engine.engine import Engine
 from splitasr.engine.streaming import Final, Interim, StreamingSession, StreamPolicy, stream_options
-from splitasr.engine.vad import make_vad
 from splitasr.engine.worker import PRIORITY_INTERIM
 
 SPEECH = Path(__file__).resolve().parent.parent / "tests/data/real-speech"

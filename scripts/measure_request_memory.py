@@ -3,8 +3,16 @@ over REST, sampled for 40 s (docs/reliability.md). Prints JSON.
 
     python scripts/measure_request_memory.py WORK_DIR PORT
 """
-import json, os, subprocess, sys, threading, time
-import httpx, psutil
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import psutil
+
 port = int(sys.argv[2]); root = sys.argv[1]; os.makedirs(root, exist_ok=True)
 env = {k: v for k, v in os.environ.items() if not k.startswith("SPLITASR_")}
 env.update(SPLITASR_CACHE_DIR=os.path.expanduser("~/.cache/splitasr"), SPLITASR_STORE_DIR=f"{root}/store", SPLITASR_PORT=str(port),

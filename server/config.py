@@ -25,13 +25,6 @@ def _default_cache_dir() -> Path:
 
 
 class Settings(BaseSettings):
-    @property
-    def torch_dtype(self):
-        """``dtype`` as a torch dtype (None: the device's default)."""
-        import torch
-
-        return None if self.dtype == "auto" else getattr(torch, self.dtype)
-
     # An empty variable means "the default": docker-compose passes every setting as ${VAR:-}.
     # No .env is read unless named (`splitasr serve --env-file FILE`): the compose `.env` next to the
     # code belongs to docker compose, and picking it up silently would change a local server's keys.

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InvalidInput, RateLimited, Unauthenticated
+from .storage.store import TENANT_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,6 @@ class ApiKeys:
     @classmethod
     def load(cls, file: Path | None = None, inline: str | None = None) -> ApiKeys:
         """Read and check the keys; any problem is an :class:`InvalidInput` naming the file:line or item."""
-        from .engine.store import TENANT_PATTERN
 
         pairs = (_file_pairs(file) if file is not None else []) + _inline_pairs(inline or "")
         by_digest: dict[bytes, str] = {}

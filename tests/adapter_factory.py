@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from splitasr.adapters import Adapter, BackboneSpec, adapter_to_bytes, get_kind, new_adapter, resolve_targets
 
 # kind -> (hyper-parameters, targets); small updates keep transcripts sensible but not identical

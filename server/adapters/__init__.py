@@ -11,16 +11,16 @@ Typical serving use::
         logits = model(input_features=input_features, decoder_input_ids=ids).logits
 """
 
-from splitasr.adapters import glora, lora, saml  # noqa: F401  (registers the built-in kinds)
-from splitasr.adapters.adapter import Adapter, AdapterLimits, BackboneSpec, new_adapter
-from splitasr.adapters.bank import AdapterBank, attach_bank, bank_layers, detach_bank
-from splitasr.adapters.context import SlotContext, bank_context
-from splitasr.adapters.fileformat import adapter_to_bytes, atomic_write_bytes, load_adapter, save_adapter
-from splitasr.adapters.glora import GLoRAConfig
-from splitasr.adapters.peft_interop import export_peft, import_peft
-from splitasr.adapters.registry import AdapterKind, KindConfig, get_kind, register, registered_kinds
-from splitasr.adapters.saml import SAMLConfig, utterance_embedding
-from splitasr.adapters.slots import (
+from . import glora, lora, saml  # noqa: F401  (registers the built-in kinds)
+from .adapter import Adapter, AdapterLimits, BackboneSpec, new_adapter
+from .bank import AdapterBank, attach_bank, bank_layers, detach_bank
+from .context import SlotContext, bank_context
+from .fileformat import adapter_to_bytes, load_adapter, save_adapter
+from .glora import GLoRAConfig
+from .kinds import AdapterKind, KindConfig, get_kind, register, registered_kinds
+from .peft_interop import export_peft, import_peft
+from .saml import SAMLConfig, utterance_embedding
+from .slots import (
     clear_slot,
     export_slot,
     load_into_slot,
@@ -28,7 +28,7 @@ from splitasr.adapters.slots import (
     slot_occupant,
     stage_families,
 )
-from splitasr.adapters.targets import PRESETS, resolve_targets
+from .targets import PRESETS, resolve_targets
 
 __all__ = [
     "PRESETS",
@@ -42,7 +42,6 @@ __all__ = [
     "SAMLConfig",
     "SlotContext",
     "adapter_to_bytes",
-    "atomic_write_bytes",
     "attach_bank",
     "bank_context",
     "bank_layers",

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import torch
-from splitasr.adapters.registry import AdapterKind, KindConfig, get_kind
-from splitasr.adapters.targets import EXCLUDED
-from splitasr.errors import InvalidAdapter
 from torch import nn
+
+from ..errors import InvalidAdapter
+from .kinds import AdapterKind, KindConfig, get_kind
+from .targets import EXCLUDED
 
 MiB = 1 << 20
 

@@ -1,7 +1,7 @@
 """AdapterBank: a frozen linear layer plus S stacked adapter slots, mixed per batch row.
 
 Each adapted layer keeps every family of the canonical slot form (see
-:mod:`splitasr.adapters.registry`) stacked along a leading slot dimension, with zero padding up to
+:mod:`splitasr.adapters.kinds`) stacked along a leading slot dimension, with zero padding up to
 the bank's maximum rank and expert count::
 
     lora_A [S+1, E_max, r_max, in]    lora_B [S+1, E_max, out, r_max]
@@ -21,9 +21,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import torch
-from splitasr.adapters.adapter import AdapterLimits
-from splitasr.adapters.context import STATE_MODULE_NAME, BankState, RowPlan
-from splitasr.adapters.registry import (
+from torch import nn
+
+from .adapter import AdapterLimits
+from .context import STATE_MODULE_NAME, BankState, RowPlan
+from .kinds import (
     FAMILY_LOWRANK_GATE,
     FAMILY_OUTPUT_GATE,
     FAMILY_ROUTER,
@@ -31,8 +33,7 @@ from splitasr.adapters.registry import (
     get_kind,
     registered_kinds,
 )
-from splitasr.adapters.targets import resolve_targets
-from torch import nn
+from .targets import resolve_targets
 
 
 class AdapterBank(nn.Module):

@@ -4,7 +4,7 @@ A file can pass every structural check and still break at use: every weight 1e30
 bank holds it in float16, and infinite in float32 after two products), every weight 65504 (float16's
 largest value: storable, but ``A x`` overflows), or ``alpha`` = 1e30. The bounds below follow from
 how the bank computes one row of one adapted linear layer, in the backbone's dtype (float16 on a GPU,
-float32 on a CPU), in canonical slot form (:mod:`splitasr.adapters.registry`)::
+float32 on a CPU), in canonical slot form (:mod:`splitasr.adapters.kinds`)::
 
     h = A x          gates: σ(G x), σ(C h)          y = B h'          Δ = s · y
 
@@ -39,9 +39,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from splitasr.errors import InvalidAdapter
 
-from .registry import AdapterKind, KindConfig
+from ..errors import InvalidAdapter
+from .kinds import AdapterKind, KindConfig
 
 INPUT_NORM = 1024.0
 ACTIVATION_LIMIT = 2.0**15

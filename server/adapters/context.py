@@ -23,8 +23,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from splitasr.adapters.registry import SlotHeader
 from torch import nn
+
+from .kinds import SlotHeader
 
 STATE_MODULE_NAME = "splitasr_adapters"
 

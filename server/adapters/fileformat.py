@@ -33,7 +33,10 @@ from typing import Any
 import safetensors.torch
 import torch
 from safetensors.torch import load as safetensors_from_bytes  # safetensors only: never pickle
-from splitasr.adapters.adapter import (
+
+from ..errors import InvalidAdapter, TooLarge
+from ..fileio import atomic_write_bytes
+from .adapter import (
     Adapter,
     AdapterLimits,
     BackboneSpec,
@@ -42,10 +45,8 @@ from splitasr.adapters.adapter import (
     check_layout,
     check_limits,
 )
-from splitasr.adapters.bounds import check_magnitudes
-from splitasr.adapters.registry import get_kind
-from splitasr.errors import InvalidAdapter, TooLarge
-from splitasr.fileio import atomic_write_bytes
+from .bounds import check_magnitudes
+from .kinds import get_kind
 
 FORMAT_VERSION = 1
 METADATA_KEY = "splitasr"

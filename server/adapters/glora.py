@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from splitasr.adapters.lora import kaiming_uniform
-from splitasr.adapters.registry import (
+
+from ..errors import InvalidAdapter
+from .kinds import (
     FAMILY_LOWRANK,
     FAMILY_LOWRANK_GATE,
     FAMILY_OUTPUT_GATE,
@@ -38,7 +39,7 @@ from splitasr.adapters.registry import (
     SlotHeader,
     register,
 )
-from splitasr.errors import InvalidAdapter
+from .lora import kaiming_uniform
 
 GATES = ("lowrank", "output")
 

@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
-from splitasr.adapters.registry import (
+
+from .kinds import (
     FAMILY_LOWRANK,
     AdapterKind,
     KindConfig,

@@ -27,7 +27,10 @@ from typing import Any
 import safetensors.torch
 import torch
 from safetensors.torch import load as safetensors_from_bytes  # safetensors only: never pickle
-from splitasr.adapters.adapter import (
+
+from ..errors import InvalidAdapter
+from ..fileio import atomic_write_bytes
+from .adapter import (
     Adapter,
     AdapterLimits,
     BackboneSpec,
@@ -35,9 +38,8 @@ from splitasr.adapters.adapter import (
     check_layout,
     check_limits,
 )
-from splitasr.adapters.fileformat import atomic_write_bytes, read_header
-from splitasr.adapters.registry import KindConfig, get_kind
-from splitasr.errors import InvalidAdapter
+from .fileformat import read_header
+from .kinds import KindConfig, get_kind
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"

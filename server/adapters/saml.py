@@ -32,8 +32,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from splitasr.adapters.lora import kaiming_uniform
-from splitasr.adapters.registry import (
+
+from ..errors import InvalidAdapter
+from .kinds import (
     FAMILY_LOWRANK,
     FAMILY_ROUTER,
     AdapterKind,
@@ -42,7 +43,7 @@ from splitasr.adapters.registry import (
     SlotHeader,
     register,
 )
-from splitasr.errors import InvalidAdapter
+from .lora import kaiming_uniform
 
 MAX_EXPERTS = 64
 ROUTER_INPUT = "logmel_mean_std"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .adapter import Adapter, BackboneSpec, new_adapter
-from .registry import get_kind
+from .kinds import get_kind
 from .targets import resolve_targets
 
 # kind -> hyper-parameters of the sample (rank, scale; SAML: a three-expert mixture)

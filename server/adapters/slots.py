@@ -11,10 +11,13 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
-from splitasr.adapters.adapter import Adapter
-from splitasr.adapters.bank import bank_layers
-from splitasr.adapters.context import BankState, get_state
-from splitasr.adapters.registry import (
+from torch import nn
+
+from ..errors import InvalidAdapter
+from .adapter import Adapter
+from .bank import bank_layers
+from .context import BankState, get_state
+from .kinds import (
     FAMILIES,
     FAMILY_LOWRANK,
     FAMILY_LOWRANK_GATE,
@@ -24,8 +27,6 @@ from splitasr.adapters.registry import (
     SlotHeader,
     get_kind,
 )
-from splitasr.errors import InvalidAdapter
-from torch import nn
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable, Sequence
 
-from splitasr.errors import InvalidInput
+from ..errors import InvalidInput
 
 _ATTN = ("q_proj", "k_proj", "v_proj", "out_proj")
 _STACKS = ("encoder", "decoder")

@@ -40,9 +40,14 @@ class Backbone(Protocol):
 
 
 def load_backbone(spec: str, *, cache_dir: Path, device: str = "auto", quantize: str = "none",
-                  dtype: torch.dtype | None = None) -> WhisperBackbone | CTCBackbone:
-    """Resolve ``spec`` (known name, directory, hub id) and load it frozen, optionally quantized."""
+                  dtype: torch.dtype | str | None = None) -> WhisperBackbone | CTCBackbone:
+    """Resolve ``spec`` (known name, directory, hub id) and load it frozen, optionally quantized.
+
+    ``dtype``: a torch dtype, or the ``SPLITASR_DTYPE`` name of one (``auto``/None: the device's default).
+    """
     check_quantization(quantize)
+    if isinstance(dtype, str):
+        dtype = None if dtype == "auto" else getattr(torch, dtype)
     if quantize != "none" and dtype not in (None, torch.float32):
         raise InvalidInput(f"quantize={quantize} and dtype={str(dtype).removeprefix('torch.')} are alternatives: "
                            "quantized layers keep their own weights; leave the dtype at auto")

@@ -84,7 +84,7 @@ def _transcribe(url: str, path: Path, model: str) -> tuple[str, float]:
 def _wer(url: str, rows: list[dict], folder: Path, model: str) -> float:
     from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
-    from ..metrics import wer
+    from ..scoring import wer
 
     norm = EnglishTextNormalizer({})
     hyps = [_transcribe(url, folder / r["audio_filepath"], model)[0] for r in rows]
@@ -128,7 +128,7 @@ def _p50(values: list[float]) -> float | None:
 def run(*, speaker: str = "cardio_nurse", utterances: int = 40, test: int = 35, targets: list[str] | None = None,
         epochs: int = 10, threads: int = 1, backbone: str = "tiny.en", cache_dir: Path,
         audio_dir: Path = DEFAULT_AUDIO_DIR, work_dir: Path | None = None) -> dict:
-    from ..training import synth
+    from ..datasets import synth
 
     targets = targets or ["decoder", "all"]
     plain = sorted(p for p in audio_dir.rglob("*") if p.suffix in (".flac", ".wav"))

@@ -43,9 +43,8 @@ def measure(backbone: str, mode: str, manifests: dict[str, Path], adapter: Path 
 
     from ..backbones.loader import load_backbone
     from ..backbones.quantize import weight_bytes
-    from ..commands.evaluate import evaluate
-    from ..commands.transcribe import attach_adapter
-    from ..training.manifest import load_manifest
+    from ..datasets.manifest import load_manifest
+    from ..evaluation import attach_adapter, evaluate
 
     torch.set_num_threads(threads)
     before = _rss_bytes()

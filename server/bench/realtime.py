@@ -44,9 +44,9 @@ import soxr
 import torch
 
 from ..audio import SAMPLE_RATE_HZ, decode_audio, encode_wav_pcm16
+from ..audio.vad import FRAME_SAMPLES, SileroVad
 from ..config import Settings
 from ..engine.engine import Engine
-from ..engine.vad import FRAME_SAMPLES, SileroVad
 from .common import cpu_model, free_port
 
 DEFAULT_AUDIO_DIR = Path(__file__).resolve().parents[2] / "tests" / "data" / "real-speech"

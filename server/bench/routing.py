@@ -1,6 +1,6 @@
 """Adapter-affine routing versus round-robin, on simulated replicas (no model, no Ray).
 
-Each replica holds ``slots`` adapters (LRU, like :class:`~splitasr.engine.pool.SlotPool` and
+Each replica holds ``slots`` adapters (LRU, like :class:`~splitasr.adapters.pool.SlotPool` and
 ``@serve.multiplexed``) and runs at most ``max_ongoing`` requests. Tenants are drawn from a Zipf
 law; each tenant has one adapter. Requests arrive as a Poisson process at ``load`` times the
 cluster's capacity and take an exponential service time (mean 1), plus ``cold_load`` when their

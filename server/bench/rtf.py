@@ -56,7 +56,7 @@ def _wer(refs: list[str] | None, hyps: list[str]) -> float | None:
         return None
     from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
-    from ..metrics import wer
+    from ..scoring import wer
 
     norm = EnglishTextNormalizer({})
     return wer([norm(r) for r in refs], [norm(h) for h in hyps])

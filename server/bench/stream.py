@@ -25,7 +25,7 @@ stream from the device's encoder, :mod:`splitasr_device.opus`, at ``opus_bitrate
 
 WER (``wer``): every fixture streamed alone, in real time, once per codec (the text is its finals
 joined), against the same fixtures sent whole to ``Recognize`` (file WER), scored against the
-manifest's references (:func:`splitasr.metrics.wer` after Whisper's English normaliser). This needs a
+manifest's references (:func:`splitasr.scoring.wer` after Whisper's English normaliser). This needs a
 ``manifest.jsonl`` in the audio folder (the real-speech fixtures have one).
 
 Also the device client's peak RSS while streaming (``splitasr-device stream --realtime`` in a child
@@ -50,13 +50,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from splitasr_device.opus import DEFAULT_BITRATE
 
 from ..api.rpc.server import BackgroundGrpc
 from ..audio import SAMPLE_RATE_HZ, decode_audio
+from ..audio.vad import FRAME_SAMPLES, SileroVad
 from ..config import Settings
 from ..engine.engine import Engine
-from ..engine.vad import FRAME_SAMPLES, SileroVad
 from .common import cpu_model
 
 DEFAULT_AUDIO_DIR = Path(__file__).resolve().parents[2] / "tests" / "data" / "real-speech"
@@ -213,7 +214,7 @@ def _wer_pass(devices, address: str, audio_dir: Path, codecs: tuple[str, ...], o
     ``bench rtf`` and ``splitasr eval``), and the texts themselves."""
     from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
-    from ..metrics import wer
+    from ..scoring import wer
 
     norm = EnglishTextNormalizer({})
     rows = [json.loads(line) for line in (audio_dir / "manifest.jsonl").read_text().splitlines() if line.strip()]

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 from ..audio import SAMPLE_RATE_HZ, decode_audio
+from ..audio.vad import silero_probabilities
+from ..audio.vad_filter import VadFilterOptions, remove_silence
 from ..backbones.whisper import WhisperBackbone
 from ..decoding import Transcription, transcribe
-from ..engine.vad import silero_probabilities
-from ..metrics import wer
 from ..progress import bar
-from ..vad_filter import VadFilterOptions, remove_silence
+from ..scoring import wer
 
 REAL_SPEECH_DIR = Path(__file__).resolve().parents[2] / "tests" / "data" / "real-speech"
 

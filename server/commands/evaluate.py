@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
-from .transcribe import add_adapter_arg, add_backbone_args, add_decoding_args, attach_adapter, load_backbone
+from ..evaluation import attach_adapter, evaluate, rescored_report
+from .transcribe import add_adapter_arg, add_backbone_args, add_decoding_args, load_backbone
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -28,58 +28,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def evaluate(backbone, utterances, *, beam: int = 1, language: str | None = None, batch_size: int = 8,
-             normalizer: str = "whisper", slot: int = 0, audio_ctx: float | None = None,
-             quiet: bool = True) -> dict:
-    """Transcribe every utterance and score the corpus; returns the JSON report.
-
-    ``slot``: the adapter slot every utterance uses (0 = the backbone alone). ``quiet=False``: a
-    progress bar on a terminal.
-    """
-    from ..audio import SAMPLE_RATE_HZ, decode_audio
-    from ..decoding import DecodingOptions, transcribe
-    from ..metrics import score_all
-    from ..progress import bar
-
-    options = DecodingOptions(beam_size=beam, language=language, audio_ctx_seconds=audio_ctx)
-    hyps: list[str] = []
-    audio_seconds = 0.0
-    start = time.perf_counter()
-    with bar(len(utterances), "eval", "utt", quiet) as progress:
-        for i in range(0, len(utterances), batch_size):
-            batch = utterances[i : i + batch_size]
-            audios = [decode_audio(u.audio_path) for u in batch]
-            audio_seconds += sum(len(a) for a in audios) / SAMPLE_RATE_HZ
-            hyps += [r.text for r in transcribe(backbone, audios, options, [slot] * len(batch) if slot else None)]
-            progress.update(len(batch))
-    wall = time.perf_counter() - start
-    refs = [u.text for u in utterances]
-    langs = {u.lang for u in utterances}
-    if normalizer == "whisper" and langs <= {"en"}:
-        from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
-
-        norm = EnglishTextNormalizer({})
-        refs, hyps_scored = [norm(r) for r in refs], [norm(h) for h in hyps]
-    else:
-        hyps_scored = hyps
-    scores = score_all(refs, hyps_scored)
-    report = {
-        "backbone": backbone.name,
-        "utterances": len(utterances),
-        "audio_seconds": round(audio_seconds, 2),
-        "wall_seconds": round(wall, 2),
-        "rtf": round(wall / audio_seconds, 4) if audio_seconds else None,
-        "beam": beam,
-        "audio_ctx_seconds": audio_ctx,
-        "normalizer": normalizer,
-        **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in scores.items()},
-    }
-    report["hypotheses"] = [{"ref": u.text, "hyp": h, "audio": str(u.audio_path)} for u, h in zip(utterances, hyps)]
-    return report
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..training.manifest import load_manifest
+    from ..datasets.manifest import load_manifest
 
     utterances = load_manifest(args.manifest)[: args.limit]
     backbone = load_backbone(args)
@@ -100,7 +50,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _rescored(args: argparse.Namespace, backbone, utterances, adapter: dict | None) -> dict:
     """WER after rescoring each N-best list (``wer``), with the first pass and the oracle beside it."""
-    from .rescorer import rescored_report
 
     report = {"backbone": backbone.name, "utterances": len(utterances), "rescorer": str(args.rescorer),
               **rescored_report(backbone, utterances, args.rescorer, args.nbest, 1 if adapter else 0)}

@@ -12,7 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from .transcribe import add_backbone_args, attach_adapter, load_backbone
+from ..evaluation import attach_adapter, rescored_report
+from .transcribe import add_backbone_args, load_backbone
 
 EPILOG = """examples:
   splitasr rescorer train --manifest me/train.jsonl --dev-manifest me/dev.jsonl --out me-rescorer.safetensors
@@ -65,8 +66,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _lists(args: argparse.Namespace, backbone, manifests: list[Path], cache: Path | None, slot: int) -> tuple[list, bool]:
+    from ..datasets.manifest import load_manifest
     from ..rescoring.data import cache_key, cached_lists, decode_lists
-    from ..training.manifest import load_manifest
 
     utterances = [u for m in manifests for u in load_manifest(m)]
     if not utterances:
@@ -163,38 +164,8 @@ def _peak_rss_mib() -> float | None:
         return None
 
 
-def rescored_report(backbone, utterances, rescorer_path: Path, k: int, slot: int = 0, cache: Path | None = None,
-                    quiet: bool = True, adapter_sha256: str | None = None) -> dict:
-    """WER of the N-best top hypothesis, of the rescored choice and of the oracle, on ``utterances``."""
-    from ..metrics import score_all
-    from ..rescoring.data import cache_key, cached_lists, decode_lists, normalize
-    from ..rescoring.model import Fusion
-    from ..rescoring.stage import open_rescorer
-    from ..rescoring.train import choose, score_lists
-
-    produce = lambda: decode_lists(backbone, utterances, k, slot=slot, quiet=quiet)
-    lists = cached_lists(cache, cache_key(backbone.name, adapter_sha256, k, utterances), produce)[0] if cache else produce()
-    model, rescorer = open_rescorer(rescorer_path)
-    picks = [choose(x, s, rescorer.fusion) for x, s in zip(lists, score_lists(model, lists, 1))]
-    refs = [normalize(x.ref) for x in lists]
-
-    def wer(chosen: list[int]) -> float:  # scored like `splitasr eval`: Whisper's normalizer, jiwer
-        return round(score_all(refs, [normalize(x.hyps[p]) for x, p in zip(lists, chosen)])["wer"], 4)
-
-    report = {"nbest": k, "fusion": rescorer.fusion.to_dict(), "wer_first_pass": wer([0] * len(lists)),
-              "wer_rescored": wer(picks), "wer_oracle": wer([x.errors.index(x.oracle) for x in lists]),
-              "changed": sum(p != 0 for p in picks)}
-    plain = rescorer.training.get("fusion_without_rescorer")
-    if isinstance(plain, dict) and set(plain) == {"weight", "length_weight"}:
-        # the same stage with λ = 0 (ASR score and length term, β tuned on dev): what the text encoder adds
-        fusion = Fusion(0.0, float(plain["length_weight"]))
-        report["wer_length_term_only"] = wer([choose(x, [0.0] * len(x.hyps), fusion) for x in lists])
-    report["hypotheses"] = [{"ref": x.ref, "first_pass": x.hyps[0], "rescored": x.hyps[p]} for x, p in zip(lists, picks)]
-    return report
-
-
 def run_eval(args: argparse.Namespace) -> int:
-    from ..training.manifest import load_manifest
+    from ..datasets.manifest import load_manifest
 
     backbone, slot = _setup(args)
     utterances = load_manifest(args.manifest)

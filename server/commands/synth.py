@@ -63,8 +63,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..datasets import synth
     from ..errors import UsageError
-    from ..training import synth
 
     specs = []
     for path in args.spec or ():
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({k: {s: str(p) for s, p in v.items()} for k, v in result.items()}, indent=2))
         return 0
-    from ..training.manifest import load_manifest
+    from ..datasets.manifest import load_manifest
 
     print(f"{'speaker':<20} {'split':<6} {'utts':>5} {'minutes':>8}  manifest")
     for sid, manifests in result.items():

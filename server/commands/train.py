@@ -66,7 +66,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _utterances(paths: list[Path]) -> list:
-    from ..training.manifest import load_manifest
+    from ..datasets.manifest import load_manifest
 
     return [u for path in paths for u in load_manifest(path)]
 

@@ -51,36 +51,20 @@ def load_backbone(args: argparse.Namespace):
 
     settings = Settings(**overrides(args, "backbone", "device", "quantize", "dtype"))
     return load_backbone(settings.backbone, cache_dir=settings.backbone_cache_dir, device=settings.device,
-                         quantize=settings.quantize, dtype=settings.torch_dtype)
-
-
-def attach_adapter(backbone, path: Path) -> dict:
-    """Load the adapter file at ``path`` (validated against ``backbone``) into slot 1 of a one-slot bank.
-
-    Returns what the file holds, for reports; decode with ``slots=[1] * batch`` afterwards.
-    """
-    from ..adapters import AdapterLimits, BackboneSpec, attach_bank, load_adapter, load_into_slot
-
-    spec = BackboneSpec.from_model(backbone.name, backbone.model)
-    adapter = load_adapter(path, expected_backbone=spec)
-    limits = AdapterLimits(max_rank=adapter.config.r, max_experts=adapter.config.num_experts)
-    attach_bank(backbone.model, adapter.targets, num_slots=1, limits=limits, kinds=[adapter.kind])
-    load_into_slot(backbone.model, 1, adapter)
-    return {"path": str(path), "kind": adapter.kind, "file_bytes": Path(path).stat().st_size,
-            "parameters": adapter.num_parameters(), "hyperparameters": adapter.config.to_dict(),
-            "targets": len(adapter.targets)}
+                         quantize=settings.quantize, dtype=settings.dtype)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..audio import decode_audio
     from ..decoding import DecodingOptions, transcribe
+    from ..evaluation import attach_adapter
     from ..progress import bar
 
     backbone = load_backbone(args)
     slot = 1 if args.adapter and attach_adapter(backbone, args.adapter) else 0
     rescoring = None
     if args.rescorer:
-        from ..rescoring.stage import DEFAULT_NBEST, open_rescorer, rescore
+        from ..rescoring.second_pass import DEFAULT_NBEST, open_rescorer, rescore
 
         rescoring = open_rescorer(args.rescorer)
         args.nbest = max(args.nbest, DEFAULT_NBEST)
@@ -106,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write(path: Path, result, args: argparse.Namespace, several: bool, words: bool) -> None:
-    from ..formats import render, to_verbose_json
+    from ..decoding.formats import render, to_verbose_json
 
     if args.format == "json":
         body = to_verbose_json(result, with_words=words)

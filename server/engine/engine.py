@@ -19,7 +19,10 @@ import numpy as np
 
 from .. import observability
 from ..adapters import Adapter, AdapterLimits, BackboneSpec, attach_bank, bank_layers, load_adapter
+from ..adapters.pool import SlotPool
 from ..audio import SAMPLE_RATE_HZ, decode_audio
+from ..audio.vad import has_speech
+from ..audio.vad_filter import VadFilterOptions
 from ..backbones.loader import Backbone, load_backbone
 from ..backbones.whisper import WhisperBackbone
 from ..config import Settings
@@ -27,13 +30,10 @@ from ..decoding import DecodingOptions, Transcription
 from ..errors import InvalidInput, NotFound, NotReady
 from ..rescoring.service import KIND as RESCORER_KIND
 from ..rescoring.service import RescoringService, is_rescorer_file
+from ..storage import AdapterRecord, open_store
 from ..tenants import AuthFailureLimiter, RateLimiter
-from ..vad_filter import VadFilterOptions
-from .pool import SlotPool
 from .silence import transcribe_speech
-from .store import AdapterRecord, open_store
 from .streams import StreamSlots
-from .vad import has_speech
 from .worker import PRIORITY_FILE, DecodeWorker, Job
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class Engine:
         try:
             backbone = self._preloaded or load_backbone(
                 self.settings.backbone, cache_dir=self.settings.backbone_cache_dir, device=self.settings.device,
-                quantize=self.settings.quantize, dtype=self.settings.torch_dtype,
+                quantize=self.settings.quantize, dtype=self.settings.dtype,
             )
             if not bank_layers(backbone.model):  # a preloaded backbone may already carry one
                 attach_bank(backbone.model, self.settings.adapter_targets, self.settings.adapter_slots, self.limits)

@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 
 from ..audio import SAMPLE_RATE_HZ
+from ..audio.vad import silero_probabilities
+from ..audio.vad_filter import VadFilterOptions, remove_silence
 from ..decoding import DecodingOptions, Transcription
-from ..vad_filter import VadFilterOptions, remove_silence
-from .vad import silero_probabilities
 
 log = logging.getLogger(__name__)
 

@@ -38,13 +38,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-import soxr
 
 from .. import observability
 from ..audio import SAMPLE_RATE_HZ
+from ..audio.vad import FRAME_SAMPLES, Vad
 from ..decoding import DecodingOptions, Transcription
-from ..errors import BadAudio
-from .vad import FRAME_SAMPLES, Vad
 from .worker import PRIORITY_FINAL, PRIORITY_INTERIM
 
 MIN_STABILITY = 0.05  # of a tail no earlier hypothesis shared
@@ -156,25 +154,6 @@ class LocalAgreement:
         stable = 1 - 0.5 ** (self._confirmed + 1) if committed else 0.0
         unstable = max(MIN_STABILITY, 0.5 * shared / len(tail)) if tail else 0.0
         return " ".join(words[:committed]), round(stable, 4), " ".join(tail), round(unstable, 4)
-
-
-class Linear16Decoder:
-    """Raw 16-bit little-endian mono PCM chunks at ``rate_hz`` -> float32 at 16 kHz."""
-
-    def __init__(self, rate_hz: int):
-        if not 4_000 <= rate_hz <= 384_000:
-            raise BadAudio(f"sample_rate_hz must be 4000..384000 for LINEAR16, got {rate_hz}")
-        self._carry = b""
-        self._resampler = None if rate_hz == SAMPLE_RATE_HZ else soxr.ResampleStream(rate_hz, SAMPLE_RATE_HZ, 1)
-
-    def __call__(self, data: bytes, last: bool = False) -> np.ndarray:
-        data = self._carry + data
-        usable = len(data) - len(data) % 2
-        self._carry = data[usable:]
-        samples = np.frombuffer(data[:usable], dtype="<i2").astype(np.float32) / 32768.0
-        if self._resampler is not None:
-            samples = self._resampler.resample_chunk(samples, last=last)
-        return samples
 
 
 def stream_options(options: DecodingOptions, priority: int, prefix: str = "") -> DecodingOptions:

@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..adapters.pool import NoFreeSlot, SlotPool
 from ..audio import SAMPLE_RATE_HZ
 from ..decoding import DecodingOptions, Transcription
 from ..errors import DecodeTimeout, InvalidAdapter, NotReady, Overloaded, ServerBusy, SplitASRError
-from .pool import NoFreeSlot, SlotPool
 
 log = logging.getLogger(__name__)
 

@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import observability
-from ..adapters.fileformat import atomic_write_bytes
 from ..config import Settings
 from ..engine.engine import Engine
 from ..errors import InvalidInput, NotFound, NotReady, Overloaded
+from ..fileio import atomic_write_bytes
 from .execution import CANCEL_GRACE_S, Execution
 from .records import (
     ACTIVE,

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..adapters.fileformat import atomic_write_bytes
+from ..fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ from ..adapters import registered_kinds, resolve_targets
 from ..adapters.bounds import MAX_ABS_VALUE
 from ..audio import SAMPLE_RATE_HZ, decode_audio, encode_wav_pcm16
 from ..config import Settings
-from ..engine.store import check_name
+from ..datasets.manifest import Utterance, write_manifest
 from ..errors import BadAudio, InvalidInput, TooLarge
-from ..training.manifest import Utterance, write_manifest
+from ..storage.store import check_name
 from .records import JobParameters
 
 MAX_UTTERANCE_SECONDS = 30.0  # one Whisper window

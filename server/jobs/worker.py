@@ -128,8 +128,8 @@ def _train_config(params: dict[str, Any], backbone):
 def run_job(conn: Connection, backbone, order: dict[str, Any]) -> None:
     """Train one job and report it; every outcome ends with exactly one done/failed/cancelled message."""
     from ..adapters import save_adapter
+    from ..datasets.manifest import load_manifest
     from ..errors import SplitASRError
-    from ..training.manifest import load_manifest
     from ..training.train import train_adapter
 
     job_id = order["job_id"]

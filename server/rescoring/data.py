@@ -20,8 +20,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..adapters.fileformat import atomic_write_bytes
-from ..training.manifest import Utterance
+from ..datasets.manifest import Utterance
+from ..fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

@@ -27,10 +27,11 @@ import safetensors.torch
 import torch
 from safetensors.torch import load as safetensors_from_bytes  # safetensors only: never pickle
 
-from ..adapters import Adapter, AdapterLimits, BackboneSpec, KindConfig, atomic_write_bytes, get_kind
+from ..adapters import Adapter, AdapterLimits, BackboneSpec, KindConfig, get_kind
 from ..adapters.adapter import check_backbone_match, check_finite, check_layout, check_limits
 from ..adapters.fileformat import _read_source, metadata_object, read_header
 from ..errors import InvalidAdapter
+from ..fileio import atomic_write_bytes
 from .model import POOLINGS, Fusion, Rescorer
 
 FORMAT_VERSION = 1

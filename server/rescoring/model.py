@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -20,6 +21,9 @@ from torch import nn
 from ..adapters import Adapter, AdapterLimits, attach_bank, bank_context, load_into_slot, resolve_targets
 from ..errors import InvalidInput
 from .encoder import TextEncoder
+
+if TYPE_CHECKING:
+    from .data import NBestList
 
 # LoRA target presets on BERT module names (``*`` = every layer)
 TARGET_PRESETS: dict[str, tuple[str, ...]] = {
@@ -56,6 +60,12 @@ class Fusion:
 def fuse(asr_logprobs: torch.Tensor, rescorer_scores: torch.Tensor, lengths: torch.Tensor, fusion: Fusion) -> torch.Tensor:
     """Combined hypothesis scores (any matching shapes)."""
     return asr_logprobs + fusion.weight * rescorer_scores + fusion.length_weight * lengths
+
+
+def choose(x: NBestList, scores: Sequence[float], fusion: Fusion) -> int:
+    """Index of the hypothesis with the best fused score (the first of equals: the beam's own order)."""
+    fused = fuse(torch.tensor(x.asr), torch.tensor(scores), torch.tensor(x.lengths, dtype=torch.float), fusion)
+    return int(fused.argmax())
 
 
 @dataclass

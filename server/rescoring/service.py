@@ -2,7 +2,7 @@
 
 Rescorer files are stored like ASR adapters (content-addressed, per-tenant names) with kind ``lorb``.
 The text encoder loads on first use. Its LoRA bank holds ``slots`` rescorers at once (least recently
-used evicted, the same :class:`~splitasr.engine.pool.SlotPool` as the backbone's), so the N-best lists
+used evicted, the same :class:`~splitasr.adapters.pool.SlotPool` as the backbone's), so the N-best lists
 of every request in a batch are scored in one forward pass, each row with its own rescorer.
 Everything here runs on the scheduler's worker thread except :meth:`validate` (uploads).
 """
@@ -14,12 +14,12 @@ from collections.abc import Callable, Sequence
 
 from .. import observability
 from ..adapters import AdapterLimits
+from ..adapters.pool import SlotPool
 from ..decoding import Transcription
-from ..engine.pool import SlotPool
 from .encoder import DEFAULT_ENCODER, TextEncoder, load_encoder
 from .fileformat import KIND, is_rescorer_file, load_rescorer
 from .model import TARGET_PRESETS, Rescorer, ScoringModel, encoder_targets
-from .stage import rescore
+from .second_pass import rescore
 
 __all__ = ["KIND", "RescoringService", "is_rescorer_file"]
 

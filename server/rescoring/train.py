@@ -29,7 +29,7 @@ from ..errors import InvalidInput
 from .data import NBestList, rescorer_text
 from .encoder import TextEncoder
 from .losses import correlation_loss, mwer_loss
-from .model import DEFAULT_TARGETS, POOLINGS, Fusion, Rescorer, ScoringModel, encoder_targets, fuse
+from .model import DEFAULT_TARGETS, POOLINGS, Fusion, Rescorer, ScoringModel, choose, encoder_targets, fuse
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +82,6 @@ def score_lists(model: ScoringModel, lists: Sequence[NBestList], slot: int, batc
         out.append(flat[i : i + len(x.hyps)])
         i += len(x.hyps)
     return out
-
-
-def choose(x: NBestList, scores: Sequence[float], fusion: Fusion) -> int:
-    """Index of the hypothesis with the best fused score (the first of equals: the beam's own order)."""
-    fused = fuse(torch.tensor(x.asr), torch.tensor(scores), torch.tensor(x.lengths, dtype=torch.float), fusion)
-    return int(fused.argmax())
 
 
 def corpus_wer(lists: Sequence[NBestList], picks: Sequence[int]) -> float:

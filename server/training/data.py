@@ -19,8 +19,8 @@ import torch
 from ..adapters import utterance_embedding
 from ..audio import SAMPLE_RATE_HZ, decode_audio
 from ..backbones.whisper import WINDOW_FRAMES, WINDOW_SECONDS, WhisperBackbone
+from ..datasets.manifest import Utterance
 from ..errors import InvalidInput
-from .manifest import Utterance
 
 log = logging.getLogger(__name__)
 

@@ -50,10 +50,10 @@ from ..adapters import (
 )
 from ..adapters.context import STATE_MODULE_NAME
 from ..backbones.whisper import WhisperBackbone
+from ..datasets.manifest import Utterance
 from ..decoding import DecodingOptions, transcribe
 from ..errors import InvalidInput
 from .data import CASINGS, Examples, batch_order, encoder_output, pad_labels, prepare
-from .manifest import Utterance
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ def metric_name(langs: Sequence[str]) -> str:
 
 def score(refs: Sequence[str], hyps: Sequence[str], langs: Sequence[str]) -> tuple[str, float]:
     """(metric, value): WER after Whisper's English normalizer for English, else MER (as ``splitasr eval``)."""
-    from ..metrics import mer, wer
+    from ..scoring import mer, wer
 
     if metric_name(langs) == "wer":
         from transformers.models.whisper.english_normalizer import EnglishTextNormalizer

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from splitasr.training.manifest import load_manifest, write_manifest
+
+from splitasr.datasets.manifest import load_manifest, write_manifest
 
 REAL_SPEECH = Path(__file__).resolve().parents[1] / "data" / "real-speech" / "manifest.jsonl"
 

@@ -9,6 +9,7 @@ import sys
 from dataclasses import replace
 
 import pytest
+
 from splitasr.backbones import sources
 from splitasr.errors import BackboneUnavailable
 
@@ -74,8 +75,8 @@ def test_adapter_inspect_and_peft_round_trip(tmp_path, cache_root, tiny_backbone
     import pickle
 
     import torch
-    from splitasr.adapters import BackboneSpec, load_adapter
 
+    from splitasr.adapters import BackboneSpec, load_adapter
     from tests.adapter_factory import adapter_bytes
 
     spec = BackboneSpec.from_model(tiny_backbone.name, tiny_backbone.model)

@@ -16,6 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from transformers.generation import (
+    SuppressTokensAtBeginLogitsProcessor,
+    SuppressTokensLogitsProcessor,
+    WhisperTimeStampLogitsProcessor,
+)
+
 from splitasr.adapters import (
     AdapterLimits,
     BackboneSpec,
@@ -28,12 +34,6 @@ from splitasr.adapters import (
 )
 from splitasr.audio import SAMPLE_RATE_HZ, decode_audio
 from splitasr.decoding import DecodingOptions, transcribe
-from transformers.generation import (
-    SuppressTokensAtBeginLogitsProcessor,
-    SuppressTokensLogitsProcessor,
-    WhisperTimeStampLogitsProcessor,
-)
-
 from tests.adapter_factory import adapter_bytes
 
 PLAIN = {"compression_ratio_threshold": None, "logprob_threshold": None, "no_speech_threshold": None}

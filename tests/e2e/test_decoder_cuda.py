@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
 from splitasr.audio import decode_audio
 from splitasr.decoding import DecodingOptions, transcribe
-from splitasr.metrics import wer
-from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+from splitasr.scoring import wer
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

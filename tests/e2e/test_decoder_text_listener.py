@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from splitasr.audio import SAMPLE_RATE_HZ, decode_audio
 from splitasr.decoding import DecodingOptions, compression_ratio
 from splitasr.decoding.whisper.decoder import WhisperDecoder

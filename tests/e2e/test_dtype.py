@@ -7,13 +7,13 @@ import asyncio
 
 import pytest
 import torch
+
 from splitasr.audio import decode_audio
 from splitasr.backbones.loader import load_backbone
 from splitasr.config import Settings
 from splitasr.decoding import DecodingOptions
 from splitasr.engine.engine import Engine
 from splitasr.errors import InvalidInput
-
 from tests.adapter_factory import adapter_bytes
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from splitasr.audio import decode_audio
 from splitasr.backbones.sources import KNOWN_BACKBONES, package_dir
 from splitasr.decoding import DecodingOptions, nbest

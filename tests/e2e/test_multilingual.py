@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from splitasr.audio import decode_audio
 from splitasr.decoding import DecodingOptions, nbest, transcribe
 from splitasr.errors import InvalidInput

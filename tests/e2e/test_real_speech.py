@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
 from splitasr.audio import SAMPLE_RATE_HZ, decode_audio
 from splitasr.decoding import DecodingOptions, nbest, transcribe
 from splitasr.errors import InvalidInput
-from splitasr.metrics import wer
-from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+from splitasr.scoring import wer
 
 normalize = EnglishTextNormalizer({})
 

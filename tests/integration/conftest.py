@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 import uvicorn
+
 from splitasr.api.rest.app import create_app
 from splitasr.config import Settings
 from splitasr.engine.engine import Engine

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+
 from splitasr.api.rpc.server import BackgroundGrpc
 from splitasr.backbones.whisper import WhisperBackbone
 from splitasr.config import Settings

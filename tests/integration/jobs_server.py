@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from splitasr.api.rpc.server import BackgroundGrpc
 from splitasr.backbones.whisper import WhisperBackbone
 from splitasr.config import Settings
@@ -74,7 +75,7 @@ class JobsServer:
 def speaker(tmp_path_factory) -> Speaker:
     if not (shutil.which("espeak-ng") and shutil.which("sox")):
         pytest.skip("needs espeak-ng and sox (scripts/install-system-deps.sh)")
-    from splitasr.training import synth
+    from splitasr.datasets import synth
 
     folder = tmp_path_factory.mktemp("speaker")
     manifests = synth.synthesize_speaker(SPEAKER, folder, splits=(12, 0, 3), seed=0)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import soxr
 import websockets
+
 from splitasr.audio import SAMPLE_RATE_HZ, decode_audio
 
 from .conftest import TOKENS

@@ -10,6 +10,7 @@ import sys
 import httpx
 import pytest
 import torch
+
 from splitasr.adapters import adapter_to_bytes, load_adapter
 from splitasr.adapters.sample import sample_adapter
 

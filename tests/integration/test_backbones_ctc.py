@@ -11,13 +11,13 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from transformers import WhisperConfig, WhisperForConditionalGeneration
+
 from splitasr.adapters import BackboneSpec, adapter_to_bytes, get_kind, new_adapter, resolve_targets
 from splitasr.backbones.ctc import write_random_ctc_model
 from splitasr.config import Settings
 from splitasr.decoding import DecodingOptions
 from splitasr.engine.engine import Engine
-from transformers import WhisperConfig, WhisperForConditionalGeneration
-
 from tests.adapter_factory import KINDS, adapter_bytes
 
 from .conftest import free_port, start_server
@@ -136,6 +136,7 @@ def test_whisper_adapter_is_refused_by_name(server):
 
 def test_grpc_recognize_with_an_adapter(server, real_speech):
     import grpc
+
     from splitasr.api.rpc.server import BackgroundGrpc
     from splitasr.tenants import ApiKeys
     from splitasr_device._proto import recognizer_pb2 as pb

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from splitasr.adapters import BackboneSpec, load_adapter
 from splitasr.audio import decode_audio
 from splitasr.backbones.loader import load_backbone
 from splitasr.backbones.quantize import weight_bytes
 from splitasr.decoding import DecodingOptions, transcribe
-from splitasr.metrics import wer
-
+from splitasr.scoring import wer
 from tests.adapter_factory import adapter_bytes
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
+
 from splitasr.api.rest.app import create_app
 from splitasr.config import Settings
 

@@ -14,14 +14,14 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+
 from splitasr.audio import SAMPLE_RATE_HZ, decode_audio
+from splitasr.audio.vad import has_speech
 from splitasr.backbones.whisper import WhisperBackbone
 from splitasr.decoding import DecodingOptions
 from splitasr.decoding.whisper.decoder import WhisperDecoder
-from splitasr.engine.vad import has_speech
 from splitasr_device._proto import recognizer_pb2 as pb
 from splitasr_device._proto import recognizer_pb2_grpc
-
 from tests.integration.abandoned import long_speech_flac, wait_until
 
 

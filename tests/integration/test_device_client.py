@@ -9,12 +9,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from splitasr.api.rpc.server import BackgroundGrpc
-from splitasr.metrics import wer
-from splitasr_device import SplitASRClient
-from splitasr_device.cli import main as device_main
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
+from splitasr.api.rpc.server import BackgroundGrpc
+from splitasr.scoring import wer
+from splitasr_device import SplitASRClient
+from splitasr_device.cli import main as device_main
 from tests.adapter_factory import adapter_bytes
 
 from .grpc_server import TOKENS

@@ -14,8 +14,8 @@ import venv
 from pathlib import Path
 
 import pytest
-from splitasr.audio import decode_audio, encode_wav_pcm16
 
+from splitasr.audio import decode_audio, encode_wav_pcm16
 from tests.adapter_factory import adapter_bytes
 
 from .grpc_server import TOKENS

@@ -14,6 +14,7 @@ import json
 import grpc
 import httpx
 import pytest
+
 from splitasr_device import SplitASRClient, TrainingFailed
 from splitasr_device._proto import trainer_pb2, trainer_pb2_grpc
 from splitasr_device.cli import main as device_main

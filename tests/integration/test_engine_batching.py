@@ -9,13 +9,13 @@ import time
 import numpy as np
 import pytest
 import torch
+
 from splitasr.adapters import bank_context, utterance_embedding
 from splitasr.audio import decode_audio
 from splitasr.backbones.whisper import WhisperBackbone
 from splitasr.config import Settings
 from splitasr.decoding import DecodingOptions
 from splitasr.engine.engine import Engine
-
 from tests.adapter_factory import adapter_bytes
 
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
 from splitasr.audio import decode_audio
 from splitasr_device._proto import adapters_pb2 as apb
 from splitasr_device._proto import adapters_pb2_grpc, recognizer_pb2_grpc
 from splitasr_device._proto import recognizer_pb2 as pb
-
 from tests.adapter_factory import adapter_bytes
 
 

@@ -11,6 +11,7 @@ from concurrent import futures
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
 from splitasr.api.rpc.server import keepalive_options
 from splitasr.config import Settings
 

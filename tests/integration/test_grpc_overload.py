@@ -7,6 +7,7 @@ import asyncio
 import threading
 
 import grpc
+
 from splitasr.audio import decode_audio
 from splitasr_device._proto import recognizer_pb2 as pb
 from splitasr_device._proto import recognizer_pb2_grpc, status_pb2

@@ -19,10 +19,10 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+
 from splitasr.audio import SAMPLE_RATE_HZ, decode_audio
 from splitasr_device._proto import recognizer_pb2 as pb
 from splitasr_device._proto import recognizer_pb2_grpc
-
 from tests.integration.conftest import free_port
 
 TOKEN = "lifecycle-token-0123456789"

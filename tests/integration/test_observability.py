@@ -6,8 +6,8 @@ import re
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
-from splitasr import __version__
 
+from splitasr import __version__
 from tests.adapter_factory import adapter_bytes
 from tests.integration.conftest import TOKENS
 
@@ -103,6 +103,7 @@ def test_unknown_paths_share_one_label(rest_server):
 def test_label_names_follow_dashboard_conventions(rest_server, grpc_server, real_speech):
     """HTTP: method, route, code; gRPC: grpc_service, grpc_method, grpc_type, grpc_code; no status label."""
     import grpc
+
     from splitasr_device._proto import recognizer_pb2 as pb
     from splitasr_device._proto import recognizer_pb2_grpc
 

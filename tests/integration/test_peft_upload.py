@@ -9,8 +9,8 @@ import zipfile
 
 import httpx
 import pytest
-from splitasr.adapters import export_peft
 
+from splitasr.adapters import export_peft
 from tests.adapter_factory import random_adapter
 
 

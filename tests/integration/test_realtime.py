@@ -10,11 +10,11 @@ import json
 import httpx
 import pytest
 import websockets
-from splitasr.engine.engine import Engine
-from splitasr.metrics import wer
-from splitasr.tenants import RateLimiter
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
+from splitasr.engine.engine import Engine
+from splitasr.scoring import wer
+from splitasr.tenants import RateLimiter
 from tests.adapter_factory import adapter_bytes
 
 from .conftest import TOKENS

@@ -78,6 +78,7 @@ def test_every_response_format(rest_server, goforward, fmt):
 
 def test_wav_upload_at_another_rate(rest_server, goforward):
     import soxr
+
     from splitasr.audio import decode_audio, encode_wav_pcm16
 
     audio = soxr.resample(decode_audio(goforward["path"]), 16000, 44100)

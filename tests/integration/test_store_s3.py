@@ -13,14 +13,14 @@ from dataclasses import dataclass
 import httpx
 import pytest
 from pydantic import ValidationError
+
 from splitasr.config import Settings, describe_invalid_settings
 from splitasr.errors import InvalidInput, NotFound, StoredAdapterCorrupt, StoreUnavailable, TooLarge
 
 pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")
 
-from splitasr.engine.store_s3 import S3AdapterStore  # after the skips: needs boto3
-
+from splitasr.storage.s3 import S3AdapterStore  # after the skips: needs boto3
 from tests.integration.conftest import TOKENS, free_port, start_server
 
 BUCKET = "splitasr-adapters"

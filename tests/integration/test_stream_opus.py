@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
+
 from splitasr.audio import decode_audio
 from splitasr_device import SplitASRClient
 from splitasr_device._proto import recognizer_pb2 as pb

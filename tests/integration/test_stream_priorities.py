@@ -16,12 +16,13 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
+
 from splitasr.api.rpc.server import BackgroundGrpc
 from splitasr.audio import decode_audio
+from splitasr.audio.vad import FRAME_SAMPLES, SileroVad
 from splitasr.backbones.whisper import WhisperBackbone
 from splitasr.config import Settings
 from splitasr.engine.engine import Engine
-from splitasr.engine.vad import FRAME_SAMPLES, SileroVad
 from splitasr.engine.worker import PRIORITY_FINAL, PRIORITY_INTERIM, DecodeWorker
 from splitasr_device._proto import recognizer_pb2 as pb
 from splitasr_device._proto import recognizer_pb2_grpc

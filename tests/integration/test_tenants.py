@@ -91,7 +91,6 @@ def test_wrong_backbone_adapter_is_rejected(rest_server):
     from dataclasses import replace
 
     from splitasr.adapters import adapter_to_bytes
-
     from tests.adapter_factory import random_adapter
 
     adapter = random_adapter(rest_server.engine.spec, "lora", seed=3)

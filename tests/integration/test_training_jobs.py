@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+
 from splitasr.adapters import load_adapter
 
 from .jobs_server import (

@@ -11,9 +11,10 @@ import threading
 
 import httpx
 import numpy as np
-from splitasr.audio import SAMPLE_RATE_HZ, decode_audio, encode_wav_pcm16
-from splitasr.metrics import wer
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+from splitasr.audio import SAMPLE_RATE_HZ, decode_audio, encode_wav_pcm16
+from splitasr.scoring import wer
 
 from .abandoned import long_speech_flac, multipart, post_transcription, wait_until
 from .test_rest_disconnect import AUTH

@@ -10,9 +10,10 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from splitasr.audio import SAMPLE_RATE_HZ, decode_audio, encode_wav_pcm16
-from splitasr.metrics import wer
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+from splitasr.audio import SAMPLE_RATE_HZ, decode_audio, encode_wav_pcm16
+from splitasr.scoring import wer
 
 from .conftest import TOKENS
 

@@ -8,10 +8,10 @@ import grpc
 import numpy as np
 import openai
 import pytest
+
 from splitasr.audio import SAMPLE_RATE_HZ, decode_audio, encode_wav_pcm16
 from splitasr_device._proto import recognizer_pb2 as pb
 from splitasr_device._proto import recognizer_pb2_grpc
-
 from tests.integration.conftest import TOKENS
 
 GAP_S = 40.0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from splitasr.audio import SAMPLE_RATE_HZ, decode_audio, encode_wav_pcm16
 
 from .conftest import TOKENS

@@ -21,10 +21,10 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+
 from splitasr_device._proto import adapters_pb2 as apb
 from splitasr_device._proto import adapters_pb2_grpc, recognizer_pb2_grpc
 from splitasr_device._proto import recognizer_pb2 as pb
-
 from tests.integration.conftest import free_port, start_server
 
 # carol is the bystander: after every class of abuse her ordinary requests must still work

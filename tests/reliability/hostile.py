@@ -15,8 +15,8 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-from splitasr.adapters import BackboneSpec, adapter_to_bytes
 
+from splitasr.adapters import BackboneSpec, adapter_to_bytes
 from tests.adapter_factory import adapter_bytes, random_adapter
 
 # -- adapter files ----------------------------------------------------------------------------------

@@ -20,11 +20,11 @@ import httpx
 import numpy as np
 import pytest
 import torch
+
 from splitasr.adapters import adapter_to_bytes
 from splitasr.adapters.bounds import MAX_FACTOR_NORM
 from splitasr.audio import decode_audio, encode_wav_pcm16
 from splitasr_device._proto import recognizer_pb2 as pb
-
 from tests.adapter_factory import random_adapter
 from tests.reliability.conftest import assert_grpc_error, assert_rest_error, assert_serves_others, serve_both
 from tests.reliability.test_hostile_adapters import (

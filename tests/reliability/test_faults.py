@@ -14,12 +14,12 @@ import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from splitasr_device import SplitASRClient
 from splitasr_device._proto import adapters_pb2 as apb
 from splitasr_device._proto import adapters_pb2_grpc, recognizer_pb2_grpc
 from splitasr_device._proto import recognizer_pb2 as pb
 from splitasr_device.retry import RetryPolicy
-
 from tests.adapter_factory import adapter_bytes
 from tests.reliability.conftest import (
     TOKENS,

@@ -17,10 +17,10 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from splitasr.engine.store import NAME_PATTERN
+
+from splitasr.storage.store import NAME_PATTERN
 from splitasr_device._proto import adapters_pb2 as apb
 from splitasr_device._proto import recognizer_pb2 as pb
-
 from tests.adapter_factory import adapter_bytes
 from tests.reliability.conftest import (
     FUZZ_EXAMPLES,

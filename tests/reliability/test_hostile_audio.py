@@ -13,9 +13,9 @@ import pytest
 import soxr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from splitasr.audio import decode_audio
 from splitasr_device._proto import recognizer_pb2 as pb
-
 from tests.reliability.conftest import (
     FUZZ_EXAMPLES,
     TRACE_MARKERS,

@@ -22,10 +22,10 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+
 from splitasr.errors import InvalidInput
 from splitasr.tenants import EXAMPLE_TOKEN, ApiKeys
 from splitasr_device._proto import adapters_pb2 as apb
-
 from tests.reliability.conftest import assert_grpc_error, assert_rest_error, serve_both, spawn
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,8 +10,8 @@ import time
 import grpc
 import httpx
 import pytest
-from splitasr_device._proto import adapters_pb2 as apb
 
+from splitasr_device._proto import adapters_pb2 as apb
 from tests.adapter_factory import adapter_bytes
 from tests.reliability.conftest import assert_grpc_error, assert_rest_error, serve_both
 

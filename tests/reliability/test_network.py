@@ -16,9 +16,9 @@ import threading
 import time
 
 import pytest
+
 from splitasr_device import SplitASRClient
 from splitasr_device.retry import RetryPolicy
-
 from tests.adapter_factory import adapter_bytes
 from tests.reliability.conftest import TOKENS, spawn
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from splitasr.errors import RateLimited
 from splitasr.tenants import RateLimiter
 

@@ -14,12 +14,12 @@ import time
 import grpc
 import httpx
 import pytest
+
 from splitasr.observability import JsonFormatter
 from splitasr_device import SplitASRClient
 from splitasr_device._proto import adapters_pb2 as apb
 from splitasr_device._proto import recognizer_pb2 as pb
 from splitasr_device._proto import recognizer_pb2_grpc
-
 from tests.adapter_factory import adapter_bytes
 from tests.reliability.conftest import TOKENS, assert_grpc_error, assert_rest_error, serve_both, spawn
 
@@ -242,10 +242,10 @@ def test_https_and_grpc_tls(service, tmp_path, goforward, real_speech):
     """The module's engine behind a second REST app and gRPC server, both on TLS, configured as
     ``splitasr serve`` configures them (``uvicorn_config``)."""
     import uvicorn
+
     from splitasr.api.rest.app import create_app
     from splitasr.api.rpc.server import BackgroundGrpc
     from splitasr.commands.serve import uvicorn_config
-
     from tests.integration.conftest import free_port
 
     cert, key = self_signed(tmp_path)

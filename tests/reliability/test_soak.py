@@ -25,10 +25,10 @@ import grpc
 import httpx
 import psutil
 import pytest
+
 from splitasr_device._proto import adapters_pb2 as apb
 from splitasr_device._proto import adapters_pb2_grpc, recognizer_pb2_grpc
 from splitasr_device._proto import recognizer_pb2 as pb
-
 from tests.adapter_factory import adapter_bytes
 from tests.reliability.conftest import spawn
 

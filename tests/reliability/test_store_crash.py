@@ -21,15 +21,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from splitasr.engine.store import AdapterStore
 
+from splitasr.storage.store import AdapterStore
 from tests.adapter_factory import adapter_bytes
 from tests.reliability.conftest import TOKENS, spawn
 
 WRITER = r"""
 import os, random, sys
 from pathlib import Path
-from splitasr.engine.store import AdapterStore
+from splitasr.storage.store import AdapterStore
 
 store = AdapterStore(Path(sys.argv[1]))
 rng = random.Random(int(sys.argv[2]))
@@ -64,7 +64,7 @@ def test_sigkill_during_uploads_and_deletes_leaves_nothing_after_restart(tmp_pat
     root = tmp_path / "store"
     rng = random.Random(16)
     left_by_kills = {"orphans": 0, "temp": 0}
-    caplog.set_level(logging.INFO, logger="splitasr.engine.store")
+    caplog.set_level(logging.INFO, logger="splitasr.storage.store")
     for round_ in range(20):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(root), str(round_)], stdout=subprocess.PIPE)
         assert proc.stdout.readline().strip() == b"ready"
@@ -85,7 +85,7 @@ def test_sigkill_during_uploads_and_deletes_leaves_nothing_after_restart(tmp_pat
 
 
 def test_the_periodic_sweep_spares_blobs_in_use(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="splitasr.engine.store")
+    caplog.set_level(logging.INFO, logger="splitasr.storage.store")
     store = AdapterStore(tmp_path, sweep_interval_s=0.2)
     try:
         kept = store.put("alice", "kept", b"kept adapter bytes", lambda data: "lora")

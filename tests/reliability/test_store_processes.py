@@ -15,13 +15,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from splitasr.engine.store import AdapterStore
+
 from splitasr.errors import NotFound
+from splitasr.storage.store import AdapterStore
 
 WRITER = r"""
 import json, os, sys
 from pathlib import Path
-from splitasr.engine.store import AdapterStore
+from splitasr.storage.store import AdapterStore
 from splitasr.errors import TooLarge
 
 root, prefix, count, quota = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -41,7 +42,7 @@ print(json.dumps({"stored": stored, "refused": refused}), flush=True)
 HOLDER = r"""
 import sys
 from pathlib import Path
-from splitasr.engine.store import AdapterStore
+from splitasr.storage.store import AdapterStore
 
 store = AdapterStore(Path(sys.argv[1]))
 sha = store.get("alice", "voice").sha256

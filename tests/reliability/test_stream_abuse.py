@@ -10,8 +10,8 @@ import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from splitasr_device._proto import recognizer_pb2 as pb
 
+from splitasr_device._proto import recognizer_pb2 as pb
 from tests.reliability.conftest import FUZZ_EXAMPLES, assert_grpc_error, assert_serves_others, serve_both
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

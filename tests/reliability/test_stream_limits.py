@@ -10,10 +10,10 @@ import collections
 import grpc
 import numpy as np
 import pytest
+
 from splitasr.audio import decode_audio
 from splitasr_device._proto import recognizer_pb2 as pb
 from splitasr_device._proto import recognizer_pb2_grpc
-
 from tests.reliability.conftest import assert_grpc_error, serve_both
 from tests.reliability.test_stream_abuse import HeldStream, active, audio, config, wait_for
 

@@ -24,7 +24,6 @@ pytest.importorskip("ray.serve")
 from splitasr.adapters import AdapterLimits, BackboneSpec, attach_bank
 from splitasr.backbones.whisper import WhisperBackbone
 from splitasr.config import Settings
-
 from tests.adapter_factory import adapter_bytes
 from tests.scale.cluster import start_ray
 
@@ -87,6 +86,7 @@ def on_every_replica(method: str, *args) -> dict[str, object]:
 def cluster(cache_root, tmp_path_factory, real_speech) -> Iterator[Cluster]:
     import ray
     from ray import serve
+
     from splitasr.scale.app import build_app
 
     # the spec adapters are made for: a backbone of our own (the session's shared one stays bank-free)
@@ -161,6 +161,7 @@ def test_every_response_names_a_replica_or_the_ingress(cluster):
 
 def test_grpc_on_the_ingress_routes_by_adapter_and_names_the_replica(cluster, adapters):
     import grpc
+
     from splitasr_device._proto import recognizer_pb2 as pb
     from splitasr_device._proto import recognizer_pb2_grpc
 
@@ -316,6 +317,7 @@ def test_a_mixed_burst_shares_one_forward_pass_on_a_replica(cluster, adapters):
     of one replica with 4 slots, beside the main one): they decode in the same forward passes, and each
     gives the text it gives alone."""
     from ray import serve
+
     from splitasr.audio import decode_audio
     from splitasr.decoding import DecodingOptions
     from splitasr.engine.worker import PRIORITY_FILE

@@ -16,7 +16,6 @@ moto_server = pytest.importorskip("moto.server")
 from splitasr.adapters import AdapterLimits, BackboneSpec, attach_bank
 from splitasr.backbones.whisper import WhisperBackbone
 from splitasr.config import Settings
-
 from tests.adapter_factory import adapter_bytes
 from tests.integration.conftest import TOKENS, free_port
 from tests.scale.cluster import start_ray
@@ -34,6 +33,7 @@ def s3_cluster(cache_root, tmp_path_factory, real_speech) -> Iterator[dict]:
     import boto3
     import ray
     from ray import serve
+
     from splitasr.scale.app import build_app
 
     backbone = WhisperBackbone.load("tiny.en", cache_dir=cache_root / "backbones", device="cpu")

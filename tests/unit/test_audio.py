@@ -13,6 +13,7 @@ import av
 import numpy as np
 import pytest
 import soxr
+
 from splitasr.audio import (
     MAX_CHANNELS,
     SAMPLE_RATE_HZ,

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+
 from splitasr import __version__
 from splitasr.cli import build_parser
 from splitasr.cli import main as splitasr_main

@@ -8,10 +8,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from transformers import WhisperConfig, WhisperForConditionalGeneration
+
 from splitasr.backbones.ctranslate2 import convert_whisper_dir, read_model_bin, write_model_bin
 from splitasr.backbones.sources import KNOWN_BACKBONES, package_dir, resolve_backbone
 from splitasr.errors import BackboneUnavailable
-from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 TINY = {"d_model": 32, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
         "decoder_attention_heads": 4, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, "num_mel_bins": 80,

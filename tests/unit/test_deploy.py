@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from splitasr.config import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,6 +10,7 @@ from concurrent import futures
 import grpc
 import numpy as np
 import pytest
+
 from splitasr_device import (
     DeviceError,
     RetryPolicy,
@@ -180,7 +181,7 @@ class _DroppingOpusRecognizer(recognizer_pb2_grpc.RecognizerServicer):
         self.streams: list[tuple[float, int, int]] = []  # offset, encoding, 16 kHz samples decoded
 
     def StreamingRecognize(self, request_iterator, context):
-        from splitasr.engine.ogg_opus import OggOpusDecoder
+        from splitasr.audio.ogg_opus import OggOpusDecoder
 
         config = next(request_iterator).streaming_config
         decoder, samples = OggOpusDecoder(), 0

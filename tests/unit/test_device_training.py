@@ -8,6 +8,7 @@ import io
 import json
 
 import pytest
+
 from splitasr_device import DeviceError, TrainingEvent
 from splitasr_device._proto import trainer_pb2
 from splitasr_device.progress import ProgressBar

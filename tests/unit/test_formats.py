@@ -1,5 +1,5 @@
 from splitasr.decoding import Segment, Transcription
-from splitasr.formats import render, to_verbose_json
+from splitasr.decoding.formats import render, to_verbose_json
 
 T = Transcription(
     text="Hello there. General Kenobi.",

@@ -10,6 +10,7 @@ import signal
 import zipfile
 
 import pytest
+
 from splitasr.errors import InvalidInput, TooLarge
 from splitasr.jobs import JobLimits, JobParameters, JobRecord, unpack_zip
 from splitasr.jobs.records import MAX_EVENTS, RecordFiles, new_job_id

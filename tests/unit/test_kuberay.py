@@ -14,6 +14,7 @@ import jsonschema
 import pytest
 import tomllib
 import yaml
+
 from splitasr.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

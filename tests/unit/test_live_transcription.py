@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+
 from splitasr.api.realtime.errors import EventError
 from splitasr.api.realtime.events import AppendEvent, SessionUpdateEvent, error_event, parse_client_event
 from splitasr.engine.file_stream import split_at_pauses

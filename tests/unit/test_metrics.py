@@ -5,8 +5,9 @@ from __future__ import annotations
 import unicodedata
 
 import pytest
+
 from splitasr.errors import InvalidInput
-from splitasr.metrics import (
+from splitasr.scoring import (
     Normalizer,
     cer,
     jamo_tokens,

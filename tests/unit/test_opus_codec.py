@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from splitasr.audio import decode_audio
-from splitasr.engine.ogg_opus import OggOpusDecoder, ogg_crc
+from splitasr.audio.ogg_opus import OggOpusDecoder, ogg_crc
 from splitasr.errors import BadAudio
 from splitasr_device import DeviceError
 from splitasr_device.opus import OggOpusEncoder, resample_pcm

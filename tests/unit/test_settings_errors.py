@@ -8,6 +8,7 @@ import sys
 
 import pytest
 from pydantic import ValidationError, model_validator
+
 from splitasr.cli import main
 from splitasr.config import Settings, describe_invalid_settings
 

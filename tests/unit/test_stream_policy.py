@@ -7,18 +7,19 @@ import itertools
 
 import numpy as np
 import pytest
+
+from splitasr.audio.pcm import Linear16Decoder
+from splitasr.audio.vad import FRAME_SAMPLES, EnergyVad, SileroVad
 from splitasr.decoding import Segment, Transcription
 from splitasr.engine.streaming import (
     Final,
     Interim,
-    Linear16Decoder,
     LocalAgreement,
     SpeechEvent,
     StreamingSession,
     StreamPolicy,
     agreed_prefix,
 )
-from splitasr.engine.vad import FRAME_SAMPLES, EnergyVad, SileroVad
 from splitasr.engine.worker import PRIORITY_FINAL, PRIORITY_INTERIM
 from splitasr.errors import BadAudio
 

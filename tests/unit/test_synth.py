@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+
+from splitasr.datasets import synth
+from splitasr.datasets.manifest import REQUIRED_KEYS, ManifestError, Utterance, load_manifest, write_manifest
 from splitasr.errors import InvalidInput, NotFound
-from splitasr.training import synth
-from splitasr.training.manifest import REQUIRED_KEYS, ManifestError, Utterance, load_manifest, write_manifest
 
 EN = "cardio_nurse"
 KO = "ko_dev_engineer"

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import WhisperConfig, WhisperForConditionalGeneration
+
 from splitasr.adapters import (
     AdapterLimits,
     BackboneSpec,
@@ -26,6 +28,7 @@ from splitasr.adapters import (
     utterance_embedding,
 )
 from splitasr.backbones.whisper import WhisperBackbone
+from splitasr.datasets.manifest import load_manifest
 from splitasr.errors import InvalidInput
 from splitasr.training.data import (
     IGNORE_INDEX,
@@ -38,9 +41,7 @@ from splitasr.training.data import (
     target_text,
     token_sequence,
 )
-from splitasr.training.manifest import load_manifest
 from splitasr.training.train import TrainConfig, dev_loss, resolve_stage, train_adapter
-from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 REAL_SPEECH = Path(__file__).resolve().parents[1] / "data" / "real-speech" / "manifest.jsonl"
 FAST = TrainConfig(epochs=3, lr=3e-2, batch_size=2, rank=4, patience=0, quiet=True, created_at="2026-01-01T00:00:00+00:00")

@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+
 from splitasr.audio import SAMPLE_RATE_HZ, decode_audio
-from splitasr.engine.vad import SileroVad, silero_probabilities
-from splitasr.vad_filter import (
+from splitasr.audio.vad import SileroVad, silero_probabilities
+from splitasr.audio.vad_filter import (
     FRAME_SAMPLES,
     FilteredAudio,
     SpeechMap,

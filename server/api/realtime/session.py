@@ -29,6 +29,8 @@ from dataclasses import InitVar, dataclass, field, replace
 import numpy as np
 
 from ...audio import SAMPLE_RATE_HZ
+from ...audio.pcm import Linear16Decoder
+from ...audio.vad import make_vad
 from ...config import Settings
 from ...decoding import DecodingOptions, Transcription
 from ...engine.engine import Engine
@@ -36,13 +38,11 @@ from ...engine.streaming import (
     Final,
     FinalText,
     Interim,
-    Linear16Decoder,
     SpeechEvent,
     StreamingSession,
     StreamPolicy,
     stream_options,
 )
-from ...engine.vad import make_vad
 from ...errors import Overloaded, RateLimited, SplitASRError
 from . import events as ev
 from .config import SessionConfig, apply_update

@@ -7,13 +7,13 @@ from typing import Literal
 from fastapi import UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from ...audio.vad_filter import VadFilterOptions
 from ...config import Settings
 from ...decoding import DecodingOptions, Transcription
+from ...decoding.formats import render
 from ...engine.applicability import check_options
 from ...engine.engine import Engine
 from ...errors import BadAudio
-from ...formats import render
-from ...vad_filter import VadFilterOptions
 
 ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
 MEDIA_TYPES = {"vtt": "text/vtt", "srt": "application/x-subrip"}

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+
 from splitasr_device._proto import adapters_pb2 as pb
 from splitasr_device._proto import adapters_pb2_grpc
 
 from ...engine.engine import Engine
-from ...engine.store import check_name, check_sha256
 from ...errors import InvalidAdapter, InvalidInput, NotFound, TooLarge
+from ...storage.store import check_name, check_sha256
 from .convert import adapter_info
 from .interceptors import current_tenant
 

@@ -9,9 +9,9 @@ from splitasr_device._proto import adapters_pb2, trainer_pb2
 from splitasr_device._proto import recognizer_pb2 as pb
 
 from ...decoding import Segment, Transcription
-from ...engine.store import AdapterRecord
 from ...engine.streaming import Final, Interim, SpeechEvent, StreamPolicy
 from ...jobs import JobParameters
+from ...storage.store import AdapterRecord
 
 _EOU = pb.StreamingRecognizeResponse.END_OF_UTTERANCE
 _BEGIN = pb.StreamingRecognizeResponse.SPEECH_ACTIVITY_BEGIN

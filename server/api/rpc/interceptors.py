@@ -27,6 +27,7 @@ from contextlib import asynccontextmanager
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+
 from splitasr_device._proto import status_pb2
 
 from ...errors import (

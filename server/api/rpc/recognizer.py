@@ -6,20 +6,22 @@ import asyncio
 import contextlib
 
 import grpc
+
 from splitasr_device._proto import recognizer_pb2 as pb
 from splitasr_device._proto import recognizer_pb2_grpc
 
 from ...audio import decode_audio
+from ...audio.ogg_opus import OggOpusDecoder
+from ...audio.pcm import Linear16Decoder
+from ...audio.vad import make_vad
+from ...audio.vad_filter import VadFilterOptions
 from ...config import Settings
 from ...decoding import DecodingOptions
 from ...engine.applicability import check_options
 from ...engine.engine import RESCORE_MAX_SECONDS, Engine
-from ...engine.ogg_opus import OggOpusDecoder
 from ...engine.silence import transcribe_speech
-from ...engine.streaming import Linear16Decoder, StreamingSession, StreamPolicy, stream_options
-from ...engine.vad import make_vad
+from ...engine.streaming import StreamingSession, StreamPolicy, stream_options
 from ...errors import BadAudio, InvalidInput, NotFound, TooLarge
-from ...vad_filter import VadFilterOptions
 from . import convert
 from .interceptors import current_tenant
 from .streams import hold_stream

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+
 from splitasr_device._proto import trainer_pb2 as pb
 from splitasr_device._proto import trainer_pb2_grpc
 

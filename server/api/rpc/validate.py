@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from google.protobuf.message import Message
 from google.protobuf.unknown_fields import UnknownFieldSet
+
 from splitasr_device._proto import recognizer_pb2 as pb
 
 from ...engine.engine import NO_RESCORER

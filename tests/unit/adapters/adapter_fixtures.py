@@ -6,9 +6,10 @@ import copy
 from collections.abc import Callable, Mapping
 
 import torch
-from splitasr.adapters import Adapter, AdapterLimits, BackboneSpec, get_kind, new_adapter, resolve_targets
 from torch import nn
 from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+from splitasr.adapters import Adapter, AdapterLimits, BackboneSpec, get_kind, new_adapter, resolve_targets
 
 N_MELS = 8
 FRAMES = 64  # 2 × max_source_positions

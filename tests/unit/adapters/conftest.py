@@ -8,9 +8,10 @@ from collections.abc import Iterator
 import pytest
 import torch
 from adapter_fixtures import CASES, FRAMES, N_MELS, make_case, tiny_whisper
-from splitasr.adapters import Adapter, BackboneSpec
 from torch import nn
 from transformers import WhisperForConditionalGeneration
+
+from splitasr.adapters import Adapter, BackboneSpec
 
 
 @pytest.fixture(scope="session")

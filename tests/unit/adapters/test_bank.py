@@ -7,6 +7,9 @@ import copy
 import pytest
 import torch
 from adapter_fixtures import CASES, LIMITS, ReferenceModel
+from torch import nn
+from transformers import GenerationMixin
+
 from splitasr.adapters import (
     Adapter,
     AdapterBank,
@@ -25,8 +28,6 @@ from splitasr.adapters import (
     utterance_embedding,
 )
 from splitasr.errors import InvalidAdapter, InvalidInput
-from torch import nn
-from transformers import GenerationMixin
 
 CASE_NAMES = list(CASES)
 

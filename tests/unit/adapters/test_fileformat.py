@@ -14,6 +14,7 @@ import safetensors.torch
 import torch
 from adapter_fixtures import CASES, tiny_whisper
 from safetensors.torch import load as safetensors_from_bytes  # safetensors only: never pickle
+
 from splitasr.adapters import (
     Adapter,
     AdapterLimits,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from adapter_fixtures import CASES, LIMITS, ROUTER_DIM, randomize
+from torch import nn
+
 from splitasr.adapters import (
     BackboneSpec,
     attach_bank,
@@ -15,7 +17,6 @@ from splitasr.adapters import (
     registered_kinds,
 )
 from splitasr.errors import InvalidAdapter
-from torch import nn
 
 
 class OneLayer(nn.Module):

@@ -12,6 +12,8 @@ import pytest
 import torch
 from adapter_fixtures import LIMITS, make_case
 from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+
 from splitasr.adapters import (
     Adapter,
     AdapterLimits,
@@ -23,7 +25,6 @@ from splitasr.adapters import (
     load_into_slot,
 )
 from splitasr.errors import InvalidAdapter
-from torch import nn
 
 # peft and transformers warn about their own internals (is_gradient_checkpointing).
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")

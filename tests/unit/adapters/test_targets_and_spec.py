@@ -7,10 +7,11 @@ import copy
 import pytest
 import torch
 from adapter_fixtures import tiny_config
-from splitasr.adapters import BackboneSpec, resolve_targets, utterance_embedding
-from splitasr.errors import InvalidInput
 from torch import nn
 from transformers import WhisperForConditionalGeneration
+
+from splitasr.adapters import BackboneSpec, resolve_targets, utterance_embedding
+from splitasr.errors import InvalidInput
 
 
 @pytest.mark.parametrize(

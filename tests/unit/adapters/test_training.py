@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from adapter_fixtures import CASES
+from torch import nn
+
 from splitasr.adapters import (
     AdapterLimits,
     BackboneSpec,
@@ -20,7 +22,6 @@ from splitasr.adapters import (
     stage_families,
     utterance_embedding,
 )
-from torch import nn
 
 
 def _setup(model: nn.Module, spec: BackboneSpec, case: str) -> tuple[list[nn.Parameter], str]:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from splitasr.adapters import BackboneSpec, adapter_to_bytes, get_kind, new_adapter, resolve_targets
 from splitasr.backbones.loader import load_backbone
 from splitasr.bench import quant

@@ -8,6 +8,8 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from splitasr.adapters import (
     AdapterLimits,
     BackboneSpec,
@@ -26,7 +28,6 @@ from splitasr.adapters import (
 )
 from splitasr.backbones.quantize import Int8Linear, quantize_model, weight_bytes
 from splitasr.errors import InvalidAdapter, InvalidInput
-from torch import nn
 
 from .conftest import FRAMES, N_MELS, tiny_whisper
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 import torch
+
 from splitasr.adapters import BackboneSpec, KindConfig, new_adapter
 from splitasr.rescoring.encoder import TextEncoder, encoder_dir
 from splitasr.rescoring.model import Rescorer

@@ -9,6 +9,7 @@ import pytest
 import safetensors.torch
 import torch
 from safetensors.torch import load as safetensors_from_bytes  # safetensors only: never pickle
+
 from splitasr.errors import InvalidAdapter
 from splitasr.rescoring.fileformat import (
     METADATA_KEY,

@@ -7,11 +7,12 @@ import math
 
 import pytest
 import torch
+
 from splitasr.adapters import KindConfig, get_kind, new_adapter
 from splitasr.rescoring.data import make_list, word_errors
 from splitasr.rescoring.losses import correlation_loss, correlation_matrix, mwer_loss
-from splitasr.rescoring.model import Fusion, Rescorer, ScoringModel, encoder_targets, fuse
-from splitasr.rescoring.train import RescorerTrainConfig, choose, train_rescorer, tune_fusion
+from splitasr.rescoring.model import Fusion, Rescorer, ScoringModel, choose, encoder_targets, fuse
+from splitasr.rescoring.train import RescorerTrainConfig, train_rescorer, tune_fusion
 
 from .conftest import random_rescorer, tiny_encoder
 

@@ -6,6 +6,7 @@ import hashlib
 
 import pytest
 import torch
+
 from splitasr.adapters import KindConfig, new_adapter
 from splitasr.decoding import Hypothesis, Segment, Transcription
 from splitasr.errors import InvalidAdapter

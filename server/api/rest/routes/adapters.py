@@ -12,9 +12,9 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import Response
 
-from ....engine.store import AdapterRecord
-from ....engine.uploads import adapter_file
+from ....adapters.peft_zip import adapter_file
 from ....errors import InvalidAdapter
+from ....storage.store import AdapterRecord
 from ..deps import EngineDep, TenantDep
 from ..fields import FieldsChecked
 from .jobs import adapter_download

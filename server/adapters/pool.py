@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..adapters import Adapter, load_into_slot
+from . import Adapter, load_into_slot
 
 log = logging.getLogger(__name__)
 

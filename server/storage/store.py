@@ -2,7 +2,7 @@
 
 Two backends share one interface (:class:`BaseStore`) and one behaviour: :class:`AdapterStore`, a
 local (or shared-filesystem) folder, described here, and
-:class:`~splitasr.engine.store_s3.S3AdapterStore`, an S3 bucket that replicas on several machines
+:class:`~splitasr.storage.s3.S3AdapterStore`, an S3 bucket that replicas on several machines
 share (``SPLITASR_ADAPTER_STORE_URL=s3://bucket/prefix``). :func:`open_store` picks one from the
 settings.
 
@@ -55,7 +55,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import InvalidInput, NotFound, PermissionDenied, StorageFull, TooLarge, UsageError
+from ..errors import InvalidInput, NotFound, PermissionDenied, StorageFull, TooLarge
 from ..fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -176,24 +176,6 @@ class BaseStore(ABC):
             raise TooLarge(
                 f"storage quota reached: {used + size} bytes would exceed {self.max_bytes} bytes per tenant"
             )
-
-
-def open_store(root: Path, url: str | None = None, *, endpoint_url: str | None = None,
-               max_adapters_per_tenant: int = 100, max_bytes_per_tenant: int = 1 << 30,
-               sweep_interval_s: float = 0.0) -> BaseStore:
-    """The store the settings name: ``url`` ``s3://bucket/prefix`` (an S3 or S3-compatible server at
-    ``endpoint_url``), else the folder ``root``."""
-    quotas = {"max_adapters_per_tenant": max_adapters_per_tenant, "max_bytes_per_tenant": max_bytes_per_tenant,
-              "sweep_interval_s": sweep_interval_s}
-    if url:
-        try:
-            from .store_s3 import S3AdapterStore  # needs boto3 (the `s3` extra)
-        except ImportError as exc:
-            raise UsageError(f"SPLITASR_ADAPTER_STORE_URL={url} needs boto3 ({exc.name} is missing): "
-                             "pip install 'splitasr[s3]'") from None
-
-        return S3AdapterStore(url, endpoint_url=endpoint_url, **quotas)
-    return AdapterStore(root, **quotas)
 
 
 class AdapterStore(BaseStore):

@@ -22,7 +22,7 @@ import av
 import numpy as np
 import soxr
 
-from .errors import BadAudio, InvalidInput
+from ..errors import BadAudio, InvalidInput
 
 __all__ = [
     "DEFAULT_MAX_SECONDS",

@@ -13,10 +13,10 @@ import io
 import zipfile
 from pathlib import PurePosixPath
 
-from ..adapters import AdapterLimits, BackboneSpec, adapter_to_bytes, import_peft
-from ..adapters.peft_interop import CONFIG_NAME, WEIGHTS_NAME
 from ..errors import InvalidAdapter, InvalidInput, NotReady
-from .store import check_sha256
+from ..storage.store import check_sha256
+from . import AdapterLimits, BackboneSpec, adapter_to_bytes, import_peft
+from .peft_interop import CONFIG_NAME, WEIGHTS_NAME
 
 ZIP_MAGIC = b"PK\x03\x04"
 PEFT_CREATOR = "peft-upload"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .decoding import Transcription
+from . import Transcription
 
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 

@@ -1,5 +1,5 @@
 """Voice activity detection: Silero VAD (ONNX) or a plain energy gate for streaming endpointing, and
-Silero's frame probabilities of a whole file for the VAD filter (:mod:`splitasr.vad_filter`).
+Silero's frame probabilities of a whole file for the VAD filter (:mod:`splitasr.audio.vad_filter`).
 
 Silero's ONNX model ships inside the ``silero-vad`` wheel and runs here with onnxruntime directly.
 The package itself is never imported: its ``__init__`` imports torch and calls
@@ -15,8 +15,8 @@ from typing import Protocol
 
 import numpy as np
 
-from ..audio import SAMPLE_RATE_HZ
 from ..errors import InvalidInput
+from . import SAMPLE_RATE_HZ
 
 FRAME_SAMPLES = 512  # 32 ms at 16 kHz: the frame size Silero VAD v5+ expects
 _CONTEXT_SAMPLES = 64  # Silero v5+ prepends the previous frame's last 64 samples

@@ -10,7 +10,7 @@ get wrong) plus a voice and an acoustic chain, so that every speaker sounds dist
              ─▶ 16 kHz mono 16-bit FLAC (or WAV) under ``<out_dir>/audio/``
 
 and the output folder gets NeMo-style manifests ``train.jsonl``, ``dev.jsonl``, ``test.jsonl``
-(see :mod:`splitasr.training.manifest`) plus ``synth.json`` recording what produced them.
+(see :mod:`splitasr.datasets.manifest`) plus ``synth.json`` recording what produced them.
 
 Reproducibility: rendering is deterministic (sox runs in repeatable mode without dither, noise and
 jitter are seeded from the sentence). Each file is named after a hash of everything that determines

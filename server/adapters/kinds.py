@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import torch
-from splitasr.errors import InvalidAdapter
+
+from ..errors import InvalidAdapter
 
 # Bank families: groups of stacked tensors in an AdapterBank. Kinds declare which ones they use, and
 # training stages name the families they train.

@@ -9,7 +9,7 @@ the stretch that holds its middle (as faster-whisper does); a segment without wo
 stretches it really spans (see ``FilteredAudio.restore``).
 
 Pure numpy: the frame probabilities come from a function the caller passes (the server's Silero
-runner, :func:`splitasr.engine.vad.silero_probabilities`), so this module needs no model.
+runner, :func:`splitasr.audio.vad.silero_probabilities`), so this module needs no model.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .audio import SAMPLE_RATE_HZ
+from . import SAMPLE_RATE_HZ
 
 __all__ = ["FRAME_SAMPLES", "FilteredAudio", "SpeechMap", "VadFilterOptions", "remove_silence", "speech_spans"]
 

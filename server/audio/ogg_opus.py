@@ -21,8 +21,8 @@ import av
 import numpy as np
 import soxr
 
-from ..audio import SAMPLE_RATE_HZ
 from ..errors import BadAudio
+from . import SAMPLE_RATE_HZ
 
 OPUS_RATE_HZ = 48_000  # granule positions and libopus output are always at 48 kHz
 MAX_PACKET_BYTES = 128 * 1024  # an Opus audio packet is at most ~8 KB; OpusTags may carry a picture

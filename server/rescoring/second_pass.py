@@ -16,8 +16,7 @@ from ..decoding import Segment, Transcription
 from .data import rescorer_text
 from .encoder import DEFAULT_ENCODER, load_encoder
 from .fileformat import load_rescorer
-from .model import Fusion, Rescorer, ScoringModel
-from .train import choose
+from .model import Fusion, Rescorer, ScoringModel, choose
 
 DEFAULT_NBEST = 4  # hypotheses rescored per utterance
 

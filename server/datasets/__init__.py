@@ -1,0 +1,1 @@
+"""Speech datasets: NeMo-style manifests and the synthetic speakers that make them."""
