@@ -65,7 +65,6 @@ class GLoRA(AdapterKind):
     """Gated LoRA with a GLU inside the bottleneck or on the output of the update."""
 
     config_class = GLoRAConfig
-    mergeable = False
     families = frozenset({FAMILY_LOWRANK, FAMILY_LOWRANK_GATE, FAMILY_OUTPUT_GATE})
     stages: ClassVar[Mapping[str, frozenset[str]]] = {"train": frozenset({FAMILY_LOWRANK, FAMILY_LOWRANK_GATE, FAMILY_OUTPUT_GATE})}
 

@@ -120,7 +120,6 @@ class AdapterKind(ABC):
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type[KindConfig]] = KindConfig
-    mergeable: ClassVar[bool] = False
     families: ClassVar[frozenset[str]] = frozenset({FAMILY_LOWRANK})
     # Training stage name -> bank families trained in that stage.
     stages: ClassVar[Mapping[str, frozenset[str]]] = {"train": frozenset({FAMILY_LOWRANK})}
@@ -187,10 +186,6 @@ class AdapterKind(ABC):
     def globals_from_header(self, config: KindConfig, header: SlotHeader) -> dict[str, torch.Tensor]:
         """Inverse of :meth:`slot_header` for the adapter-level tensors."""
         return {}
-
-    def merge_delta(self, config: KindConfig, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Weight update ΔW [out, in] so that W0 + ΔW reproduces the adapter; mergeable kinds only."""
-        raise InvalidAdapter(f"adapter kind {self.name!r} is not linear in x and cannot be merged into W0")
 
     def check_backbone(self, config: KindConfig, router_dim: int | None) -> None:
         """Raise :class:`InvalidAdapter` when the config cannot run on this backbone (default: always ok)."""

@@ -37,7 +37,6 @@ class LoRA(AdapterKind):
     """Plain LoRA on each target linear layer."""
 
     config_class = KindConfig
-    mergeable = True
     families = frozenset({FAMILY_LOWRANK})
     stages: ClassVar[Mapping[str, frozenset[str]]] = {"train": frozenset({FAMILY_LOWRANK})}
 
@@ -66,6 +65,3 @@ class LoRA(AdapterKind):
 
     def from_slot(self, config: KindConfig, layer: LayerSlot) -> dict[str, torch.Tensor]:
         return {"lora_A": layer.A[0], "lora_B": layer.B[0]}
-
-    def merge_delta(self, config: KindConfig, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return config.scale * (tensors["lora_B"] @ tensors["lora_A"])

@@ -21,8 +21,7 @@ utterance, and speaker adaptation of the router (stage 2, a few minutes of one s
 (2·n_mels + 1)·E numbers, which is hard to overfit.
 
 Training stages (families trained, see :data:`SAML.stages`): ``pretrain`` = experts + router on many
-speakers; ``adapt`` = router only on one speaker; ``adapt_full`` = router + experts. SAML is not
-mergeable (the mixture depends on the utterance).
+speakers; ``adapt`` = router only on one speaker; ``adapt_full`` = router + experts.
 """
 
 from __future__ import annotations
@@ -116,7 +115,6 @@ class SAML(AdapterKind):
     """Mixture of LoRA experts with an utterance-level router."""
 
     config_class = SAMLConfig
-    mergeable = False
     families = frozenset({FAMILY_LOWRANK, FAMILY_ROUTER})
     stages: ClassVar[Mapping[str, frozenset[str]]] = {
         "pretrain": frozenset({FAMILY_LOWRANK, FAMILY_ROUTER}),

@@ -1,8 +1,9 @@
 """Slot operations on an attached bank: load, clear, export, and choose what trains.
 
-Loading copies an adapter's tensors into preallocated slot storage (no reallocation), so the engine's
-pool can swap adapters in and out while the model stays in place. The engine must not load into a slot
-that an in-flight forward uses (its pool lock serialises loads and forwards).
+Loading copies an adapter's tensors into preallocated slot storage (no reallocation), so the slot
+pool (:mod:`.pool`) can swap adapters in and out while the model stays in place. Nothing may load into
+a slot that an in-flight forward uses: the pool runs only on the thread that runs the model, and never
+evicts a slot a live request has pinned.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -41,9 +41,38 @@ log = logging.getLogger(__name__)
 # OpenAI clients default to this model name; it means "the base backbone" here.
 OPENAI_DEFAULT_MODEL = "whisper-1"
 RESCORE_MAX_SECONDS = 30  # an N-best list covers one 30 s window
+RESCORE_TOO_LONG = (f"rescoring needs audio of at most {RESCORE_MAX_SECONDS} s (one N-best list); "
+                    "send shorter audio or leave `rescore` out")
 DEFAULT_RESCORER = "default"  # a tenant's rescorer of this name applies when a request names none
 NO_RESCORER = "none"  # `rescore` value that turns the default off
 WARMUP_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    """The adapter a request names: by the tenant's name for it (``name``: None, the backbone or
+    ``whisper-1`` mean the backbone alone) or by its content (``sha256``, as a device knows it)."""
+
+    name: str | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The sha256 of the adapter and of the rescorer a request decodes with (None: none)."""
+
+    adapter: str | None
+    rescorer: str | None
+    named: bool  # the request named its rescorer (else it is the tenant's default, if any)
+
+    def rescorer_for(self, seconds: float) -> str | None:
+        """The rescorer for audio of this length: the default one applies to one N-best window at most;
+        a named one for longer audio is an error."""
+        if self.rescorer is None or seconds <= RESCORE_MAX_SECONDS:
+            return self.rescorer
+        if self.named:
+            raise InvalidInput(RESCORE_TOO_LONG)
+        return None
 
 
 def _shown(value: str, limit: int = 80) -> str:
@@ -251,25 +280,51 @@ class Engine:
             return options
         return replace(options, nbest=self.settings.rescorer_nbest)
 
-    async def transcribe(self, data: bytes, options: DecodingOptions, *, tenant: str,
-                         model: str | None = None, rescore: str | None = None,
-                         vad: VadFilterOptions | None = None) -> Transcription:
-        """``rescore``: the name of one of the tenant's rescorers: rescore the N-best list with it.
+    def resolve(self, tenant: str, adapter: AdapterRef | None, rescore: str | None) -> Resolved:
+        """What a request of ``tenant`` decodes with (NotFound for a name the tenant does not have).
 
-        Without ``rescore``, the tenant's rescorer named ``default`` (if any) applies to audio of at
-        most 30 s; ``rescore="none"`` turns rescoring off. ``vad``: decode only the speech (VAD filter).
+        ``rescore``: one of the tenant's rescorers by name, ``"none"`` for none, or None for the
+        tenant's rescorer named ``default``, if any (which then applies to short audio only).
         """
         self._require_ready()
-        adapter = self.resolve_model(tenant, model)
-        default = rescore is None
-        rescorer = self.default_rescorer(tenant) if default else self.resolve_rescorer(tenant, rescore)
-        audio = await asyncio.to_thread(decode_audio, data, max_seconds=self.settings.max_audio_seconds)
-        if default and len(audio) > RESCORE_MAX_SECONDS * SAMPLE_RATE_HZ:
-            rescorer = None
+        sha256 = self._adapter_sha256(tenant, adapter or AdapterRef())
+        if rescore is None:
+            return Resolved(sha256, self.default_rescorer(tenant), named=False)
+        return Resolved(sha256, self.resolve_rescorer(tenant, rescore), named=True)
+
+    def _adapter_sha256(self, tenant: str, ref: AdapterRef) -> str | None:
+        if ref.sha256 is None:
+            return self.resolve_model(tenant, ref.name)
+        record = self.store.find_by_hash(tenant, ref.sha256)
+        if record is None:
+            raise NotFound(f"no adapter with sha256 {ref.sha256.lower()}; enroll it first "
+                           "(upload it: Adapters.Upload, or POST /v1/adapters)")
+        if record.kind == RESCORER_KIND:
+            raise InvalidInput(f"{ref.sha256.lower()} is an N-best rescorer, not a model: pass it as `rescore`")
+        return record.sha256
+
+    async def transcribe(self, audio: bytes | np.ndarray, options: DecodingOptions, *, tenant: str,
+                         adapter: AdapterRef | None = None, rescore: str | None = None,
+                         vad: VadFilterOptions | None = None,
+                         decode: Callable[[bytes], np.ndarray] | None = None) -> Transcription:
+        """Transcribe one request: the one entry point of every transport.
+
+        ``audio``: 16 kHz samples, or the bytes of an audio file (``decode(data)`` turns other bytes,
+        such as a stream's raw PCM, into samples). ``adapter`` and ``rescore``: see :meth:`resolve`,
+        done before the audio is decoded; ``vad``: decode only the speech (VAD filter).
+        """
+        resolved = self.resolve(tenant, adapter, rescore)
+        if not isinstance(audio, np.ndarray):
+            audio = await asyncio.to_thread(decode or self.decode_file, bytes(audio))
+        rescorer = resolved.rescorer_for(len(audio) / SAMPLE_RATE_HZ)
         if vad is not None:
-            return await transcribe_speech(self.transcribe_audio, audio, options, vad, adapter, rescorer,
+            return await transcribe_speech(self.transcribe_audio, audio, options, vad, resolved.adapter, rescorer,
                                            tenant=tenant)
-        return await self.transcribe_audio(audio, options, adapter, rescorer, tenant=tenant)
+        return await self.transcribe_audio(audio, options, resolved.adapter, rescorer, tenant=tenant)
+
+    def decode_file(self, data: bytes) -> np.ndarray:
+        """An uploaded audio file as 16 kHz mono float32, within the server's length limit (blocks)."""
+        return decode_audio(data, max_seconds=self.settings.max_audio_seconds)
 
     def _decode_time_limit(self, seconds: float) -> float | None:
         """How long a request for ``seconds`` of audio may decode (None: no limit)."""
@@ -285,11 +340,11 @@ class Engine:
         return record.sha256 if record.kind == RESCORER_KIND else None
 
     async def transcribe_audio(self, audio: np.ndarray, options: DecodingOptions,
-                               adapter: str | None = None, rescorer: str | None = None, *,
+                               adapter_sha256: str | None = None, rescorer_sha256: str | None = None, *,
                                priority: int = PRIORITY_FILE, tenant: str = "",
                                key: Hashable | None = None,
                                listener: Callable[[str], None] | None = None) -> Transcription:
-        """Decode 16 kHz audio with the adapter and rescorer of these sha256 (None: none).
+        """Decode 16 kHz audio with the adapter and the rescorer of these sha256 (None: none), as resolved.
 
         ``priority``: :data:`~splitasr.engine.worker.PRIORITY_FINAL` / ``_INTERIM`` for streams, files
         otherwise; ``tenant``: whose turn it is in the queue; ``key``: a newer decode with the same key
@@ -300,13 +355,14 @@ class Engine:
         """
         self._require_ready()
         assert self.worker is not None
-        if rescorer and len(audio) > RESCORE_MAX_SECONDS * SAMPLE_RATE_HZ:
-            raise InvalidInput(f"rescoring needs audio of at most {RESCORE_MAX_SECONDS} s (one N-best list); "
-                               "send shorter audio or leave `rescore` out")
+        if rescorer_sha256 and len(audio) > RESCORE_MAX_SECONDS * SAMPLE_RATE_HZ:
+            raise InvalidInput(RESCORE_TOO_LONG)
         if self.settings.audio_ctx_seconds and options.audio_ctx_seconds is None:
             options = replace(options, audio_ctx_seconds=self.settings.audio_ctx_seconds)
-        job = Job(audio, self.rescoring_options(options, rescorer), adapter, rescorer, priority, tenant, key,
-                  time_limit_s=self._decode_time_limit(len(audio) / SAMPLE_RATE_HZ), listener=listener)
-        with self.store.pinned(adapter, rescorer):  # a DELETE meanwhile keeps the blob until this row is done
+        job = Job(audio, self.rescoring_options(options, rescorer_sha256), adapter_sha256, rescorer_sha256,
+                  priority, tenant, key, time_limit_s=self._decode_time_limit(len(audio) / SAMPLE_RATE_HZ),
+                  listener=listener)
+        # a DELETE meanwhile keeps the blobs until this row is done
+        with self.store.pinned(adapter_sha256, rescorer_sha256):
             future = self.worker.submit(job)
             return await asyncio.wrap_future(future)

@@ -20,10 +20,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..audio import SAMPLE_RATE_HZ, decode_audio
+from ..audio import SAMPLE_RATE_HZ
 from ..decoding import DecodingOptions, Segment, TokenLogprob, Transcription
-from ..errors import InvalidInput, NotReady
-from .engine import RESCORE_MAX_SECONDS, Engine
+from .engine import AdapterRef, Engine
 
 log = logging.getLogger(__name__)
 
@@ -162,18 +161,10 @@ def _deltas(segments: list[Segment], logprobs: list[TokenLogprob] | None, first:
 
 
 async def open_file_transcript(engine: Engine, data: bytes, options: DecodingOptions, *, tenant: str,
-                               model: str | None = None, rescore: str | None = None) -> FileTranscript:
+                               adapter: AdapterRef | None = None, rescore: str | None = None) -> FileTranscript:
     """Resolve the request and decode the file as :meth:`Engine.transcribe` does, so every error
     (unknown model, bad audio, ...) is raised here, before anything is streamed."""
-    if not engine.ready:
-        raise NotReady(engine.load_error or "the backbone is still loading; retry shortly")
-    adapter = engine.resolve_model(tenant, model)
-    default = rescore is None
-    rescorer = engine.default_rescorer(tenant) if default else engine.resolve_rescorer(tenant, rescore)
-    audio = await asyncio.to_thread(decode_audio, data, max_seconds=engine.settings.max_audio_seconds)
-    if len(audio) > RESCORE_MAX_SECONDS * SAMPLE_RATE_HZ:
-        if rescorer and not default:
-            raise InvalidInput(f"rescoring needs audio of at most {RESCORE_MAX_SECONDS} s (one N-best list); "
-                               "send shorter audio or leave `rescore` out")
-        rescorer = None
-    return FileTranscript(engine, audio, options, adapter, rescorer, tenant)
+    resolved = engine.resolve(tenant, adapter, rescore)
+    audio = await asyncio.to_thread(engine.decode_file, data)
+    rescorer = resolved.rescorer_for(len(audio) / SAMPLE_RATE_HZ)
+    return FileTranscript(engine, audio, options, resolved.adapter, rescorer, tenant)

@@ -54,8 +54,8 @@ class Superseded(SplitASRError):
 class Job:
     audio: np.ndarray
     options: DecodingOptions
-    adapter: str | None = None  # sha256
-    rescorer: str | None = None  # sha256 of an N-best rescorer
+    adapter_sha256: str | None = None  # None: the backbone alone
+    rescorer_sha256: str | None = None  # an N-best rescorer's
     priority: int = PRIORITY_FILE
     tenant: str = ""
     key: Hashable | None = None  # a newer job with the same key supersedes this one
@@ -216,7 +216,7 @@ class DecodeWorker:
         held = self.decoder.rows_by_request()
         with self._lock:  # the requests whose rows are in this step (not those waiting for a pass)
             in_step = [job for key, job in self._running.items() if key in held]
-        adapters, tenants = len({j.adapter for j in in_step}), len({j.tenant for j in in_step})
+        adapters, tenants = len({j.adapter_sha256 for j in in_step}), len({j.tenant for j in in_step})
         done = self.decoder.step()
         end = time.perf_counter()
         seconds = end - stepping
@@ -305,7 +305,7 @@ class DecodeWorker:
         """Start a queued job's request (pinning its adapter). Returns its first pass, or None when it
         finished at once (silence), failed, or must wait for a free slot."""
         try:
-            slot = self.pool.pin(job.adapter) if self.pool is not None else 0
+            slot = self.pool.pin(job.adapter_sha256) if self.pool is not None else 0
         except NoFreeSlot:
             return None
         except Exception as exc:  # noqa: BLE001 - an adapter that fails to load fails its own request
@@ -320,7 +320,7 @@ class DecodeWorker:
             job.request = self.decoder.start(job.audio, job.options, slot, listener=job.listener)
         except Exception as exc:  # noqa: BLE001
             if self.pool is not None:
-                self.pool.unpin(job.adapter)
+                self.pool.unpin(job.adapter_sha256)
             _fail(job.future, exc)
             return None
         with self._lock:
@@ -334,19 +334,19 @@ class DecodeWorker:
         for job in [j for j in jobs if getattr(j.request, "error", None)]:
             reason = job.request.error
             self._finish(job, error=InvalidAdapter(f"decoding failed: {reason}; the adapter's weights must keep "
-                                                   "activations finite") if job.adapter else
+                                                   "activations finite") if job.adapter_sha256 else
                          SplitASRError(f"decoding failed: {reason}"))
         jobs = [j for j in jobs if not getattr(j.request, "error", None)]
         results = [j.request.result for j in jobs]
-        rescore = [j.rescorer for j in jobs]
+        rescore = [j.rescorer_sha256 for j in jobs]
         if self._rescore and any(rescore):
             try:
                 results = self._rescore(rescore, results)
             except Exception as exc:  # noqa: BLE001 - a bad rescorer fails only the rows that use it
                 for job in jobs:
-                    if job.rescorer:
+                    if job.rescorer_sha256:
                         self._finish(job, error=exc)
-                jobs = [j for j in jobs if not j.rescorer]
+                jobs = [j for j in jobs if not j.rescorer_sha256]
                 results = [j.request.result for j in jobs]
         for job, result in zip(jobs, results):
             self._finish(job, result=result)
@@ -368,7 +368,7 @@ class DecodeWorker:
             was_running = job.request is not None and self._running.pop(id(job.request), None) is not None
             self._lock.notify_all()
         if was_running and self.pool is not None:
-            self.pool.unpin(job.adapter)
+            self.pool.unpin(job.adapter_sha256)
 
     def _reset_decoder(self) -> None:
         reset = getattr(self.decoder, "reset", None)

@@ -102,8 +102,8 @@ async def _session(websocket: WebSocket) -> int:
             _check_origin(websocket, settings.cors_origins)
             address = websocket.client.host if websocket.client else "unknown"
             # failed keys count against the address as on REST and gRPC: guessing is blocked here too
-            tenant = engine.auth_limiter.authenticate(state.api_keys, bearer(websocket), address, "realtime")
-            engine.rate_limiter.check(tenant)
+            tenant = state.auth_limiter.authenticate(state.api_keys, bearer(websocket), address, "realtime")
+            state.rate_limiter.check(tenant)
             model = _check_query(websocket)
             if not engine.ready:
                 raise NotReady(engine.load_error or "the backbone is still loading; retry shortly")

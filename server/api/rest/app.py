@@ -59,6 +59,9 @@ def create_app(
     )
     app.state.settings = settings
     app.state.engine = engine
+    # what the routes and the auth guard use of the engine's, shared with the other transports
+    app.state.store = engine.store
+    app.state.auth_limiter, app.state.rate_limiter = engine.auth_limiter, engine.rate_limiter
     app.state.jobs = jobs
     app.state.api_keys = api_keys or ApiKeys.load(settings.api_keys_file, settings.api_keys)
     install_error_handlers(app)

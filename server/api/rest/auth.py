@@ -49,10 +49,10 @@ class AuthGuard:
             await self.app(scope, receive, self._closing(send) if _announces_body(headers) else send)
             return
         authorization = next((v.decode("latin-1") for n, v in headers if n == b"authorization"), None)
-        engine = self.state.engine
+        state = self.state
         try:
-            tenant = engine.auth_limiter.authenticate(self.state.api_keys, authorization, client_host(scope), "rest")
-            engine.rate_limiter.check(tenant)
+            tenant = state.auth_limiter.authenticate(state.api_keys, authorization, client_host(scope), "rest")
+            state.rate_limiter.check(tenant)
         except SplitASRError as exc:
             close = {"Connection": "close"} if _announces_body(headers) else None
             await error_response(exc, close)(scope, receive, send)

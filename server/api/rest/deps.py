@@ -9,11 +9,16 @@ from fastapi import Depends, Header, Request
 from ...config import Settings
 from ...engine.engine import Engine
 from ...jobs import JobManager
+from ...storage import BaseStore
 from .auth import TENANT_STATE
 
 
 def get_engine(request: Request) -> Engine:
     return request.app.state.engine
+
+
+def get_store(request: Request) -> BaseStore:
+    return request.app.state.store
 
 
 def get_jobs(request: Request) -> JobManager:
@@ -34,6 +39,7 @@ def get_tenant(request: Request, authorization: Annotated[str | None, Header()] 
 
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
+StoreDep = Annotated[BaseStore, Depends(get_store)]
 JobsDep = Annotated[JobManager, Depends(get_jobs)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 TenantDep = Annotated[str, Depends(get_tenant)]

@@ -11,14 +11,15 @@ from splitasr_device._proto import adapters_pb2_grpc
 
 from ...engine.engine import Engine
 from ...errors import InvalidAdapter, InvalidInput, NotFound, TooLarge
-from ...storage.store import check_name, check_sha256
+from ...storage import BaseStore, check_name, check_sha256
 from .convert import adapter_info
 from .interceptors import current_tenant
 
 
 class AdaptersServicer(adapters_pb2_grpc.AdaptersServicer):
-    def __init__(self, engine: Engine):
-        self.engine = engine
+    def __init__(self, engine: Engine, store: BaseStore):
+        self.engine = engine  # validates and stores uploads
+        self.store = store
 
     async def _receive(self, requests) -> tuple[pb.UploadHeader, bytes]:
         """The header and the file's bytes; checks order, announced size and the size limit."""
@@ -65,17 +66,17 @@ class AdaptersServicer(adapters_pb2_grpc.AdaptersServicer):
         tenant = current_tenant()
         which = request.WhichOneof("ref")
         if which == "sha256":
-            record = self.engine.store.find_by_hash(tenant, request.sha256)
+            record = self.store.find_by_hash(tenant, request.sha256)
             if record is None:
                 raise NotFound(f"no adapter with sha256 {request.sha256.lower()}; upload it first")
             return adapter_info(record)
         if which == "name":
-            return adapter_info(self.engine.store.get(tenant, request.name))
+            return adapter_info(self.store.get(tenant, request.name))
         raise InvalidInput("Stat needs a sha256 or a name")
 
     async def List(self, request: pb.ListAdaptersRequest, context: grpc.aio.ServicerContext):
-        return pb.ListAdaptersResponse(adapters=[adapter_info(r) for r in self.engine.store.list(current_tenant())])
+        return pb.ListAdaptersResponse(adapters=[adapter_info(r) for r in self.store.list(current_tenant())])
 
     async def Delete(self, request: pb.DeleteAdapterRequest, context: grpc.aio.ServicerContext) -> pb.AdapterInfo:
-        record = await asyncio.to_thread(self.engine.store.delete, current_tenant(), request.name)
+        record = await asyncio.to_thread(self.store.delete, current_tenant(), request.name)
         return adapter_info(record)

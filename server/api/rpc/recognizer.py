@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 
 import grpc
 
@@ -18,10 +19,9 @@ from ...audio.vad_filter import VadFilterOptions
 from ...config import Settings
 from ...decoding import DecodingOptions
 from ...engine.applicability import check_options
-from ...engine.engine import RESCORE_MAX_SECONDS, Engine
-from ...engine.silence import transcribe_speech
+from ...engine.engine import AdapterRef, Engine
 from ...engine.streaming import StreamingSession, StreamPolicy, stream_options
-from ...errors import BadAudio, InvalidInput, NotFound, TooLarge
+from ...errors import BadAudio, InvalidInput, TooLarge
 from . import convert
 from .interceptors import current_tenant
 from .streams import hold_stream
@@ -36,14 +36,10 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
                                    endpoint_silence_s=settings.stream_endpoint_silence_ms / 1000)
 
     # helpers -------------------------------------------------------------------------------------
-    def _adapter(self, tenant: str, ref: pb.AdapterRef) -> str | None:
+    @staticmethod
+    def _adapter(ref: pb.AdapterRef) -> AdapterRef:
         which = ref.WhichOneof("ref")
-        if which == "sha256":
-            record = self.engine.store.find_by_hash(tenant, ref.sha256)
-            if record is None:
-                raise NotFound(f"no adapter with sha256 {ref.sha256.lower()}; enroll it first (Adapters.Upload)")
-            return record.sha256
-        return self.engine.resolve_model(tenant, ref.name if which == "name" else None)
+        return AdapterRef(sha256=ref.sha256) if which == "sha256" else AdapterRef(ref.name or None)
 
     def _options(self, config: pb.RecognitionConfig) -> DecodingOptions:
         # word times come from alignment wherever the backbone can align (Whisper; not CTC)
@@ -86,25 +82,13 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
         tenant = current_tenant()
         reject_unknown_fields(request)
         check_recognize_config(request.config)
-        adapter = self._adapter(tenant, request.config.adapter)
-        rescore = request.config.rescore
-        rescorer = self.engine.resolve_rescorer(tenant, rescore) if rescore else self.engine.default_rescorer(tenant)
-        options = self._options(request.config)
-        remaining = context.time_remaining()  # the client's deadline: give up (and dequeue) when it passes
-        result = await asyncio.wait_for(self._recognize(request.config, request.audio, options, adapter, rescorer),
-                                        remaining)
-        return convert.recognize_response(result)
-
-    async def _recognize(self, config: pb.RecognitionConfig, data: bytes, options: DecodingOptions,
-                         adapter: str | None, rescorer: str | None = None):
-        audio = await asyncio.to_thread(self._audio, config, data)
-        if not config.rescore and len(audio) > RESCORE_MAX_SECONDS * 16_000:
-            rescorer = None  # the tenant's default rescorer applies to short audio only
-        vad = self._vad(config)
-        if vad is not None:
-            return await transcribe_speech(self.engine.transcribe_audio, audio, options, vad, adapter, rescorer,
-                                           tenant=current_tenant())
-        return await self.engine.transcribe_audio(audio, options, adapter, rescorer, tenant=current_tenant())
+        config = request.config
+        options = self._options(config)
+        work = self.engine.transcribe(request.audio, options, tenant=tenant, adapter=self._adapter(config.adapter),
+                                      rescore=config.rescore or None, vad=self._vad(config),
+                                      decode=functools.partial(self._audio, config))
+        # the client's deadline: give up (and dequeue) when it passes
+        return convert.recognize_response(await asyncio.wait_for(work, context.time_remaining()))
 
     # streaming -----------------------------------------------------------------------------------
     async def _next(self, requests):
@@ -146,7 +130,7 @@ class RecognizerServicer(recognizer_pb2_grpc.RecognizerServicer):
         check_streaming_config(config)
         check_endpointing(config.endpointing)
         policy = convert.stream_policy(self.policy, config.endpointing)
-        adapter = self._adapter(tenant, config.adapter)
+        adapter = self.engine.resolve(tenant, self._adapter(config.adapter), "none").adapter
         options = self._options(config)
         decoder = self._stream_decoder(config)
         async with hold_stream(self.engine.streams, tenant, request_iterator):  # shared with Realtime sessions

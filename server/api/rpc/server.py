@@ -117,7 +117,7 @@ def create_grpc_server(settings: Settings, engine: Engine, api_keys: ApiKeys | N
     )
     recognizer = RecognizerServicer(engine, settings)
     recognizer_pb2_grpc.add_RecognizerServicer_to_server(recognizer, server)
-    adapters_pb2_grpc.add_AdaptersServicer_to_server(AdaptersServicer(engine), server)
+    adapters_pb2_grpc.add_AdaptersServicer_to_server(AdaptersServicer(engine, engine.store), server)
     owns_jobs = jobs is None
     jobs = jobs or JobManager(settings, engine)
     trainer_pb2_grpc.add_TrainerServicer_to_server(TrainerServicer(jobs, settings), server)

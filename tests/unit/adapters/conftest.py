@@ -1,4 +1,4 @@
-"""Fixtures for the adapter tests (helpers live in adapter_fixtures.py)."""
+"""Fixtures for the adapter tests (helpers live in tests/adapter_factory.py)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from adapter_fixtures import CASES, FRAMES, N_MELS, make_case, tiny_whisper
 from torch import nn
 from transformers import WhisperForConditionalGeneration
 
 from splitasr.adapters import Adapter, BackboneSpec
+from tests.adapter_factory import CASES, FRAMES, N_MELS, make_case, tiny_whisper
 
 
 @pytest.fixture(scope="session")

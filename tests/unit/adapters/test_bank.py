@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-from adapter_fixtures import CASES, LIMITS, ReferenceModel
 from torch import nn
 from transformers import GenerationMixin
 
@@ -28,6 +27,7 @@ from splitasr.adapters import (
     utterance_embedding,
 )
 from splitasr.errors import InvalidAdapter, InvalidInput
+from tests.adapter_factory import CASES, LIMITS, ReferenceModel
 
 CASE_NAMES = list(CASES)
 

@@ -6,11 +6,11 @@ from dataclasses import replace
 
 import pytest
 import torch
-from adapter_fixtures import make_case
 
 from splitasr.adapters import BackboneSpec, adapter_to_bytes, load_adapter
 from splitasr.adapters.bounds import MAX_ABS_VALUE, MAX_FACTOR_NORM
 from splitasr.errors import InvalidAdapter
+from tests.adapter_factory import make_case
 
 
 def set_norm(tensor: torch.Tensor, norm: float) -> torch.Tensor:

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from adapter_fixtures import CASES, tiny_whisper
 from safetensors.torch import load as safetensors_from_bytes  # safetensors only: never pickle
 
 from splitasr.adapters import (
@@ -25,6 +24,7 @@ from splitasr.adapters import (
 )
 from splitasr.adapters.fileformat import METADATA_KEY, AdapterTooLarge
 from splitasr.errors import InvalidAdapter, TooLarge
+from tests.adapter_factory import CASES, tiny_whisper
 
 Q_PROJ = "model.encoder.layers.0.self_attn.q_proj"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from adapter_fixtures import CASES, LIMITS, ROUTER_DIM, randomize
 from torch import nn
 
 from splitasr.adapters import (
@@ -17,6 +16,7 @@ from splitasr.adapters import (
     registered_kinds,
 )
 from splitasr.errors import InvalidAdapter
+from tests.adapter_factory import CASES, LIMITS, ROUTER_DIM, lora_delta_w, randomize
 
 
 class OneLayer(nn.Module):
@@ -118,22 +118,16 @@ def test_saml_top_k_reference_keeps_k_experts() -> None:
     torch.testing.assert_close(mix.sum(-1), torch.ones(5))
 
 
-def test_lora_merges_into_w0_and_others_refuse() -> None:
+def test_lora_reference_is_a_weight_update() -> None:
+    """LoRA's reference delta is linear in x: the same as the layer with W0 + s·B·A."""
     layer = OneLayer()
     spec = one_layer_spec(layer)
     lora = randomize(new_adapter("lora", get_kind("lora").make_config(r=4), ["proj"], spec), seed=4)
-    delta_w = lora.kind_impl.merge_delta(lora.config, lora.tensors["proj"])
+    delta_w = lora_delta_w(lora.config, lora.tensors["proj"])
     x = torch.randn(3, 24)
     merged = x @ (layer.proj.weight + delta_w).T + layer.proj.bias
     expected = layer.proj(x) + lora.kind_impl.reference_delta(lora.config, lora.tensors["proj"], x)
     torch.testing.assert_close(merged, expected, atol=1e-5, rtol=1e-5)
-    for kind in ("glora", "saml"):
-        impl = get_kind(kind)
-        assert not impl.mergeable
-        adapter = new_adapter(kind, impl.make_config(router_dim=ROUTER_DIM) if kind == "saml" else impl.make_config(),
-                              ["proj"], spec)
-        with pytest.raises(InvalidAdapter, match="cannot be merged"):
-            impl.merge_delta(adapter.config, adapter.tensors["proj"])
 
 
 def test_parameter_counts_per_kind() -> None:

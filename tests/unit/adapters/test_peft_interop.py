@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from adapter_fixtures import LIMITS, make_case
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
@@ -25,6 +24,7 @@ from splitasr.adapters import (
     load_into_slot,
 )
 from splitasr.errors import InvalidAdapter
+from tests.adapter_factory import LIMITS, make_case
 
 # peft and transformers warn about their own internals (is_gradient_checkpointing).
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")

@@ -6,12 +6,12 @@ import copy
 
 import pytest
 import torch
-from adapter_fixtures import tiny_config
 from torch import nn
 from transformers import WhisperForConditionalGeneration
 
 from splitasr.adapters import BackboneSpec, resolve_targets, utterance_embedding
 from splitasr.errors import InvalidInput
+from tests.adapter_factory import tiny_config
 
 
 @pytest.mark.parametrize(

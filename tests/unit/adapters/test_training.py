@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from adapter_fixtures import CASES
 from torch import nn
 
 from splitasr.adapters import (
@@ -22,6 +21,7 @@ from splitasr.adapters import (
     stage_families,
     utterance_embedding,
 )
+from tests.adapter_factory import CASES
 
 
 def _setup(model: nn.Module, spec: BackboneSpec, case: str) -> tuple[list[nn.Parameter], str]:

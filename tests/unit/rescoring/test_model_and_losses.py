@@ -8,11 +8,12 @@ import math
 import pytest
 import torch
 
-from splitasr.adapters import KindConfig, get_kind, new_adapter
+from splitasr.adapters import KindConfig, new_adapter
 from splitasr.rescoring.data import make_list, word_errors
 from splitasr.rescoring.losses import correlation_loss, correlation_matrix, mwer_loss
 from splitasr.rescoring.model import Fusion, Rescorer, ScoringModel, choose, encoder_targets, fuse
 from splitasr.rescoring.train import RescorerTrainConfig, train_rescorer, tune_fusion
+from tests.adapter_factory import lora_delta_w
 
 from .conftest import random_rescorer, tiny_encoder
 
@@ -30,10 +31,9 @@ def reference_scores(encoder, rescorer: Rescorer, texts: list[str]) -> torch.Ten
     plain.load_state_dict({k.replace(".base_layer", ""): v for k, v in encoder.model.state_dict().items()
                            if "lora_" not in k and "gate_" not in k and "splitasr_adapters" not in k}, strict=True)
     plain = copy.deepcopy(plain)
-    kind = get_kind("lora")
     with torch.no_grad():
         for module, tensors in rescorer.lora.tensors.items():
-            plain.get_submodule(module).weight += kind.merge_delta(rescorer.lora.config, tensors)
+            plain.get_submodule(module).weight += lora_delta_w(rescorer.lora.config, tensors)
         batch = encoder.tokenize(texts)
         hidden = plain(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).float()

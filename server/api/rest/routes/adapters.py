@@ -14,8 +14,8 @@ from fastapi.responses import Response
 
 from ....adapters.peft_zip import adapter_file
 from ....errors import InvalidAdapter
-from ....storage.store import AdapterRecord
-from ..deps import EngineDep, TenantDep
+from ....storage import AdapterRecord
+from ..deps import EngineDep, StoreDep, TenantDep
 from ..fields import FieldsChecked
 from .jobs import adapter_download
 
@@ -47,23 +47,23 @@ async def upload_adapter(
 
 
 @router.get("/v1/adapters", summary="List your adapters")
-async def list_adapters(engine: EngineDep, tenant: TenantDep) -> dict:
-    return {"object": "list", "data": [_card(r) for r in engine.store.list(tenant)]}
+async def list_adapters(store: StoreDep, tenant: TenantDep) -> dict:
+    return {"object": "list", "data": [_card(r) for r in store.list(tenant)]}
 
 
 @router.get("/v1/adapters/{name}", summary="Describe one adapter")
-async def get_adapter(name: str, engine: EngineDep, tenant: TenantDep) -> dict:
-    return _card(engine.store.get(tenant, name))
+async def get_adapter(name: str, store: StoreDep, tenant: TenantDep) -> dict:
+    return _card(store.get(tenant, name))
 
 
 @router.get("/v1/adapters/{name}/content", summary="Download an adapter file", response_class=Response)
-async def get_adapter_content(name: str, engine: EngineDep, tenant: TenantDep) -> Response:
-    record = engine.store.get(tenant, name)
-    data = await asyncio.to_thread(engine.store.read, record.sha256)
+async def get_adapter_content(name: str, store: StoreDep, tenant: TenantDep) -> Response:
+    record = store.get(tenant, name)
+    data = await asyncio.to_thread(store.read, record.sha256)
     return adapter_download(data, f"{record.name}.safetensors", record.sha256)
 
 
 @router.delete("/v1/adapters/{name}", summary="Delete an adapter")
-async def delete_adapter(name: str, engine: EngineDep, tenant: TenantDep) -> dict:
-    record = engine.store.delete(tenant, name)
+async def delete_adapter(name: str, store: StoreDep, tenant: TenantDep) -> dict:
+    record = store.delete(tenant, name)
     return {**_card(record), "deleted": True}

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
+from ....engine.engine import AdapterRef
 from ....engine.file_stream import open_file_transcript
 from ....errors import InvalidInput
 from ..audio import (
@@ -80,10 +81,10 @@ async def create_transcription(
         if vad_filter:  # the server's default (SPLITASR_VAD_FILTER) does not apply to streamed files
             raise InvalidInput("vad_filter is not available with stream=true; leave one of them out",
                                param="vad_filter")
-        return event_stream(await open_file_transcript(engine, data, options, tenant=tenant, model=model,
-                                                       rescore=rescore))
+        return event_stream(await open_file_transcript(engine, data, options, tenant=tenant,
+                                                       adapter=AdapterRef(model), rescore=rescore))
     vad = vad_options(settings, vad_filter)
     result = await unless_disconnected(
-        request, engine.transcribe(data, options, tenant=tenant, model=model, rescore=rescore, vad=vad))
+        request, engine.transcribe(data, options, tenant=tenant, adapter=AdapterRef(model), rescore=rescore, vad=vad))
     return respond(result, response_format, segments="segment" in granularities,
                    with_words="word" in granularities)

@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
+from ....engine.engine import AdapterRef
 from ..audio import (
     BEAM_HELP,
     FILE_HELP,
@@ -52,7 +53,7 @@ async def create_translation(
     data = await read_upload(file)
     options = decoding_options(engine, settings, beam_size=beam_size, temperature=temperature, prompt=prompt,
                                task="translate")
-    work = engine.transcribe(data, options, tenant=tenant, model=model, rescore="none",
+    work = engine.transcribe(data, options, tenant=tenant, adapter=AdapterRef(model), rescore="none",
                              vad=vad_options(settings, vad_filter))
     result = await unless_disconnected(request, work)
     return respond(result, response_format, task="translate")

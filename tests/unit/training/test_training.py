@@ -43,7 +43,7 @@ from splitasr.training.data import (
 )
 from splitasr.training.train import TrainConfig, dev_loss, resolve_stage, train_adapter
 
-REAL_SPEECH = Path(__file__).resolve().parents[1] / "data" / "real-speech" / "manifest.jsonl"
+REAL_SPEECH = Path(__file__).resolve().parents[2] / "data" / "real-speech" / "manifest.jsonl"
 FAST = TrainConfig(epochs=3, lr=3e-2, batch_size=2, rank=4, patience=0, quiet=True, created_at="2026-01-01T00:00:00+00:00")
 
 
