@@ -103,7 +103,7 @@ class OggOpusEncoder:
                                          subtype="OPUS", compression_level=min(max(level, 0.0), 1.0))
         latency = soundfile._ffi.new("double*", float(page_ms))
         # soundfile's API has no page latency: the command goes to libsndfile through soundfile's own
-        # handle (pinned version; tests/unit/test_device_opus.py checks that pages leave per chunk)
+        # handle (pinned version; tests/unit/audio/test_ogg_opus.py checks that pages leave per chunk)
         soundfile._snd.sf_command(self._file._file, _SFC_SET_OGG_PAGE_LATENCY_MS, latency,
                                   soundfile._ffi.sizeof("double"))
         self.closed = False

@@ -76,9 +76,9 @@ def tiny_config(**overrides: object) -> WhisperConfig:
     return WhisperConfig(**values)
 
 
-def tiny_whisper(seed: int = 0) -> WhisperForConditionalGeneration:
+def tiny_whisper(seed: int = 0, **overrides: object) -> WhisperForConditionalGeneration:
     torch.manual_seed(seed)
-    return WhisperForConditionalGeneration(tiny_config()).eval()
+    return WhisperForConditionalGeneration(tiny_config(**overrides)).eval()
 
 
 def randomize(adapter: Adapter, seed: int, std: float = 0.15) -> Adapter:

@@ -103,34 +103,13 @@ def exit_zero_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, _exit)
 
 
-def uvicorn_config(app, settings, **overrides):
-    """How ``serve`` runs the REST app under uvicorn (HTTPS when SPLITASR_TLS_CERT/_KEY are set): our
-    h11 protocol with header size and header/body deadlines, no proxy headers (the app believes
-    ``X-Forwarded-For`` from SPLITASR_TRUSTED_PROXIES only)."""
-    import uvicorn
-
-    from ..api.rest.protocol import guarded_protocol
-
-    options = {
-        "host": settings.host, "port": settings.port, "log_level": settings.log_level,
-        "log_config": None,  # keep the handlers configure_logging installed
-        "access_log": False,  # the RequestObserver middleware logs each request, with its id
-        "timeout_graceful_shutdown": settings.shutdown_grace_seconds,
-        "ssl_certfile": settings.tls_cert, "ssl_keyfile": settings.tls_key,
-        "http": guarded_protocol(settings.http_max_header_bytes, settings.http_header_timeout_s,
-                                 settings.http_body_timeout_s),
-        "h11_max_incomplete_event_size": settings.http_max_header_bytes,
-        "proxy_headers": False, "server_header": False,
-    }
-    return uvicorn.Config(app, **{**options, **overrides})
-
-
 async def _serve(app, settings, keys) -> None:
     """uvicorn and grpc.aio in one event loop over one engine (the app's). On SIGINT/SIGTERM uvicorn
     begins its shutdown; gRPC stops first (calls and streams in progress get SHUTDOWN_GRACE_SECONDS),
     then REST requests get the same grace and the app's lifespan closes the engine."""
     import uvicorn
 
+    from ..api.rest.protocol import uvicorn_config
     from ..api.rpc.server import create_grpc_server
 
     grpc_server = (create_grpc_server(settings, app.state.engine, keys, jobs=app.state.jobs)

@@ -38,7 +38,7 @@ class RunningServer:
 
 def start_server(settings: Settings, engine: Engine, jobs=None) -> tuple[uvicorn.Server, threading.Thread]:
     """uvicorn as `splitasr serve` configures it (protocol limits included), in a thread."""
-    from splitasr.commands.serve import uvicorn_config
+    from splitasr.api.rest.protocol import uvicorn_config
 
     config = uvicorn_config(create_app(settings, engine, jobs=jobs), settings, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)

@@ -244,8 +244,8 @@ def test_https_and_grpc_tls(service, tmp_path, goforward, real_speech):
     import uvicorn
 
     from splitasr.api.rest.app import create_app
+    from splitasr.api.rest.protocol import uvicorn_config
     from splitasr.api.rpc.server import BackgroundGrpc
-    from splitasr.commands.serve import uvicorn_config
     from tests.integration.conftest import free_port
 
     cert, key = self_signed(tmp_path)

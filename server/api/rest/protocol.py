@@ -148,3 +148,23 @@ def guarded_protocol(max_header_bytes: int, header_timeout_s: float, body_timeou
     return type("SplitASRHttpProtocol", (GuardedH11Protocol,), {
         "max_header_bytes": max_header_bytes, "header_timeout_s": header_timeout_s, "body_timeout_s": body_timeout_s,
     })
+
+
+def uvicorn_config(app, settings, **overrides):
+    """How ``serve`` runs the REST app under uvicorn (HTTPS when SPLITASR_TLS_CERT/_KEY are set): our
+    h11 protocol with header size and header/body deadlines, no proxy headers (the app believes
+    ``X-Forwarded-For`` from SPLITASR_TRUSTED_PROXIES only)."""
+    import uvicorn
+
+    options = {
+        "host": settings.host, "port": settings.port, "log_level": settings.log_level,
+        "log_config": None,  # keep the handlers configure_logging installed
+        "access_log": False,  # the RequestObserver middleware logs each request, with its id
+        "timeout_graceful_shutdown": settings.shutdown_grace_seconds,
+        "ssl_certfile": settings.tls_cert, "ssl_keyfile": settings.tls_key,
+        "http": guarded_protocol(settings.http_max_header_bytes, settings.http_header_timeout_s,
+                                 settings.http_body_timeout_s),
+        "h11_max_incomplete_event_size": settings.http_max_header_bytes,
+        "proxy_headers": False, "server_header": False,
+    }
+    return uvicorn.Config(app, **{**options, **overrides})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -40,11 +39,3 @@ def features() -> torch.Tensor:
     return torch.randn(6, N_MELS, FRAMES, generator=torch.Generator().manual_seed(7))
 
 
-@pytest.fixture(autouse=True)
-def single_thread() -> Iterator[None]:
-    """These models are tiny: one intra-op thread is as fast, and on a busy 2-core box the default
-    spinning OpenMP threads made the folder 7x slower (52 s instead of 8 s)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)

@@ -28,8 +28,9 @@ from splitasr.adapters import (
 )
 from splitasr.backbones.quantize import Int8Linear, quantize_model, weight_bytes
 from splitasr.errors import InvalidAdapter, InvalidInput
+from tests.adapter_factory import FRAMES, N_MELS
 
-from .conftest import FRAMES, N_MELS, tiny_whisper
+from .conftest import tiny_whisper
 
 bnb = pytest.importorskip("bitsandbytes")
 

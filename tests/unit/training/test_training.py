@@ -7,7 +7,6 @@ and real log-mels of the real-speech fixtures) to stay fast on a CPU.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -45,16 +44,6 @@ from splitasr.training.train import TrainConfig, dev_loss, resolve_stage, train_
 
 REAL_SPEECH = Path(__file__).resolve().parents[2] / "data" / "real-speech" / "manifest.jsonl"
 FAST = TrainConfig(epochs=3, lr=3e-2, batch_size=2, rank=4, patience=0, quiet=True, created_at="2026-01-01T00:00:00+00:00")
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """The model is tiny: one thread is as fast, and on a busy 2-core machine two spinning OpenMP
-    threads made these tests 8x slower (105 s instead of 12 s for one run)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
