@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -31,6 +32,7 @@ class RunningServer:
     url: str
     engine: Engine
     settings: Settings
+    app: Any = None  # the FastAPI app (its state holds what the routes use)
 
     def headers(self, tenant: str = "alice") -> dict[str, str]:
         return {"Authorization": f"Bearer {TOKENS[tenant]}"}
@@ -67,7 +69,7 @@ def rest_server(tiny_backbone, cache_root, tmp_path_factory) -> Iterator[Running
         time.sleep(0.2)
     else:
         pytest.fail("server did not become ready")
-    yield RunningServer(url, engine, settings)
+    yield RunningServer(url, engine, settings, server.config.app)
     server.should_exit = True
     thread.join(30)
 

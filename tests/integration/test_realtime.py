@@ -340,13 +340,14 @@ def test_stream_and_rate_limits_apply(rest_server):
         finally:
             del engine.streams.by_tenant["grpc-tenant"]
         assert first["error"]["code"] == "overloaded" and code == 1013
-        limiter, engine.rate_limiter = engine.rate_limiter, RateLimiter(per_minute=1, burst=1)
+        state = rest_server.app.state  # the limiter the app's routes share with gRPC (the engine's)
+        limiter, state.rate_limiter = state.rate_limiter, RateLimiter(per_minute=1, burst=1)
         try:
             async with realtime(rest_server, "bob"):
                 pass
             first, code = await _refused(rest_server, tenant="bob")
         finally:
-            engine.rate_limiter = limiter
+            state.rate_limiter = limiter
         assert first["error"]["code"] == "rate_limit_exceeded" and code == 1013
 
     run(scenario())
