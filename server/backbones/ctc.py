@@ -37,6 +37,7 @@ from ..adapters.context import bank_context
 from ..adapters.saml import utterance_embedding
 from ..audio import SAMPLE_RATE_HZ
 from ..errors import BackboneUnavailable
+from .linear import use_onednn_linears
 from .quantize import check_quantization, quantize_model
 from .sources import ResolvedBackbone
 from .whisper import pick_device
@@ -117,6 +118,7 @@ class CTCBackbone:
             model.config.num_mel_bins = ROUTER_MEL_BINS  # the SAML router input size (see module docstring)
         model.to(dev).eval().requires_grad_(False)
         quantize_model(model, quantize)
+        use_onednn_linears(model)  # after quantization, which picks plain nn.Linear layers
         backbone = cls(resolved.name, model, tokenizer, feature_extractor, quantization=quantize)
         backbone.load_seconds = time.perf_counter() - start
         log.info("CTC backbone %s (%s) loaded on %s in %.2f s", resolved.name, type(model).__name__, dev,

@@ -18,6 +18,7 @@ from transformers import logging as transformers_logging
 
 from ..audio import SAMPLE_RATE_HZ
 from ..errors import BackboneUnavailable
+from .linear import use_onednn_linears
 from .quantize import check_quantization, quantize_model
 from .sources import ResolvedBackbone, resolve_backbone
 
@@ -91,6 +92,7 @@ class WhisperBackbone:
             raise BackboneUnavailable(f"cannot load backbone {resolved.name!r}: {exc}{hint}") from exc
         model.to(dev).eval().requires_grad_(False)
         quantize_model(model, quantize)
+        use_onednn_linears(model)  # after quantization, which picks plain nn.Linear layers
         gen = model.generation_config
         languages = tuple(k.strip("<|>") for k in (getattr(gen, "lang_to_id", None) or {}))
         backbone = cls(resolved.name, model, tokenizer, feature_extractor, languages=languages,
