@@ -4,7 +4,10 @@ The shapes are tiny.en's: a decoder step's rows through 384- and 1536-wide layer
 projection, and a 30 s window (1500 rows) through the encoder's layers. server/backbones/linear.py
 sends products of at least MIN_ONEDNN_MACS multiply-adds to oneDNN.
 
-    python scripts/measure_linear_kernels.py [--threads 1]
+    python scripts/measure_linear_kernels.py [--threads 1] [--rtf]
+
+--rtf also decodes the real-speech fixtures with tiny.en (float32, greedy, batch 1, as
+`splitasr bench rtf`) with the oneDNN layers and with plain nn.Linear, side by side in one run.
 """
 import argparse
 import json
@@ -26,9 +29,37 @@ def per_call_us(fn, budget_s: float = 0.3) -> float:
     return (time.perf_counter() - start) / calls * 1e6
 
 
+def rtf_side_by_side(repeats: int = 3) -> dict:
+    from pathlib import Path
+
+    from torch import nn
+
+    from splitasr.backbones import linear
+    from splitasr.backbones.whisper import WhisperBackbone
+    from splitasr.bench.rtf import DEFAULT_AUDIO_DIR, _load_audio, _time_runs, _wer
+    from splitasr.config import Settings
+    from splitasr.decoding import transcribe
+
+    audios, refs = _load_audio(DEFAULT_AUDIO_DIR)
+    seconds = sum(len(a) for a in audios) / 16_000
+    cache = Settings(_env_file=None).backbone_cache_dir
+    out = {}
+    for name in ("onednn", "f_linear", "onednn_again"):  # again: the machine's drift during the run
+        backbone = WhisperBackbone.load("tiny.en", cache_dir=Path(cache), device="cpu")
+        if name == "f_linear":
+            for module in backbone.model.modules():
+                if type(module) is linear.OneDNNLinear:
+                    module.__class__ = nn.Linear
+        wall, texts = _time_runs(lambda a, bb=backbone: transcribe(bb, [a])[0].text, audios, repeats)
+        out[f"{name}_rtf"] = round(wall / seconds, 4)
+        out[f"{name}_wer"] = round(_wer(refs, texts), 4)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rtf", action="store_true", help="also time tiny.en on the real-speech fixtures")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     op = _onednn_linear()
@@ -44,7 +75,8 @@ def main() -> None:
                              "onednn_us": onednn and round(onednn, 1), "uses_onednn": macs >= MIN_ONEDNN_MACS,
                              "onednn_gflops": onednn and round(2 * macs / onednn / 1e3, 1),
                              "f_linear_gflops": round(2 * macs / mkl / 1e3, 1)})
-    print(json.dumps({"cpu": cpu_model(), "cpu_flags": [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in cpu_flags()], "threads": args.threads,
+    result = {"rtf": rtf_side_by_side()} if args.rtf else {}
+    print(json.dumps({**result, "cpu": cpu_model(), "cpu_flags": [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in cpu_flags()], "threads": args.threads,
                       "torch": torch.__version__, "min_onednn_macs": MIN_ONEDNN_MACS, "shapes": rows_out}))
 
 
