@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     max_batch_rows_per_tenant: int | None = Field(
         None, ge=1, le=1024, description="Rows one tenant's requests may hold in the running batch (default: "
                                          "three quarters of them when tenants have keys, all of them when open).")
+    cuda_graphs: bool = Field(
+        True, description="On CUDA, replay decoder steps without adapter rows from CUDA graphs.")
     max_admissions_per_step: int = Field(
         4, ge=1, le=256, description="New windows (encoder passes) admitted into the running batch per step.")
     default_beam_size: int = Field(1, ge=1, le=16, description="Beam size when a request does not choose.")

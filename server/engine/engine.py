@@ -80,13 +80,14 @@ def _shown(value: str, limit: int = 80) -> str:
     return repr(value) if len(value) <= limit else repr(value[:limit]) + f"... ({len(value)} characters)"
 
 
-def make_decoder(backbone: Backbone, max_rows: int, speech_check=None):
+def make_decoder(backbone: Backbone, max_rows: int, speech_check=None, cuda_graphs: bool = True):
     """The decode loop for ``backbone``: our Whisper decoder, or CTC best path. ``speech_check(audio)``:
-    a future of whether audio holds speech (the Whisper decoder asks it before fallback passes)."""
+    a future of whether audio holds speech (the Whisper decoder asks it before fallback passes);
+    ``cuda_graphs``: Whisper decoder steps replay CUDA graphs on CUDA."""
     if isinstance(backbone, WhisperBackbone):
         from ..decoding.whisper.decoder import WhisperDecoder
 
-        return WhisperDecoder(backbone, max_rows=max_rows, speech_check=speech_check)
+        return WhisperDecoder(backbone, max_rows=max_rows, speech_check=speech_check, cuda_graphs=cuda_graphs)
     from ..decoding.ctc import CTCDecoder
 
     return CTCDecoder(backbone, max_rows=max_rows)
@@ -137,7 +138,7 @@ class Engine:
                 attach_bank(backbone.model, self.settings.adapter_targets, self.settings.adapter_slots, self.limits)
             self.spec = BackboneSpec.from_model(backbone.name, backbone.model)  # after the bank: its targets
             check = self._speech_check if self.settings.fallback_speech_check else None
-            decoder = make_decoder(backbone, self.settings.max_batch_rows, check)
+            decoder = make_decoder(backbone, self.settings.max_batch_rows, check, self.settings.cuda_graphs)
             start = time.perf_counter()
             self._warm_up(decoder)
             log.info("backbone warmed up in %.2f s", time.perf_counter() - start)

@@ -4,7 +4,8 @@
   transformers' ``generate``, the public method, on every real-speech fixture;
 - beam search and the N-best list equal a plain reference beam search (openai/whisper's algorithm, a
   full forward per step, transformers' public Whisper logits processors);
-- long-form audio gets sane segment boundaries.
+- long-form audio gets sane segment boundaries;
+- the fixed-shape step that CUDA graphs record, run eagerly here, chooses the same tokens.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from splitasr.adapters import (
 )
 from splitasr.audio import SAMPLE_RATE_HZ, decode_audio
 from splitasr.decoding import DecodingOptions, transcribe
+from splitasr.decoding.whisper.decoder import WhisperDecoder
+from splitasr.decoding.whisper.graphs import StaticStep, buckets
 from tests.adapter_factory import adapter_bytes
 
 PLAIN = {"compression_ratio_threshold": None, "logprob_threshold": None, "no_speech_threshold": None}
@@ -193,6 +196,50 @@ def test_long_form_segments_are_sane(tiny_backbone, audios, real_speech):
     for i in (0, 10):
         tail = re.sub(r"[^\w ]", "", real_speech[i]["text"].lower()).split()[-2:]
         assert " ".join(tail) in re.sub(r"[^\w ]", "", text), (tail, text)
+
+
+# the fixed-shape step (splitasr.decoding.whisper.graphs) ---------------------------------------------
+def decoded_tokens(decoder, audios, options, slots) -> list[list[int]]:
+    requests = [decoder.start(a, options, s) for a, s in zip(audios, slots)]
+    decoder.run(requests)
+    return [[t for s in r.result.segments for t in s.tokens] for r in requests]
+
+
+def fixed_shape_decoder(backbone, rows: int) -> WhisperDecoder:
+    """A decoder whose adapter-free steps run at CUDA-graph shapes (eagerly: this is the CPU)."""
+    decoder = WhisperDecoder(backbone, max_rows=rows)
+    decoder.runner.static_step = StaticStep(decoder.runner, capture=False)
+    return decoder
+
+
+def test_row_buckets_cover_every_row_count():
+    assert buckets(32) == [1, 2, 4, 8, 16, 32]
+    assert buckets(5) == [1, 2, 4, 5]
+    assert buckets(1) == [1]
+    assert all(next(b for b in buckets(12) if b >= n) >= n for n in range(1, 13))
+
+
+def test_the_fixed_shape_step_chooses_the_dynamic_steps_tokens(tiny_backbone, audios):
+    """Rows padded to a bucket, attention over the whole text context: the same tokens, greedy with and
+    without timestamps and beam search, with rows joining and leaving a shared batch."""
+    fixed, dynamic = fixed_shape_decoder(tiny_backbone, 12), WhisperDecoder(tiny_backbone, max_rows=12)
+    for options, clips in ((DecodingOptions(**PLAIN), audios),
+                           (DecodingOptions(without_timestamps=True, **PLAIN), audios),
+                           (DecodingOptions(beam_size=3, **PLAIN), audios[:5])):
+        slots = [0] * len(clips)
+        assert decoded_tokens(fixed, clips, options, slots) == decoded_tokens(dynamic, clips, options, slots)
+    assert fixed.runner.static_step.steps > 50
+
+
+def test_steps_with_adapter_rows_stay_eager(adapted, audios):
+    """A step holding an adapter row runs the dynamic step (graphs are recorded without a selection);
+    plain rows beside it decode as before."""
+    fixed, dynamic = fixed_shape_decoder(adapted, 8), WhisperDecoder(adapted, max_rows=8)
+    options = DecodingOptions(**PLAIN)
+    assert decoded_tokens(fixed, audios[:2], options, [1, 1]) == decoded_tokens(dynamic, audios[:2], options, [1, 1])
+    assert fixed.runner.static_step.steps == 0
+    slots = [0, 1, 0]
+    assert decoded_tokens(fixed, audios[:3], options, slots) == decoded_tokens(dynamic, audios[:3], options, slots)
 
 
 def test_tests_use_no_private_transformers_api():

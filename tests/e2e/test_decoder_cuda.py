@@ -1,4 +1,5 @@
-"""The decode loop on a CUDA device (fp16): the same transcripts as on the CPU. Skipped without a GPU."""
+"""The decode loop on a CUDA device (fp16): the same transcripts as on the CPU, and CUDA-graph steps
+the same as eager ones. Skipped without a GPU."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
 from splitasr.audio import decode_audio
 from splitasr.decoding import DecodingOptions, transcribe
+from splitasr.decoding.whisper.decoder import WhisperDecoder
 from splitasr.scoring import wer
 
 pytestmark = [pytest.mark.gpu,
@@ -30,3 +32,21 @@ def test_cuda_transcripts_match_the_cpu(cuda_backbone, tiny_backbone, real_speec
     assert wer(refs, [normalize(h) for h in gpu]) <= wer(refs, [normalize(h) for h in cpu]) + 0.02
     batched = [r.text for r in transcribe(cuda_backbone, audios[:4])]
     assert batched == [transcribe(cuda_backbone, [a])[0].text for a in audios[:4]]
+
+
+def test_cuda_graph_steps_give_the_eager_steps_transcripts(cuda_backbone, real_speech):
+    audios = [decode_audio(r["path"]) for r in real_speech]
+    texts = {}
+    for graphs in (True, False):
+        decoder = WhisperDecoder(cuda_backbone, max_rows=8, cuda_graphs=graphs)
+        requests = [decoder.start(a, DecodingOptions()) for a in audios]
+        decoder.run(requests)
+        texts[graphs] = [r.result.text for r in requests]
+        if graphs:
+            step = decoder.runner.static_step
+            assert step is not None and step.failed is None, step and step.failed
+            assert step.steps > 50
+    normalize = EnglishTextNormalizer({})
+    refs = [normalize(r["text"]) for r in real_speech]
+    graphed, eager = ([normalize(t) for t in texts[g]] for g in (True, False))
+    assert wer(refs, graphed) <= wer(refs, eager) + 0.01

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import zipfile
 
 import httpx
 import pytest
 
 from splitasr.adapters import export_peft
 from tests.adapter_factory import random_adapter
+from tests.files import zip_bytes
 
 
 def upload(server, data: bytes, name: str, filename: str = "peft.zip", **fields) -> httpx.Response:
@@ -22,14 +21,6 @@ def upload(server, data: bytes, name: str, filename: str = "peft.zip", **fields)
 def names(server) -> set[str]:
     r = httpx.get(f"{server.url}/v1/adapters", headers=server.headers("alice"), timeout=30)
     return {a["id"] for a in r.json()["data"]}
-
-
-def zipped(files: dict[str, bytes], folder: str = "") -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, content in files.items():
-            zf.writestr(f"{folder}{name}", content)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +40,7 @@ def transcribe(server, path, model: str) -> str:
 def test_zipped_peft_folder_is_converted_and_serves(rest_server, peft_files, real_speech):
     from splitasr.adapters import adapter_to_bytes, import_peft
 
-    data = zipped(peft_files, folder="my-lora/")
+    data = zip_bytes(peft_files, folder="my-lora/")
     r = upload(rest_server, data, "peft-lora", sha256=hashlib.sha256(data).hexdigest())
     assert r.status_code == 201, r.text
     card = r.json()
@@ -64,17 +55,17 @@ def test_zipped_peft_folder_is_converted_and_serves(rest_server, peft_files, rea
 
 
 def _bomb(peft_files) -> bytes:
-    return zipped({**peft_files, "padding.bin": b"\0" * (20 << 20)})
+    return zip_bytes({**peft_files, "padding.bin": b"\0" * (20 << 20)})
 
 
 @pytest.mark.parametrize(("make", "words"), [
     (_bomb, ("zip bomb",)),
-    (lambda f: zipped({"adapter_config.json": f["adapter_config.json"]}), ("adapter_model.safetensors",)),
-    (lambda f: zipped({"../adapter_config.json": f["adapter_config.json"],
+    (lambda f: zip_bytes({"adapter_config.json": f["adapter_config.json"]}), ("adapter_model.safetensors",)),
+    (lambda f: zip_bytes({"../adapter_config.json": f["adapter_config.json"],
                        "adapter_model.safetensors": f["adapter_model.safetensors"]}), ("unsafe path",)),
-    (lambda f: zipped({**f, "adapter_config.json": json.dumps(
+    (lambda f: zip_bytes({**f, "adapter_config.json": json.dumps(
         {**json.loads(f["adapter_config.json"]), "use_dora": True}).encode()}), ("use_dora",)),
-    (lambda f: zipped(f)[:200], ("zip",)),
+    (lambda f: zip_bytes(f)[:200], ("zip",)),
 ])
 def test_bad_peft_zips_are_refused_and_nothing_is_stored(rest_server, peft_files, make, words):
     before = names(rest_server)
@@ -86,6 +77,6 @@ def test_bad_peft_zips_are_refused_and_nothing_is_stored(rest_server, peft_files
 
 
 def test_announced_sha256_of_the_zip_is_checked(rest_server, peft_files):
-    r = upload(rest_server, zipped(peft_files), "peft-sha", sha256="0" * 64)
+    r = upload(rest_server, zip_bytes(peft_files), "peft-sha", sha256="0" * 64)
     assert r.status_code == 400 and "corrupt" in r.json()["error"]["message"]
     assert "peft-sha" not in names(rest_server)

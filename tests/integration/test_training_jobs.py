@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import zipfile
 
 import httpx
 import numpy as np
@@ -18,6 +17,7 @@ import pytest
 import soundfile as sf
 
 from splitasr.adapters import load_adapter
+from tests.files import zip_bytes
 
 from .jobs_server import (
     JOBS,
@@ -205,14 +205,6 @@ def test_a_tenant_sees_only_its_own_jobs(jobs_server, trained_job):
     assert {j["id"] for j in rest["data"]} | {page["data"][0]["id"]} == {j["id"] for j in mine["data"]}
 
 
-def _zip(members: dict[str, bytes]) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return out.getvalue()
-
-
 def test_an_archive_carries_the_manifest_and_recordings(jobs_server, speaker):
     rows = speaker.rows()
     members = {"manifest.jsonl": manifest_bytes(rows),
@@ -226,16 +218,16 @@ def test_an_archive_carries_the_manifest_and_recordings(jobs_server, speaker):
     # 1 s of each recording: the manifest is read, every line finds its recording and decodes, then the
     # total is too short (the last check before a job is queued)
     short = {**members, **{r["audio_filepath"]: wav(samples(speaker, r)[:16_000]) for r in rows}}
-    assert "too little audio: the recordings hold 12.0 s" in post(_zip(short)).json()["error"]["message"]
+    assert "too little audio: the recordings hold 12.0 s" in post(zip_bytes(short)).json()["error"]["message"]
     missing = {k: v for k, v in members.items() if k != rows[3]["audio_filepath"]}
-    assert "manifest line 4" in post(_zip(missing)).json()["error"]["message"]
-    assert "one manifest" in post(_zip({k: v for k, v in members.items() if k != "manifest.jsonl"})).json()[
+    assert "manifest line 4" in post(zip_bytes(missing)).json()["error"]["message"]
+    assert "one manifest" in post(zip_bytes({k: v for k, v in members.items() if k != "manifest.jsonl"})).json()[
         "error"]["message"]
     assert "not a readable zip" in post(b"PK\x03\x04 not really").json()["error"]["message"]
-    bomb = _zip({"manifest.jsonl": manifest_bytes(rows), "zeros.wav": b"\0" * (20 * 1024 * 1024)})  # ~20 KiB zipped
+    bomb = zip_bytes({"manifest.jsonl": manifest_bytes(rows), "zeros.wav": b"\0" * (20 * 1024 * 1024)})  # ~20 KiB zipped
     response = post(bomb)
     assert response.status_code == 413 and "inflates" in response.json()["error"]["message"]
     both = httpx.post(f"{jobs_server.url}{JOBS}", headers=jobs_server.headers(), data={"name": "z"},
-                      files=[("archive", ("a.zip", _zip(members))), ("manifest", ("m.jsonl", manifest_bytes(rows)))])
+                      files=[("archive", ("a.zip", zip_bytes(members))), ("manifest", ("m.jsonl", manifest_bytes(rows)))])
     assert both.status_code == 400 and "not both" in both.json()["error"]["message"]
     assert jobs_server.work_dirs() == []

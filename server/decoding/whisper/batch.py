@@ -337,8 +337,8 @@ class DecodeBatch:
         tokens = torch.tensor([r.tokens[-1] for r in rows], device=runner.device)
         positions = torch.tensor([len(r.tokens) - 1 for r in rows], device=runner.device)
         owners = [r.owner for r in rows]
-        with self._step_context(owners):
-            logits = runner.step(tokens, positions, self._cross_tensor())
+        with self._step_context(owners) as selection:
+            logits = runner.decode_step(tokens, positions, self._cross_tensor(), plain=selection is None)
         broken = ~torch.isfinite(logits).all(dim=-1)  # an adapter with huge weights overflowed: that row only
         if bool(broken.any()):
             for k in broken.nonzero().flatten().tolist():

@@ -37,14 +37,15 @@ DEFAULT_MAX_ROWS = 32
 
 class WhisperDecoder:
     def __init__(self, backbone, max_rows: int = DEFAULT_MAX_ROWS,
-                 speech_check: Callable[[np.ndarray], Future] | None = None):
+                 speech_check: Callable[[np.ndarray], Future] | None = None, cuda_graphs: bool = True):
         """``speech_check(audio)``: a future of whether audio holds speech, asked before a window that
-        failed its first decode is decoded again hotter (None: always decode it again, as Whisper does)."""
+        failed its first decode is decoded again hotter (None: always decode it again, as Whisper does).
+        ``cuda_graphs``: on CUDA, replay steps without adapter rows from CUDA graphs (:mod:`.graphs`)."""
         self.backbone = backbone
         self.speech_check = speech_check
         self.model = backbone.model
         self.vocab = Vocab.from_backbone(backbone)
-        self.runner = WhisperRunner(backbone.model, max_rows)
+        self.runner = WhisperRunner(backbone.model, max_rows, cuda_graphs=cuda_graphs)
         self.batch = DecodeBatch(self.runner, self.vocab, mixture=lambda p: p.window.request.mixture,
                                  slot_of=lambda p: p.window.request.slot)
         self.batch.model = backbone.model

@@ -9,7 +9,8 @@ transformers stays the source of weights and modules; what is ours is how they a
 - the self-attention cache is preallocated and written in place at each row's own position, so rows
   of different lengths (admitted at different steps) share one decoder step;
 - attention is ``scaled_dot_product_attention`` with Whisper's scaling order (queries scaled before the
-  product, as the reference implementation does, which keeps results identical to transformers').
+  product, as the reference implementation does, which keeps results identical to transformers');
+- on CUDA, steps without adapter rows replay CUDA graphs of a fixed-shape step (:mod:`.graphs`).
 
 Every linear layer is still called as a module, so quantized layers and adapter banks (which read the
 active per-row slot selection, :mod:`splitasr.adapters.context`) work unchanged.
@@ -22,12 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cache import KVCache
+from .graphs import StaticStep
 
 
 class WhisperRunner:
     """Encoder, cross-attention K/V, prompt prefill and one-token decoder steps over a :class:`KVCache`."""
 
-    def __init__(self, model: nn.Module, max_rows: int):
+    def __init__(self, model: nn.Module, max_rows: int, cuda_graphs: bool = True):
+        """``cuda_graphs``: replay adapter-free steps from CUDA graphs when the model is on CUDA."""
         core = model.model
         self.encoder = core.encoder
         self.decoder = core.decoder
@@ -43,6 +46,8 @@ class WhisperRunner:
         self.device, self.dtype = weight.device, weight.dtype
         self.cache = KVCache(len(self.layers), self.heads, self.head_dim, self.text_ctx, self.audio_ctx,
                              dtype=self.dtype, device=self.device, max_rows=max_rows)
+        use_graphs = cuda_graphs and self.device.type == "cuda"
+        self.static_step = StaticStep(self, capture=True) if use_graphs else None
 
     # encoder -------------------------------------------------------------------------------------
     def encode(self, features: torch.Tensor) -> torch.Tensor:
@@ -77,16 +82,29 @@ class WhisperRunner:
         keys = torch.arange(self.audio_ctx, device=self.device)
         return (keys[None, :] < cross_len[:rows, None])[:, None, None, :]
 
+    def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, cross_len: torch.Tensor | None = None,
+                    plain: bool = False) -> torch.Tensor:
+        """:meth:`step`, replayed from a CUDA graph when the runner records them and the rows are
+        ``plain`` (no adapter selection active)."""
+        graphed = self.static_step
+        if plain and graphed is not None and graphed.failed is None:
+            logits = graphed(tokens, positions, cross_len)
+            if logits is not None:
+                return logits
+        return self.step(tokens, positions, cross_len)
+
     def step(self, tokens: torch.Tensor, positions: torch.Tensor, cross_len: torch.Tensor | None = None,
-             ) -> torch.Tensor:
+             length: int | None = None) -> torch.Tensor:
         """One token for each of the first n cache rows: tokens [n] at positions [n] -> logits [n, V].
 
         Writes each row's self-attention K/V at its position. ``cross_len`` [n]: encoder positions per
-        row when some rows use a shorter audio window (None: all use the whole window).
+        row when some rows use a shorter audio window (None: all use the whole window). ``length``:
+        the self-attention keys to span (None: up to the furthest row, which reads ``positions`` on the
+        host; a fixed length keeps the step free of host reads, for CUDA graphs).
         """
         n = tokens.shape[0]
         rows = torch.arange(n, device=self.device)
-        length = int(positions.max()) + 1
+        length = int(positions.max()) + 1 if length is None else length
         keys = torch.arange(length, device=self.device)
         self_mask = (keys[None, :] <= positions[:, None])[:, None, None, :]  # [n, 1, 1, L]
         cross_mask = self._cross_mask(n, cross_len)

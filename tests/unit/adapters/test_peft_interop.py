@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import io
 import json
 import zipfile
 from pathlib import Path
@@ -25,6 +24,7 @@ from splitasr.adapters import (
 )
 from splitasr.errors import InvalidAdapter
 from tests.adapter_factory import LIMITS, make_case
+from tests.files import zip_bytes
 
 # peft and transformers warn about their own internals (is_gradient_checkpointing).
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -67,14 +67,6 @@ def test_import_folder_matches_peft(peft_dir: tuple[Path, nn.Module], model: nn.
     torch.testing.assert_close(_ours(model, adapter, feats), _logits(peft_model, feats), atol=1e-5, rtol=1e-5)
 
 
-def _zip(files: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression) as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return buffer.getvalue()
-
-
 def _folder_files(folder: Path) -> dict[str, bytes]:
     return {n: (folder / n).read_bytes() for n in ("adapter_config.json", "adapter_model.safetensors")}
 
@@ -82,9 +74,9 @@ def _folder_files(folder: Path) -> dict[str, bytes]:
 def test_import_zip_bytes_and_path(peft_dir: tuple[Path, nn.Module], spec: BackboneSpec, tmp_path: Path) -> None:
     folder, _ = peft_dir
     reference = import_peft(folder, spec)
-    nested = _zip({f"my-adapter/{n}": d for n, d in _folder_files(folder).items()})
+    nested = zip_bytes({f"my-adapter/{n}": d for n, d in _folder_files(folder).items()})
     (tmp_path / "a.zip").write_bytes(nested)
-    for source in (_zip(_folder_files(folder)), tmp_path / "a.zip"):
+    for source in (zip_bytes(_folder_files(folder)), tmp_path / "a.zip"):
         adapter = import_peft(source, spec)
         assert adapter.targets == reference.targets
         for module, group in reference.tensors.items():
@@ -127,7 +119,7 @@ def test_unsupported_peft_features(peft_dir: tuple[Path, nn.Module], spec: Backb
     config = json.loads(files["adapter_config.json"]) | change
     files["adapter_config.json"] = json.dumps(config).encode()
     with pytest.raises(InvalidAdapter, match=message):
-        import_peft(_zip(files), spec)
+        import_peft(zip_bytes(files), spec)
 
 
 def test_bad_tensor_names_and_ranks(peft_dir: tuple[Path, nn.Module], spec: BackboneSpec) -> None:
@@ -137,9 +129,9 @@ def test_bad_tensor_names_and_ranks(peft_dir: tuple[Path, nn.Module], spec: Back
     tensors = load(files["adapter_model.safetensors"])
     tensors["base_model.model.model.decoder.embed_tokens.lora_embedding_A"] = torch.zeros(4, 100)
     with pytest.raises(InvalidAdapter, match="unsupported PEFT tensor .*lora_embedding_A"):
-        import_peft(_zip({**files, "adapter_model.safetensors": save(tensors)}), spec)
+        import_peft(zip_bytes({**files, "adapter_model.safetensors": save(tensors)}), spec)
     with pytest.raises(InvalidAdapter, match="rank 4 exceeds the limit 2"):
-        import_peft(_zip(files), spec, limits=AdapterLimits(max_rank=2))
+        import_peft(zip_bytes(files), spec, limits=AdapterLimits(max_rank=2))
 
 
 @pytest.mark.parametrize(
@@ -155,15 +147,15 @@ def test_bad_tensor_names_and_ranks(peft_dir: tuple[Path, nn.Module], spec: Back
 )
 def test_unsafe_zips_rejected(members: dict[str, bytes], message: str, spec: BackboneSpec) -> None:
     with pytest.raises(InvalidAdapter, match=message):
-        import_peft(_zip(members), spec)
+        import_peft(zip_bytes(members), spec)
 
 
 def test_zip_total_size_and_member_count_limits(spec: BackboneSpec) -> None:
     limits = AdapterLimits(max_file_bytes=1000, max_zip_members=3)
-    stored = _zip({"adapter_config.json": b"{}", "adapter_model.safetensors": bytes(5000)}, zipfile.ZIP_STORED)
+    stored = zip_bytes({"adapter_config.json": b"{}", "adapter_model.safetensors": bytes(5000)}, compression=zipfile.ZIP_STORED)
     with pytest.raises(InvalidAdapter, match="over the limit"):
         import_peft(stored, spec, limits=AdapterLimits(max_file_bytes=1000))
-    many = _zip({f"f{i}": b"" for i in range(4)})
+    many = zip_bytes({f"f{i}": b"" for i in range(4)})
     with pytest.raises(InvalidAdapter, match="4 members, over the limit of 3"):
         import_peft(many, spec, limits=limits)
     with pytest.raises(InvalidAdapter, match="not a valid PEFT folder or zip"):

@@ -94,19 +94,26 @@ class FakeDecoder:
         return Transcription(words, "en", len(audio) / RATE, [Segment(0, 0.0, len(audio) / RATE, words, [])])
 
 
-async def _run(chunks: list[np.ndarray], policy: StreamPolicy = DEFAULT_POLICY, interim: bool = True,
-               decoder: FakeDecoder | None = None) -> list:
-    session = StreamingSession(decoder or FakeDecoder(), EnergyVad(), policy, interim)
+async def _session_events(session: StreamingSession, chunks: list[np.ndarray], then=None) -> list:
+    """Push ``chunks`` (letting the worker decode between them, as a real stream does), call
+    ``then(session)``, close, and collect every event."""
     worker = asyncio.create_task(session.run())
     for chunk in chunks:
         session.push(chunk)
-        await asyncio.sleep(0.001)  # let the worker decode between chunks, as a real stream does
+        await asyncio.sleep(0.001)
+    if then is not None:
+        then(session)
     session.close()
     await worker
     events = []
     while (event := session.events.get_nowait()) is not None:
         events.append(event)
     return events
+
+
+async def _run(chunks: list[np.ndarray], policy: StreamPolicy = DEFAULT_POLICY, interim: bool = True,
+               decoder: FakeDecoder | None = None) -> list:
+    return await _session_events(StreamingSession(decoder or FakeDecoder(), EnergyVad(), policy, interim), chunks)
 
 
 def _chunked(audio: np.ndarray, ms: int = 100) -> list[np.ndarray]:
@@ -197,21 +204,6 @@ def test_a_decode_started_in_the_silence_after_speech_becomes_the_final():
     [final] = events
     assert len(decoder.calls) == 1 and decoder.calls[0] < RATE * 1.5
     assert final.end_s == pytest.approx(1.2, abs=0.05)
-
-
-async def _session_events(session: StreamingSession, chunks: list[np.ndarray], then=None) -> list:
-    worker = asyncio.create_task(session.run())
-    for chunk in chunks:
-        session.push(chunk)
-        await asyncio.sleep(0.001)
-    if then is not None:
-        then(session)
-    session.close()
-    await worker
-    events = []
-    while (event := session.events.get_nowait()) is not None:
-        events.append(event)
-    return events
 
 
 def test_speech_events_bracket_each_utterance_in_order():

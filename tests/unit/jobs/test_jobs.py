@@ -3,11 +3,9 @@ records on disk, parameter limits, and how a dead worker is described."""
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import signal
-import zipfile
 
 import pytest
 
@@ -16,6 +14,7 @@ from splitasr.jobs import JobLimits, JobParameters, JobRecord, unpack_zip
 from splitasr.jobs.records import MAX_EVENTS, RecordFiles, new_job_id
 from splitasr.jobs.runner import describe_exit
 from splitasr.jobs.validation import ManifestLine, check_parameters, dev_indices, match_parts, parse_manifest
+from tests.files import zip_bytes
 
 LINEARS = ("model.encoder.layers.0.fc1", "model.decoder.layers.0.fc1", "model.decoder.layers.0.self_attn.q_proj")
 LIMITS = JobLimits(min_utterances=2, max_utterances=5, min_audio_seconds=0, max_audio_seconds=100,
@@ -73,23 +72,15 @@ def test_parameters_outside_the_limits_name_the_field():
             check_parameters(params, "me", True, LIMITS)
 
 
-def _zip(members: dict[str, bytes]) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return out.getvalue()
-
-
 def test_a_zip_gives_its_manifest_and_parts_within_the_limit():
-    manifest, parts = unpack_zip(_zip({"manifest.jsonl": b"{}", "audio/a.wav": b"A"}), 1000)
+    manifest, parts = unpack_zip(zip_bytes({"manifest.jsonl": b"{}", "audio/a.wav": b"A"}), 1000)
     assert manifest == b"{}" and parts == {"audio/a.wav": b"A"}
-    manifest, _ = unpack_zip(_zip({"me.jsonl": b"M", "a.wav": b"A"}), 1000)  # any one top-level .jsonl
+    manifest, _ = unpack_zip(zip_bytes({"me.jsonl": b"M", "a.wav": b"A"}), 1000)  # any one top-level .jsonl
     assert manifest == b"M"
     with pytest.raises(TooLarge, match="inflates"):
-        unpack_zip(_zip({"manifest.jsonl": b"{}", "zeros.wav": b"\0" * 5000}), 1000)
+        unpack_zip(zip_bytes({"manifest.jsonl": b"{}", "zeros.wav": b"\0" * 5000}), 1000)
     with pytest.raises(InvalidInput, match="one manifest"):
-        unpack_zip(_zip({"a.jsonl": b"", "b.jsonl": b""}), 1000)
+        unpack_zip(zip_bytes({"a.jsonl": b"", "b.jsonl": b""}), 1000)
 
 
 def test_records_round_trip_and_keep_status_events(tmp_path):
