@@ -77,7 +77,8 @@ class Int8Linear(nn.Linear):
     """A frozen linear layer with per-channel int8 weights, run by PyTorch's dynamic int8 CPU kernel.
 
     ``weight`` is an empty placeholder parameter (the int8 weight lives in the packed kernel
-    parameters); ``in_features`` / ``out_features`` keep the logical shape.
+    parameters); ``in_features`` / ``out_features`` keep the logical shape. The bias is packed with
+    the weight, so the kernel adds it in its output pass; ``bias`` keeps a copy for the interface.
     """
 
     def __init__(self, linear: nn.Linear) -> None:
@@ -90,9 +91,10 @@ class Int8Linear(nn.Linear):
             qweight = torch.quantize_per_channel(
                 weight, scales, torch.zeros_like(scales, dtype=torch.long), 0, torch.qint8
             )
-            self._packed = torch.ops.quantized.linear_prepack(qweight, None)
+            bias = None if linear.bias is None else linear.bias.detach().float().cpu()
+            self._packed = torch.ops.quantized.linear_prepack(qweight, bias)  # the kernel adds the bias
         self.weight = nn.Parameter(torch.empty(0), requires_grad=False)
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
     def int8_matmul(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -105,8 +107,7 @@ class Int8Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = _Int8Matmul.apply(x, self) if torch.is_grad_enabled() and x.requires_grad else self.int8_matmul(x)
-        out = out.to(x.dtype)
-        return out if self.bias is None else out + self.bias.to(x.dtype)
+        return out.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
