@@ -4,6 +4,9 @@ Greedy decoding, batch 1, timestamps and Whisper's temperature fallback on for b
 output of each), on the CPU with the same thread count. RTF = wall seconds / audio seconds (lower is
 faster); ``ratio`` = ours / theirs. The WER of each on the fixtures' references (Whisper's English
 normaliser) shows that both decode the same thing.
+
+On CUDA (``device="cuda"``) the kinds are float16 (with CUDA graphs, and without them: how much the
+graphs save) and int8 weights, against CTranslate2's ``float16`` and ``int8_float16``.
 """
 
 from __future__ import annotations
@@ -18,8 +21,7 @@ import torch
 
 from ..audio import SAMPLE_RATE_HZ, decode_audio
 from ..backbones.sources import KNOWN_BACKBONES, package_dir
-from ..backbones.whisper import WhisperBackbone
-from ..decoding import transcribe
+from ..backbones.whisper import WhisperBackbone, pick_device
 from ..progress import track
 from .common import cpu_flags, cpu_model
 
@@ -62,10 +64,34 @@ def _wer(refs: list[str] | None, hyps: list[str]) -> float | None:
     return wer([norm(r) for r in refs], [norm(h) for h in hyps])
 
 
+def _decode_one(backbone, cuda_graphs: bool):
+    """Transcribe one clip at a time on a decoder of its own (so CUDA graphs can be switched)."""
+    from ..decoding.types import DecodingOptions
+    from ..decoding.whisper.decoder import WhisperDecoder
+
+    decoder = WhisperDecoder(backbone, cuda_graphs=cuda_graphs)
+
+    def one(audio: np.ndarray) -> str:
+        request = decoder.start(audio, DecodingOptions())
+        decoder.run([request])
+        return request.result.text
+    return one
+
+
+# (result key, quantize, dtype, CUDA graphs) of our runs; CTranslate2's compute types to compare with
+OURS = {"cpu": (("fp32", "none", None, False), ("int8", "int8", None, False), ("bf16", "none", torch.bfloat16, False)),
+        "cuda": (("fp16", "none", torch.float16, True), ("fp16_eager", "none", torch.float16, False),
+                 ("int8", "int8", None, True))}
+THEIRS = {"cpu": (("fp32", "float32"), ("int8", "int8")), "cuda": (("fp16", "float16"), ("int8", "int8_float16"))}
+
+
 def run(*, backbone: str = "tiny.en", audio_dir: Path = DEFAULT_AUDIO_DIR, repeats: int = 3,
-        threads: int | None = None, cache_dir: Path, quiet: bool = True) -> dict:
+        threads: int | None = None, cache_dir: Path, quiet: bool = True, device: str = "cpu") -> dict:
     from faster_whisper import WhisperModel
 
+    if device not in OURS:
+        raise ValueError(f"device must be 'cpu' or 'cuda', not {device!r}")
+    pick_device(device)  # BackboneUnavailable before anything loads when CUDA is missing
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     audios, refs = _load_audio(audio_dir)
@@ -76,33 +102,34 @@ def run(*, backbone: str = "tiny.en", audio_dir: Path = DEFAULT_AUDIO_DIR, repea
     if len(known.weights) > 1:
         raise ValueError("faster-whisper needs a single model.bin; use tiny.en")
     result: dict = {"backbone": backbone, "audio_seconds": round(audio_seconds, 2), "utterances": len(audios),
-                    "threads": threads, "repeats": repeats, "device": "cpu"}
+                    "threads": threads, "repeats": repeats, "device": device}
 
-    # bfloat16 weights: what SPLITASR_DTYPE=bfloat16 serves (fast where the CPU has AMX / AVX-512 BF16)
-    for key, quantize, dtype in (("fp32", "none", None), ("int8", "int8", None), ("bf16", "none", torch.bfloat16)):
-        ours = WhisperBackbone.load(backbone, cache_dir=cache_dir, device="cpu", quantize=quantize, dtype=dtype)
-        seconds, texts = _time_runs(lambda a, bb=ours: transcribe(bb, [a])[0].text, audios, repeats,
-                                    f"splitasr {key}", quiet)
+    # cpu bf16: what SPLITASR_DTYPE=bfloat16 serves (fast where the CPU has AMX / AVX-512 BF16)
+    for key, quantize, dtype, graphs in OURS[device]:
+        ours = WhisperBackbone.load(backbone, cache_dir=cache_dir, device=device, quantize=quantize, dtype=dtype)
+        seconds, texts = _time_runs(_decode_one(ours, graphs), audios, repeats, f"splitasr {key}", quiet)
         result[f"splitasr_{key}_rtf"] = seconds / audio_seconds
         result[f"splitasr_{key}_wer"] = _wer(refs, texts)
-
-    for compute_type in ("float32", "int8"):
-        fw = WhisperModel(str(ct2_dir), device="cpu", compute_type=compute_type, cpu_threads=threads)
+        del ours
+    for key, compute_type in THEIRS[device]:
+        fw = WhisperModel(str(ct2_dir), device=device, compute_type=compute_type, cpu_threads=threads)
 
         def run_fw(a: np.ndarray, fw: WhisperModel = fw) -> str:
             segments, _ = fw.transcribe(a, beam_size=1, language="en", vad_filter=False)
             return " ".join(s.text.strip() for s in segments)
 
-        key = "fp32" if compute_type == "float32" else "int8"
         seconds, texts = _time_runs(run_fw, audios, repeats, f"faster-whisper {key}", quiet)
         result[f"faster_whisper_{key}_rtf"] = seconds / audio_seconds
         result[f"faster_whisper_{key}_wer"] = _wer(refs, texts)
-    for key in ("fp32", "int8"):
+    for key, _ in THEIRS[device]:
         result[f"ratio_{key}"] = result[f"splitasr_{key}_rtf"] / result[f"faster_whisper_{key}_rtf"]
-    # CTranslate2 has no bfloat16 on the CPU: compare with both of its kinds
-    result["ratio_bf16_to_fp32"] = result["splitasr_bf16_rtf"] / result["faster_whisper_fp32_rtf"]
-    result["ratio_bf16_to_int8"] = result["splitasr_bf16_rtf"] / result["faster_whisper_int8_rtf"]
-    result["cpu_flags"] = [f for f in ("amx_bf16", "avx512_bf16") if f in cpu_flags()]
+    if device == "cpu":  # CTranslate2 has no bfloat16 on the CPU: compare with both of its kinds
+        result["ratio_bf16_to_fp32"] = result["splitasr_bf16_rtf"] / result["faster_whisper_fp32_rtf"]
+        result["ratio_bf16_to_int8"] = result["splitasr_bf16_rtf"] / result["faster_whisper_int8_rtf"]
+        result["cpu_flags"] = [f for f in ("amx_bf16", "avx512_bf16") if f in cpu_flags()]
+    else:
+        result["cuda_graph_speedup"] = result["splitasr_fp16_eager_rtf"] / result["splitasr_fp16_rtf"]
+        result["gpu"] = torch.cuda.get_device_name()
 
     result["cpu"] = cpu_model()
     for k, v in result.items():

@@ -15,6 +15,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     rtf.add_argument("--audio-dir", type=Path, help="folder of audio files (default: the real-speech fixtures)")
     rtf.add_argument("--repeats", type=int, default=3)
     rtf.add_argument("--threads", type=int, help="CPU threads for both runtimes (default: torch's)")
+    rtf.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                     help="cuda: float16 with and without CUDA graphs and int8, against CTranslate2's "
+                          "float16 and int8_float16")
     rtf.add_argument("--json", action="store_true", help="print only the JSON object")
     rtf.set_defaults(func=run_rtf)
     stream = sub.add_parser("stream", help="gRPC streaming latency, bandwidth and device footprint")
@@ -119,7 +122,7 @@ def run_rtf(args: argparse.Namespace) -> int:
 
     kwargs = {"audio_dir": args.audio_dir} if args.audio_dir else {}
     result = rtf.run(backbone=args.backbone, repeats=args.repeats, threads=args.threads,
-                     cache_dir=Settings().backbone_cache_dir, quiet=args.json, **kwargs)
+                     cache_dir=Settings().backbone_cache_dir, quiet=args.json, device=args.device, **kwargs)
     _emit(result, args.json)
     return 0
 

@@ -50,3 +50,19 @@ def test_cuda_graph_steps_give_the_eager_steps_transcripts(cuda_backbone, real_s
     refs = [normalize(r["text"]) for r in real_speech]
     graphed, eager = ([normalize(t) for t in texts[g]] for g in (True, False))
     assert wer(refs, graphed) <= wer(refs, eager) + 0.01
+
+
+def test_bench_rtf_on_cuda_reports_every_kind(real_speech, tmp_path, backbone_cache_dir):
+    import json
+    import shutil
+
+    from splitasr.bench import rtf
+
+    lines = [json.dumps({"audio_filepath": r["path"].name, "text": r["text"]}) for r in real_speech[:3]]
+    for r in real_speech[:3]:
+        shutil.copy(r["path"], tmp_path / r["path"].name)
+    (tmp_path / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    result = rtf.run(audio_dir=tmp_path, repeats=1, cache_dir=backbone_cache_dir, device="cuda")
+    for key in ("fp16", "fp16_eager", "int8"):
+        assert result[f"splitasr_{key}_rtf"] > 0 and result[f"splitasr_{key}_wer"] is not None
+    assert result["ratio_fp16"] > 0 and result["ratio_int8"] > 0 and result["cuda_graph_speedup"] > 0
