@@ -79,7 +79,7 @@ def _summary(wall: float, latencies: list[float], audio_seconds: float) -> dict:
 
 def run(*, n: int = 16, rank: int = 8, targets: str = "all", backbone: str = "tiny.en",
         audio_dir: Path = DEFAULT_AUDIO_DIR, max_batch_rows: int = 16, repeats: int = 2,
-        cache_dir: Path, quiet: bool = True) -> dict:
+        cache_dir: Path, quiet: bool = True, device: str = "cpu") -> dict:
     import uvicorn
 
     from ..api.rest.app import create_app
@@ -90,10 +90,11 @@ def run(*, n: int = 16, rank: int = 8, targets: str = "all", backbone: str = "ti
     audios = [decode_audio(f) for f in files]
     audio_seconds = sum(len(a) for a in audios) / SAMPLE_RATE_HZ
     result: dict = {"n": n, "rank": rank, "targets": targets, "backbone": backbone, "audio_seconds": audio_seconds,
-                    "threads": torch.get_num_threads(), "max_batch_rows": max_batch_rows, "repeats": repeats}
+                    "threads": torch.get_num_threads(), "max_batch_rows": max_batch_rows, "repeats": repeats,
+                    "device": device}
 
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(cache_dir=cache_dir, store_dir=Path(tmp) / "store", backbone=backbone, port=0,
+        settings = Settings(cache_dir=cache_dir, store_dir=Path(tmp) / "store", backbone=backbone, port=0, device=device,
                             api_keys=f"{TOKEN}:bench", adapter_slots=n, adapter_max_rank=max(rank, 8),
                             max_batch_rows=max_batch_rows, max_admissions_per_step=max_batch_rows,
                             max_queued_requests=4 * n,
@@ -164,7 +165,8 @@ def run(*, n: int = 16, rank: int = 8, targets: str = "all", backbone: str = "ti
             engine.close(30)
 
     # (c) PEFT: one active adapter at a time, set_adapter per request, batch 1
-    result["c_peft_set_adapter"] = _peft_baseline(backbone, cache_dir, audios, rank, targets, n, audio_seconds)
+    result["c_peft_set_adapter"] = _peft_baseline(backbone, cache_dir, audios, rank, targets, n, audio_seconds,
+                                                 device)
     a, b, c = (result[k]["throughput_audio_s_per_s"] for k in ("a_no_adapter", "b_distinct_glora",
                                                                "c_peft_set_adapter"))
     result["ratio_b_over_a"] = b / a
@@ -173,10 +175,10 @@ def run(*, n: int = 16, rank: int = 8, targets: str = "all", backbone: str = "ti
 
 
 def _peft_baseline(backbone: str, cache_dir: Path, audios: list[np.ndarray], rank: int, targets: str, n: int,
-                   audio_seconds: float) -> dict:
+                   audio_seconds: float, device: str) -> dict:
     from peft import PeftModel
 
-    bb = WhisperBackbone.load(backbone, cache_dir=cache_dir / "backbones", device="cpu")
+    bb = WhisperBackbone.load(backbone, cache_dir=cache_dir / "backbones", device=device)
     spec = BackboneSpec.from_model(bb.name, bb.model)
     with tempfile.TemporaryDirectory() as tmp:
         dirs = []

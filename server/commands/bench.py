@@ -50,6 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     mt.add_argument("--backbone", default="tiny.en")
     mt.add_argument("--max-batch-rows", type=int, default=16)
     mt.add_argument("--repeats", type=int, default=2, help="alternating rounds of (a) and (b); best kept")
+    mt.add_argument("--device", default="cpu", help="torch device of the server and the PEFT baseline (cpu, cuda)")
     mt.add_argument("--json", action="store_true", help="print only the JSON object")
     mt.set_defaults(func=run_multitenant)
     arr = sub.add_parser("arrivals", help="open-loop Poisson load: static vs continuous batching latency")
@@ -133,7 +134,7 @@ def run_multitenant(args: argparse.Namespace) -> int:
 
     result = multitenant.run(n=args.n, rank=args.rank, targets=args.targets, backbone=args.backbone,
                              max_batch_rows=args.max_batch_rows, repeats=args.repeats,
-                             cache_dir=Settings().cache_dir, quiet=args.json)
+                             cache_dir=Settings().cache_dir, quiet=args.json, device=args.device)
     if args.json:
         print(json.dumps(result))
     else:
