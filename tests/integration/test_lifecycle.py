@@ -29,7 +29,8 @@ TOKEN = "lifecycle-token-0123456789"
 
 
 def long_wav(real_speech, seconds: float = 12.0) -> bytes:
-    """Real speech, repeated to ``seconds``: a request that takes the CPU a few seconds to decode."""
+    """Real speech, repeated to ``seconds``: a request that takes the CPU a while to decode (12 s, one
+    window: about a second on a fast CPU)."""
     clips = [decode_audio(row["path"]) for row in real_speech]
     audio = np.concatenate(clips * int(seconds // sum(len(c) / SAMPLE_RATE_HZ for c in clips) + 1))
     pcm = (np.clip(audio[: int(seconds * SAMPLE_RATE_HZ)], -1, 1) * 32767).astype("<i2")
@@ -173,7 +174,8 @@ def test_sigterm_past_the_grace_period_cancels_and_still_exits_0(tiny_backbone, 
     port = free_port()
     proc, _ = serve(cache_root, tmp_path, port, grace=0.5)
     try:
-        thread, outcome = start_request(port, long_wav(real_speech), "cut-short-1")
+        # four 30 s windows, decoded one after the other: seconds of work even on a fast CPU
+        thread, outcome = start_request(port, long_wav(real_speech, seconds=120.0), "cut-short-1")
         signaled = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(60)
