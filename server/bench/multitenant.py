@@ -29,7 +29,7 @@ from ..adapters import (
     resolve_targets,
 )
 from ..audio import SAMPLE_RATE_HZ, decode_audio
-from ..backbones.whisper import WhisperBackbone
+from ..backbones.whisper import WhisperBackbone, pick_device
 from ..config import Settings
 from ..decoding import transcribe
 from ..engine.engine import Engine
@@ -85,6 +85,7 @@ def run(*, n: int = 16, rank: int = 8, targets: str = "all", backbone: str = "ti
     from ..api.rest.app import create_app
     from ..progress import track
 
+    pick_device(device)  # BackboneUnavailable before anything starts when CUDA is missing
     paths = sorted(p for p in audio_dir.rglob("*.flac"))
     files = [paths[i % len(paths)].read_bytes() for i in range(n)]
     audios = [decode_audio(f) for f in files]

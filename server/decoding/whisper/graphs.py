@@ -71,14 +71,14 @@ class StaticStep:
         size = self.bucket(n)
         self.steps += 1
         runner.cache.reserve(size)
-        inputs = self._inputs(size, cross_len is not None)
+        key = (size, cross_len is not None)
+        inputs = self._inputs(key)
         inputs["tokens"][:n] = tokens
         inputs["positions"][:n] = positions
         if cross_len is not None:
             inputs["cross_len"][:n] = cross_len
         if not self.capture:
             return self._run(inputs)[:n]
-        key = (size, cross_len is not None)
         if self._storage is not runner.cache.self_k:  # the cache moved: recorded addresses are stale
             self._graphs.clear()
             self._storage = runner.cache.self_k
@@ -93,9 +93,10 @@ class StaticStep:
         graph.replay()
         return static["logits"][:n].clone()
 
-    def _inputs(self, size: int, masked: bool) -> dict[str, torch.Tensor]:
-        """The static inputs of one bucket, padding rows reset (token 0 at position 0, whole window)."""
-        key = (size, masked)
+    def _inputs(self, key: tuple[int, bool]) -> dict[str, torch.Tensor]:
+        """The static inputs of one (bucket, masked) key, padding rows reset (token 0 at position 0,
+        whole window): the recorded graph's own when there is one."""
+        size, masked = key
         if key in self._graphs:
             inputs = self._graphs[key][1]
         else:
